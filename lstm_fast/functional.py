@@ -1,0 +1,106 @@
+"""``fused_lstm``: one LSTM layer, one direction, on our implementations.
+
+This is the seam shared by :class:`lstm_fast.FusedLSTM` and the kernels: the module splits layers,
+directions, projections and packed sequences into calls of this function.
+"""
+import torch
+
+from .backends import check_backend_name, resolve_backend
+from .cpu_lstm import lstm_cpu
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto"):
+    """Run one LSTM layer over a sequence, like one layer and direction of ``torch.nn.LSTM``.
+
+    Args:
+        input: (T, B, D) tensor, time first.
+        hx: ``(h_0, c_0)``, each (B, H), or None for zeros.
+        weight_ih: (4H, D), gate rows in nn.LSTM order i, f, g, o.
+        weight_hh: (4H, H).
+        bias_ih, bias_hh: (4H,) or None.
+        backend: ``"auto"`` (Triton on CUDA tensors, the CPU implementation otherwise), ``"cpu"``
+            or ``"triton"``. A backend that cannot run raises RuntimeError.
+
+    Returns:
+        ``(output, (h_n, c_n))``: output (T, B, H) holds h_t for every step; h_n, c_n are (B, H).
+        Differentiable in every tensor argument.
+
+    Raises:
+        ValueError: input not 3-D, integer input, dtype differing from the weights', bad backend.
+        RuntimeError: mismatched sizes, devices or hx dtype, zero-length sequence, an
+            unavailable backend.
+    """
+    check_backend_name(backend)
+    h0, c0 = check_lstm_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    return lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, backend)
+
+
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
+    """Dispatch an already checked layer to its implementation."""
+    chosen = resolve_backend(backend, x.device.type)
+    if chosen == "cpu":
+        if x.dtype not in _CPU_DTYPES:
+            raise RuntimeError(f"backend='cpu' supports float32 and float64, got {x.dtype}")
+        return lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    from .kernels import lstm_triton  # resolve_backend checked it is there
+    return lstm_triton(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+
+
+def _require_tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+
+
+def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh):
+    """Validate fused_lstm's arguments; return (h_0, c_0), zeros when hx is None."""
+    _require_tensor("input", input)
+    _require_tensor("weight_ih", w_ih)
+    _require_tensor("weight_hh", w_hh)
+    if input.dim() != 3:
+        raise ValueError(f"fused_lstm: expected input to be 3-D (T, B, D), got {input.dim()}-D")
+    if input.dtype not in _FLOAT_DTYPES or input.dtype != w_ih.dtype:
+        raise ValueError(f"fused_lstm: input dtype ({input.dtype}) does not match weight dtype "
+                         f"({w_ih.dtype}); inputs and weights must share one floating dtype")
+    T, B, D = input.shape
+    if T == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    if w_hh.dim() != 2 or w_hh.shape[0] % 4 != 0 or w_hh.shape[0] == 0:
+        raise RuntimeError(f"weight_hh must be (4*hidden_size, hidden_size), got {tuple(w_hh.shape)}")
+    H = w_hh.shape[0] // 4
+    if tuple(w_hh.shape) != (4 * H, H):
+        raise RuntimeError(f"weight_hh must be (4*hidden_size, hidden_size) = ({4 * H}, {H}), "
+                           f"got {tuple(w_hh.shape)}")
+    if tuple(w_ih.shape) != (4 * H, D):
+        raise RuntimeError(f"weight_ih must be (4*hidden_size, input.size(-1)) = ({4 * H}, {D}), "
+                           f"got {tuple(w_ih.shape)}")
+    named = [("weight_hh", w_hh)]
+    for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+        if b is not None:
+            _require_tensor(name, b)
+            if tuple(b.shape) != (4 * H,):
+                raise RuntimeError(f"{name} must be (4*hidden_size,) = ({4 * H},), got {tuple(b.shape)}")
+            named.append((name, b))
+    if hx is None:
+        h0 = input.new_zeros(B, H)
+        c0 = input.new_zeros(B, H)
+    else:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx must be a tuple (h_0, c_0) or None")
+        h0, c0 = hx
+        _require_tensor("h_0", h0)
+        _require_tensor("c_0", c0)
+        for name, t in (("h_0", h0), ("c_0", c0)):
+            if tuple(t.shape) != (B, H):
+                raise RuntimeError(f"Expected {name} size ({B}, {H}), got {list(t.shape)}")
+            named.append((name, t))
+    for name, t in named:
+        if t.dtype != input.dtype:
+            raise RuntimeError(f"{name} dtype ({t.dtype}) does not match input dtype ({input.dtype})")
+    for name, t in [("weight_ih", w_ih)] + named:
+        if t.device != input.device:
+            raise RuntimeError(f"{name} is on {t.device} but input is on {input.device}; "
+                               f"all tensors must be on one device")
+    return h0, c0

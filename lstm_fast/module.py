@@ -1,0 +1,203 @@
+"""``FusedLSTM``: a drop-in ``torch.nn.LSTM`` whose math runs on lstm_fast's implementations.
+
+It subclasses ``nn.LSTM``, so parameters, state_dict keys, ``isinstance`` checks, input validation
+and error messages are nn.LSTM's own; only ``forward``'s math is replaced. Layers, directions,
+projections and packed sequences are built here from calls of the single-layer
+:func:`lstm_fast.functional.lstm_layer`:
+
+* bidirectional: the reverse direction runs on the time-reversed input (each sequence reversed
+  within its own length when packed);
+* projections (``proj_size > 0``): ``h_t = W_hr (o_t * tanh(c_t))``. Writing ``u_t = o_t * tanh(c_t)``,
+  the recurrence ``h_{t-1} @ W_hh^T = u_{t-1} @ (W_hh W_hr)^T`` is an ordinary LSTM in u with
+  recurrent weight ``W_hh @ W_hr``; the projection of all steps is then one GEMM after the layer.
+  A given h_0 (already projected) enters through a first step with the original ``W_hh``;
+* packed sequences: the padded batch (sorted by length, as packing leaves it) runs in segments
+  between consecutive distinct lengths, each segment on the rows still running, so every
+  sequence's final state is the one at its own length.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .backends import check_backend_name
+from .functional import lstm_layer
+
+
+class FusedLSTM(nn.LSTM):
+    """``torch.nn.LSTM`` with the same constructor, parameters, inputs and outputs, plus ``backend``.
+
+    Args:
+        *args, **kwargs: exactly ``nn.LSTM``'s (input_size, hidden_size, num_layers=1, bias=True,
+            batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
+            dtype=None).
+        backend: ``"auto"`` (Triton on CUDA, the CPU implementation on CPU), ``"cpu"`` or
+            ``"triton"``; see :func:`lstm_fast.fused_lstm`.
+
+    ``fused.load_state_dict(lstm.state_dict())`` works both ways with a plain ``nn.LSTM``.
+    """
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        check_backend_name(backend)
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+    def _layer_weights(self, layer, direction):
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        get = lambda name: getattr(self, name + sfx) if hasattr(self, name + sfx) else None  # noqa: E731
+        return (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
+
+    def forward(self, input, hx=None):
+        """Same contract as ``nn.LSTM.forward``: returns ``(output, (h_n, c_n))``."""
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        is_packed = isinstance(input, PackedSequence)
+        if is_packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self.check_input(data, batch_sizes)
+            batch = int(batch_sizes[0])
+            if hx is None:
+                hx = self._zero_state(batch, real_hidden, data)
+            else:
+                self._check_hx_pair(hx)
+                self.check_forward_args(data, hx, batch_sizes)
+                hx = self.permute_hidden(hx, sorted_indices)
+            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes, None, None))
+            lengths = lengths.tolist()
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"LSTM: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            x = input if is_batched else input.unsqueeze(batch_dim)
+            batch = x.size(batch_dim)
+            if hx is None:
+                hx = self._zero_state(batch, real_hidden, x)
+            else:
+                self._check_hx_pair(hx)
+                if is_batched and (hx[0].dim() != 3 or hx[1].dim() != 3):
+                    raise RuntimeError("For batched 3-D input, hx and cx should also be 3-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                if not is_batched:
+                    if hx[0].dim() != 2 or hx[1].dim() != 2:
+                        raise RuntimeError("For unbatched 2-D input, hx and cx should also be 2-D but got "
+                                           f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            self.check_forward_args(x, hx, None)
+            if self.batch_first:
+                x = x.transpose(0, 1)
+            lengths = None
+        if x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
+            if t.dtype != x.dtype:
+                raise RuntimeError(f"LSTM: {name} dtype ({t.dtype}) does not match input dtype ({x.dtype})")
+            if t.device != x.device:
+                raise RuntimeError(f"LSTM: {name} is on {t.device} but input is on {x.device}")
+
+        output, h_n, c_n = self._run_layers(x, hx, lengths)
+
+        if is_packed:
+            out = pack_padded_sequence(output, torch.tensor(lengths), enforce_sorted=True).data
+            return (PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden((h_n, c_n), unsorted_indices))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, (h_n, c_n)
+
+    @staticmethod
+    def _check_hx_pair(hx):
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, torch.Tensor) for t in hx):
+            raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of Tensors or None")
+
+    def _zero_state(self, batch, real_hidden, like):
+        n = self.num_layers * (2 if self.bidirectional else 1)
+        return (like.new_zeros(n, batch, real_hidden), like.new_zeros(n, batch, self.hidden_size))
+
+    def _run_layers(self, x, hx, lengths):
+        """All layers and directions on time-first ``x`` (T, B, D); returns (output, h_n, c_n)."""
+        num_directions = 2 if self.bidirectional else 1
+        h_all, c_all = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(num_directions):
+                k = layer * num_directions + direction
+                xin = layer_input if direction == 0 else _reverse(layer_input, lengths)
+                y, h, c = self._run_direction(xin, hx[0][k], hx[1][k], self._layer_weights(layer, direction), lengths)
+                outs.append(y if direction == 0 else _reverse(y, lengths))
+                h_all.append(h)
+                c_all.append(c)
+            layer_input = outs[0] if num_directions == 1 else torch.cat(outs, 2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        return layer_input, torch.stack(h_all), torch.stack(c_all)
+
+    def _run_direction(self, x, h0, c0, weights, lengths):
+        w_ih, w_hh, b_ih, b_hh, w_hr = weights
+        if w_hr is None:
+            return _run_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, self.backend)
+        # Projection: recur on u_t = o_t * tanh(c_t) with W_hh @ W_hr, project all steps at once.
+        w_eff = w_hh @ w_hr
+        lengths_rest = None if lengths is None else [n - 1 for n in lengths]
+        # First step with the caller's (projected) h_0 and the original W_hh.
+        u0, (_, c1) = lstm_layer(x[:1], h0, c0, w_ih, w_hh, b_ih, b_hh, self.backend)
+        if x.size(0) > 1:
+            u_rest, u_last, c_last = _run_segments(x[1:], u0[0], c1, w_ih, w_eff, b_ih, b_hh, lengths_rest,
+                                                   self.backend)
+            u = torch.cat((u0, u_rest), 0)
+        else:
+            u, u_last, c_last = u0, u0[0], c1
+        y = (u.reshape(-1, u.size(-1)) @ w_hr.t()).view(u.size(0), u.size(1), -1)
+        return y, u_last @ w_hr.t(), c_last
+
+
+def _run_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, backend):
+    """One direction over a padded batch; returns (y (T, B, H), h_n, c_n) at each row's length.
+
+    ``lengths`` (sorted descending, as packing leaves them) or None for full-length rows. A row of
+    length 0 keeps (h0, c0) as its final state (the projection path's rows that ended at step 0).
+    """
+    if lengths is None:
+        y, (h, c) = lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend)
+        return y, h, c
+    T, B, _ = x.shape
+    H = c0.shape[1]
+    pieces, h_done, c_done = [], [], []
+    h, c, t0 = h0, c0, 0
+    for end in sorted(set(lengths)):
+        n = sum(1 for n_ in lengths if n_ >= end)      # rows still running up to `end`
+        if n < h.shape[0]:                              # rows that stopped at t0 keep their state
+            h_done.append(h[n:])
+            c_done.append(c[n:])
+            h, c = h[:n], c[:n]
+        if end == t0:
+            continue
+        y, (h, c) = lstm_layer(x[t0:end, :n], h, c, w_ih, w_hh, b_ih, b_hh, backend)
+        pieces.append(F.pad(y, (0, 0, 0, B - n)) if n < B else y)
+        t0 = end
+    h_done.append(h)
+    c_done.append(c)
+    y = torch.cat(pieces, 0) if pieces else x.new_zeros(0, B, H)
+    if y.size(0) < T:
+        y = F.pad(y, (0, 0, 0, 0, 0, T - y.size(0)))
+    return y, torch.cat(h_done[::-1], 0), torch.cat(c_done[::-1], 0)
+
+
+def _reverse(x, lengths):
+    """Reverse time; with lengths, reverse each sequence within its own length (padding stays)."""
+    if lengths is None:
+        return x.flip(0)
+    T, B = x.shape[:2]
+    t = torch.arange(T, device=x.device).unsqueeze(1)
+    n = torch.tensor(lengths, device=x.device).unsqueeze(0)
+    idx = torch.where(t < n, n - 1 - t, t)
+    return x.gather(0, idx.unsqueeze(-1).expand(T, B, x.size(2)))

@@ -1,0 +1,29 @@
+"""lstm-fast: a drop-in torch.nn.LSTM on fused Triton kernels and a fast CPU implementation.
+
+The top-level ``kernels/`` folder (Triton kernels only) is installed as ``lstm_fast.kernels``: a
+top-level package named ``kernels`` belongs to another PyPI project.
+"""
+from setuptools import setup
+
+setup(
+    name="lstm-fast",
+    version="0.1.0",
+    description="A drop-in torch.nn.LSTM whose math runs on fused Triton kernels and a fast CPU path",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["lstm_fast", "lstm_fast.kernels"],
+    package_dir={"lstm_fast": "lstm_fast", "lstm_fast.kernels": "kernels"},
+    package_data={"lstm_fast": ["data/timemachine.txt"]},
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "tqdm",
+        "triton>=3.6; platform_system == 'Linux'",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "hypothesis"],
+        "plot": ["matplotlib"],
+    },
+    entry_points={"console_scripts": ["lstm-fast=lstm_fast.cli:main"]},
+)
