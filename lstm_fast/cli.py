@@ -1,0 +1,90 @@
+"""``lstm-fast`` (also ``python -m lstm_fast``): ``train`` the d2l experiment, ``generate`` text."""
+import argparse
+import sys
+
+from .train import MODELS, TrainConfig
+
+
+def _train(a):
+    from .train import train
+    cfg = TrainConfig(model=a.model, hidden=a.hidden, layers=a.layers, bidirectional=a.bidirectional,
+                      batch_size=a.batch_size, num_steps=a.num_steps, lr=a.lr, clip=a.clip,
+                      epochs=a.epochs, max_tokens=a.max_tokens, token=a.token, random_iter=a.random_iter,
+                      seed=a.seed, data=a.data or "", device=a.device)
+    r = train(cfg, out_dir=a.out, resume=a.resume, progress=not a.no_progress)
+    print(f"perplexity {r['perplexity']:.1f}, {r['tokens_per_sec']:.1f} tokens/sec on {r['device']}")
+    print(r["time traveller"])
+    print(r["traveller"])
+    print(f"(checkpoint, metrics.csv and perplexity.png in {r['out_dir']})", file=sys.stderr)
+
+
+def _generate(a):
+    import torch
+
+    from .data import Vocab
+    from .train import build_model, load_checkpoint, predict, resolve_device
+    ckpt = load_checkpoint(a.checkpoint)
+    cfg = ckpt["config"]
+    device = resolve_device(a.device)
+    vocab = Vocab.from_state_dict(ckpt["vocab"])
+    net = build_model(cfg, len(vocab), device)
+    net.load_state_dict(ckpt["model"])
+    if a.num_preds < 0:
+        raise ValueError(f"--num-preds must be >= 0, got {a.num_preds}")
+    if a.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {a.temperature}")
+    gen = torch.Generator().manual_seed(a.seed)
+    print(predict(a.prefix, a.num_preds, net, vocab, device, a.temperature, cfg.token, gen))
+
+
+def build_parser():
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="lstm-fast", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train d2l's LSTM language model on The Time Machine",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--model", choices=MODELS, default=d.model, help="recurrent layer: FusedLSTM, nn.LSTM or the d2l scratch LSTM")
+    t.add_argument("--hidden", type=int, default=d.hidden)
+    t.add_argument("--layers", type=int, default=d.layers)
+    t.add_argument("--bidirectional", action="store_true", help="allowed, but a bidirectional LM cannot predict")
+    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--num-steps", type=int, default=d.num_steps)
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--clip", type=float, default=d.clip, help="gradient clipping norm")
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--max-tokens", type=int, default=d.max_tokens, help="-1 for the whole text")
+    t.add_argument("--token", choices=("char", "word"), default=d.token)
+    t.add_argument("--random-iter", action="store_true", help="random sampling (state re-initialised per batch)")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--data", help="a UTF-8 text file to train on instead of the bundled Time Machine")
+    t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    t.add_argument("--out", help="output folder (default runs/<timestamp>)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+    g = sub.add_parser("generate", help="continue a prefix with a trained checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g.add_argument("--checkpoint", required=True, help="checkpoint.pt or the run folder holding it")
+    g.add_argument("--prefix", default="time traveller")
+    g.add_argument("--num-preds", type=int, default=50)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=_generate)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError) as e:
+        print(f"lstm-fast: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""The main job: d2l's LSTM language model on The Time Machine (``train_ch8`` semantics), fast.
+
+Model: one-hot tokens -> recurrent layer (``fused`` = FusedLSTM, ``torch`` = nn.LSTM, ``scratch`` =
+the d2l reference) -> linear head. Recipe (d2l's defaults): batch 32, 35 steps, 256 hidden, SGD
+lr 1, gradient clipping at norm 1, 500 epochs, sequential partitioning with the state carried and
+detached between batches.
+
+Speed habits: the loss is summed on the device and read once per epoch (no host sync per batch);
+clipping is two foreach kernels and no branch on the host; the closing tokens/sec counts all
+epochs' wall time.
+"""
+import csv
+import io
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import reference
+from .data import SeqDataLoader, Vocab, load_corpus
+from .module import FusedLSTM
+
+CHECKPOINT_FORMAT = "lstm-fast-checkpoint-v1"
+MODELS = ("fused", "torch", "scratch")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "fused"
+    hidden: int = 256
+    layers: int = 1
+    bidirectional: bool = False
+    batch_size: int = 32
+    num_steps: int = 35
+    lr: float = 1.0
+    clip: float = 1.0
+    epochs: int = 500
+    max_tokens: int = 10000
+    token: str = "char"
+    random_iter: bool = False
+    seed: int = 0
+    data: str = ""          # "" = the bundled Time Machine
+    device: str = "auto"
+
+    def validate(self):
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {MODELS}, got {self.model!r}")
+        for name in ("hidden", "layers", "batch_size", "num_steps", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if not (self.clip > 0):
+            raise ValueError(f"--clip must be > 0, got {self.clip}")
+        if self.model == "scratch" and (self.layers != 1 or self.bidirectional):
+            raise ValueError("--model scratch is d2l's single-layer, one-direction LSTM")
+
+
+class ScratchLSTM(nn.Module):
+    """The d2l scratch LSTM (:func:`lstm_fast.reference.lstm`) as a layer with nn.LSTM's interface."""
+
+    num_layers, bidirectional = 1, False
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.hidden_size = hidden_size
+        init = nn.LSTM(input_size, hidden_size)  # the same initialisation as the other two models
+        for name, t in zip(reference.GATE_NAMES, reference.lstm_state_dict_to_scratch(init.state_dict())):
+            self.register_parameter(name, nn.Parameter(t))
+
+    def forward(self, X, state):
+        params = [getattr(self, n) for n in reference.GATE_NAMES]
+        Y, (H, C) = reference.lstm(X, (state[0][0], state[1][0]), params)
+        return Y.reshape(X.shape[0], X.shape[1], -1), (H.unsqueeze(0), C.unsqueeze(0))
+
+
+class RNNModel(nn.Module):
+    """d2l's RNNModel: one-hot input, a recurrent layer, a linear head over its outputs."""
+
+    def __init__(self, rnn, vocab_size):
+        super().__init__()
+        self.rnn, self.vocab_size = rnn, vocab_size
+        self.num_directions = 2 if rnn.bidirectional else 1
+        self.linear = nn.Linear(rnn.hidden_size * self.num_directions, vocab_size)
+
+    def forward(self, inputs, state):
+        X = F.one_hot(inputs.T.long(), self.vocab_size).to(self.linear.weight.dtype)
+        Y, state = self.rnn(X, state)
+        return self.linear(Y.reshape(-1, Y.shape[-1])), state
+
+    def begin_state(self, batch_size, device):
+        shape = (self.num_directions * self.rnn.num_layers, batch_size, self.rnn.hidden_size)
+        return (torch.zeros(shape, device=device), torch.zeros(shape, device=device))
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, device) -> RNNModel:
+    if cfg.model == "scratch":
+        rnn = ScratchLSTM(vocab_size, cfg.hidden)
+    else:
+        cls = FusedLSTM if cfg.model == "fused" else nn.LSTM
+        rnn = cls(vocab_size, cfg.hidden, num_layers=cfg.layers, bidirectional=cfg.bidirectional)
+    return RNNModel(rnn, vocab_size).to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def clip_gradients(params, theta):
+    """d2l's ``grad_clipping``: scale all gradients by theta/norm when the global norm exceeds
+    theta. Foreach kernels and a device-side min, so no host sync and no per-parameter loop."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(theta / norm, max=1.0))
+
+
+@torch.no_grad()
+def predict(prefix, num_preds, net, vocab, device, temperature=0.0, token="char", generator=None):
+    """d2l's ``predict_ch8``: warm up on ``prefix``, then ``num_preds`` tokens (greedy when
+    temperature is 0, else sampled from softmax(logits / temperature))."""
+    was_training = net.training
+    net.eval()
+    tokens = list(prefix) if token == "char" else prefix.split()
+    if not tokens:
+        raise ValueError("--prefix must contain at least one token")
+    state = net.begin_state(1, device)
+    outputs = [vocab[tokens[0]]]
+    for y in tokens[1:]:
+        _, state = net(torch.tensor([[outputs[-1]]], device=device), state)
+        outputs.append(vocab[y])
+    for _ in range(num_preds):
+        y, state = net(torch.tensor([[outputs[-1]]], device=device), state)
+        if temperature > 0:
+            probs = torch.softmax(y[0].float() / temperature, 0)
+            outputs.append(int(torch.multinomial(probs.cpu(), 1, generator=generator)))
+        else:
+            outputs.append(int(y.argmax(dim=1)))
+    net.train(was_training)
+    sep = "" if token == "char" else " "
+    return sep.join(vocab.idx_to_token[i] for i in outputs)
+
+
+# ----------------------------------------------------------------------------------- files
+def atomic_write_bytes(path: Path, data: bytes):
+    """Write via a temporary file in the same folder and rename: a kill never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path, net, opt, vocab, cfg, epoch, history):
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch,
+                "model": net.state_dict(), "optimizer": opt.state_dict(),
+                "vocab": vocab.state_dict(), "history": history}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path):
+    """Load a checkpoint safely (``weights_only=True``: no code from the file runs)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or holding objects weights_only refuses
+        raise ValueError(f"{path} is not a readable lstm-fast checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an lstm-fast checkpoint (expected format {CHECKPOINT_FORMAT})")
+    known = {f.name for f in fields(TrainConfig)}
+    ckpt["config"] = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    return ckpt
+
+
+def write_metrics(out_dir: Path, history):
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["epoch", "perplexity", "tokens_per_sec"])
+    for row in history:
+        w.writerow([row["epoch"], f"{row['perplexity']:.6f}", f"{row['tokens_per_sec']:.1f}"])
+    atomic_write_bytes(out_dir / "metrics.csv", buf.getvalue().encode())
+
+
+def plot_perplexity(out_dir: Path, history):
+    """The curve d2l's Animator draws: perplexity per epoch."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([r["epoch"] for r in history], [r["perplexity"] for r in history])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out_dir / "perplexity.png", buf.getvalue())
+    return True
+
+
+# ----------------------------------------------------------------------------------- training
+def train_epoch(net, loader, loss_fn, opt, device, cfg):
+    """One epoch; returns (perplexity, tokens/sec). One host sync, at the end."""
+    state = None
+    total = torch.zeros((), device=device)
+    tokens = 0
+    params = [p for p in net.parameters() if p.requires_grad]
+    start = time.perf_counter()
+    for X, Y in loader:
+        X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
+        if state is None or cfg.random_iter:
+            state = net.begin_state(X.shape[0], device)
+        else:
+            state = tuple(s.detach() for s in state)
+        y = Y.T.reshape(-1)
+        y_hat, state = net(X, state)
+        loss = loss_fn(y_hat, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(params, cfg.clip)
+        opt.step()
+        total += loss.detach() * y.numel()
+        tokens += y.numel()
+    ppl = math.exp(total.item() / max(tokens, 1))
+    return ppl, tokens / (time.perf_counter() - start)
+
+
+def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True):
+    """Run (or resume) the experiment; returns a dict with the final perplexity, tokens/sec, the
+    two continuations and the output folder."""
+    start_epoch, history, ckpt = 0, [], None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        epochs = cfg.epochs
+        cfg = ckpt["config"]
+        cfg.epochs = max(epochs, cfg.epochs) if epochs else cfg.epochs
+        out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        start_epoch, history = ckpt["epoch"], list(ckpt["history"])
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed + start_epoch)
+    corpus, vocab = load_corpus(cfg.data or None, cfg.max_tokens, cfg.token)
+    if ckpt is not None and ckpt["vocab"]["idx_to_token"] != vocab.idx_to_token:
+        raise ValueError(f"--resume: the checkpoint's vocabulary does not match the data {cfg.data or '(bundled)'}")
+    if len(corpus) < cfg.batch_size * cfg.num_steps + cfg.num_steps + 1:
+        raise ValueError(f"the text has {len(corpus)} tokens: too few for one batch of "
+                         f"{cfg.batch_size} x {cfg.num_steps}; lower --batch-size/--num-steps or raise --max-tokens")
+    loader = SeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, cfg.random_iter, seed=cfg.seed + start_epoch)
+    net = build_model(cfg, len(vocab), device)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr)
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+    if cfg.bidirectional:
+        log("warning: a bidirectional model sees the future while training, so it cannot predict "
+            "(d2l, 'Bidirectional Recurrent Neural Networks'); its continuations are meaningless")
+    out_dir = Path(out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = lambda prefix: predict(prefix, 50, net, vocab, device, token=cfg.token)  # noqa: E731
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.model} on {device}", unit="epoch",
+                   dynamic_ncols=True)
+        log = bar.write
+    elapsed = sum(r["tokens"] / r["tokens_per_sec"] for r in history if r["tokens_per_sec"] > 0)
+    total_tokens = sum(r["tokens"] for r in history)
+    tokens_per_epoch = len(loader) * cfg.batch_size * cfg.num_steps
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            ppl, speed = train_epoch(net, loader, loss_fn, opt, device, cfg)
+            toks = tokens_per_epoch
+            history.append({"epoch": epoch + 1, "perplexity": ppl, "tokens_per_sec": speed, "tokens": toks})
+            elapsed += toks / speed
+            total_tokens += toks
+            if bar is not None:
+                bar.set_postfix(ppl=f"{ppl:.2f}", tok_s=f"{speed:,.0f}")
+                bar.update(1)
+            if (epoch + 1) % 10 == 0:
+                log(f"epoch {epoch + 1}: perplexity {ppl:.2f}; {gen('time traveller')}")
+                save_checkpoint(out_dir / "checkpoint.pt", net, opt, vocab, cfg, epoch + 1, history)
+                write_metrics(out_dir, history)
+    except KeyboardInterrupt:
+        log(f"interrupted: saving the {len(history)} finished epochs to {out_dir}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if history:
+            save_checkpoint(out_dir / "checkpoint.pt", net, opt, vocab, cfg, history[-1]["epoch"], history)
+            write_metrics(out_dir, history)
+            plot_perplexity(out_dir, history)
+    ppl = history[-1]["perplexity"]
+    speed = total_tokens / elapsed if elapsed > 0 else 0.0
+    return {"perplexity": ppl, "tokens_per_sec": speed, "device": str(device), "out_dir": out_dir,
+            "time traveller": gen("time traveller"), "traveller": gen("traveller"), "history": history}

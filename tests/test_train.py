@@ -1,0 +1,110 @@
+"""The training job: perplexity falls, the three models agree, files are written atomically,
+resume continues, generate reads checkpoints safely, the CLI reports bad input clearly."""
+import csv
+import pickle
+
+import pytest
+import torch
+
+from lstm_fast import cli
+from lstm_fast.train import TrainConfig, build_model, clip_gradients, load_checkpoint, train
+
+SMALL = dict(hidden=32, batch_size=8, num_steps=10, max_tokens=3000, lr=1.0)
+
+
+def test_perplexity_falls(tmp_path):
+    r = train(TrainConfig(epochs=6, **SMALL), out_dir=tmp_path, progress=False, log=lambda *_: None)
+    ppl = [h["perplexity"] for h in r["history"]]
+    assert ppl[-1] < ppl[0] * 0.8, ppl
+    assert r["time traveller"].startswith("time traveller") and len(r["time traveller"]) == 14 + 50
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(x["epoch"]) for x in rows] == list(range(1, 7))
+    assert (tmp_path / "perplexity.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_fused_and_torch_train_identically(tmp_path):
+    """Same seed, same init, same batches: FusedLSTM follows nn.LSTM's trajectory."""
+    results = {}
+    for model in ("fused", "torch"):
+        r = train(TrainConfig(model=model, epochs=2, **SMALL), out_dir=tmp_path / model, progress=False,
+                  log=lambda *_: None)
+        results[model] = [h["perplexity"] for h in r["history"]]
+    assert results["fused"] == pytest.approx(results["torch"], rel=1e-4), results
+
+
+def test_scratch_model_starts_where_torch_does():
+    """The scratch model gets nn.LSTM's initial weights (one summed bias), so its first outputs
+    equal nn.LSTM's. (Training then differs slightly: nn.LSTM's two biases both take the
+    gradient, which d2l's single bias does not.)"""
+    outs = {}
+    for model in ("scratch", "torch"):
+        torch.manual_seed(5)
+        net = build_model(TrainConfig(model=model, hidden=16), 28, "cpu")
+        torch.manual_seed(6)
+        X = torch.randint(0, 28, (4, 9))
+        outs[model] = net(X, net.begin_state(4, "cpu"))[0]
+    torch.testing.assert_close(outs["scratch"], outs["torch"], rtol=1e-4, atol=1e-6)
+
+
+def test_clip_gradients_is_d2ls():
+    p = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))]
+    for scale in (0.01, 100.0):
+        for q in p:
+            q.grad = torch.randn_like(q) * scale
+        g0 = [q.grad.clone() for q in p]
+        norm = torch.sqrt(sum((g ** 2).sum() for g in g0))
+        clip_gradients(p, 1.0)
+        factor = 1.0 if norm <= 1 else 1.0 / norm
+        for q, g in zip(p, g0):
+            torch.testing.assert_close(q.grad, g * factor)
+
+
+def test_resume_continues(tmp_path):
+    train(TrainConfig(epochs=2, **SMALL), out_dir=tmp_path, progress=False, log=lambda *_: None)
+    r = train(TrainConfig(epochs=3, **SMALL), resume=tmp_path, progress=False, log=lambda *_: None)
+    assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
+    assert load_checkpoint(tmp_path)["epoch"] == 3
+
+
+def test_generate_and_bad_checkpoints(tmp_path, capsys):
+    train(TrainConfig(epochs=1, **SMALL), out_dir=tmp_path, progress=False, log=lambda *_: None)
+    assert cli.main(["generate", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--prefix", "time", "--num-preds", "7"]) == 0
+    out = capsys.readouterr().out.rstrip("\n")
+    assert out.startswith("time") and len(out) == 11
+    assert cli.main(["generate", "--checkpoint", str(tmp_path), "--num-preds", "5", "--temperature", "0.8"]) == 0
+    capsys.readouterr()
+    missing = tmp_path / "nope.pt"
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((tmp_path / "checkpoint.pt").read_bytes()[:100])
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Evil()))
+    for path, words in ((missing, "not found"), (corrupt, "not a readable"), (other, "not an lstm-fast"),
+                        (evil, "not a readable")):
+        assert cli.main(["generate", "--checkpoint", str(path)]) == 2
+        captured = capsys.readouterr()
+        assert words in captured.err and str(path) in captured.err
+        assert "code ran" not in captured.out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--epochs", "0"], "--epochs"), (["--lr", "-1"], "--lr"), (["--data", "/nonexistent/x.txt"], "no such file"),
+    (["--model", "scratch", "--layers", "2"], "scratch"), (["--device", "tpu"], "--device"),
+    (["--batch-size", "4000"], "too few"),
+], ids=["epochs", "lr", "data", "scratch-layers", "device", "batch-too-big"])
+def test_cli_errors(tmp_path, capsys, argv, words):
+    assert cli.main(["train", "--out", str(tmp_path), "--no-progress"] + argv) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_bidirectional_model_shapes():
+    net = build_model(TrainConfig(bidirectional=True, layers=2, hidden=8), 28, "cpu")
+    y, (h, c) = net(torch.randint(0, 28, (3, 5)), net.begin_state(3, "cpu"))
+    assert y.shape == (15, 28) and h.shape == (4, 3, 8)
