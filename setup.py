@@ -3,7 +3,12 @@
 The top-level ``kernels/`` folder (Triton kernels only) is installed as ``lstm_fast.kernels``: a
 top-level package named ``kernels`` belongs to another PyPI project.
 """
-from setuptools import setup
+from setuptools import Extension, setup
+
+# The fused CPU cell (plain C, no torch headers). Optional: without a C compiler the package still
+# installs and the CPU implementation runs its cell update as torch ops.
+cpu_cell = Extension("lstm_fast._cpu_cell", sources=["lstm_fast/csrc/cpu_cell.c"],
+                     extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 
 setup(
     name="lstm-fast",
@@ -20,10 +25,11 @@ setup(
         "numpy",
         "tqdm",
         "triton>=3.6; platform_system == 'Linux'",
+        "matplotlib",
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "hypothesis"],
-        "plot": ["matplotlib"],
     },
+    ext_modules=[cpu_cell],
     entry_points={"console_scripts": ["lstm-fast=lstm_fast.cli:main"]},
 )

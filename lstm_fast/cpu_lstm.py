@@ -17,13 +17,25 @@ Internally the gate rows are reordered from nn.LSTM's (i, f, g, o) to (o, i, f, 
 gates are then one contiguous slice (one ``sigmoid_``), and the three gates whose gradient is a
 multiple of dc (i, f, g) are one contiguous slice too (one multiply in the backward).
 
-The code uses only tensor ops, so it also runs on other devices, but it is tuned for, and
-dispatched on, the CPU. Saved for the backward: the activated gates (T, B, 4H), the cell states
+For float32 the elementwise part of each step is one pass of a small C function (the optional
+extension ``lstm_fast._cpu_cell``, built from ``csrc/cpu_cell.c``): in eager PyTorch it would be ~8
+ops of 3-14 us each per step. float64 (gradcheck) and installs without the extension run the same
+algorithm as torch ops. Saved for the backward: the activated gates (T, B, 4H), the cell states
 (T, B, H), the outputs, the inputs and the weights; nothing else.
 """
 import torch
 
-from .cpu_matmul import RecurrentMatmul, linear, matmul_tn
+from .cpu_matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
+
+try:
+    from . import _cpu_cell
+except ImportError:  # built without a C compiler: the torch-ops cell below is used
+    _cpu_cell = None
+
+
+def uses_fused_cell(x: torch.Tensor) -> bool:
+    """Whether a layer on ``x`` (T, B, D) runs its cell update in the C extension."""
+    return _cpu_cell is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
 
 
 def to_internal_order(w: torch.Tensor, hidden_size: int) -> torch.Tensor:
@@ -48,8 +60,10 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True):
     H = w_hh.shape[0] // 4
     XG = linear(x.reshape(T * B, D), w_ih, bias).view(T, B, 4 * H)   # X W_x + b, all steps
     Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
-    C = torch.empty(T if save else 1, B, H, dtype=x.dtype, device=x.device)
     recurrent = RecurrentMatmul(w_hh, B)
+    if uses_fused_cell(x):
+        return _forward_fused_cell(XG, h0.contiguous(), c0.contiguous(), recurrent, Y, save)
+    C = torch.empty(T if save else 1, B, H, dtype=x.dtype, device=x.device)
     gates = []
     h, c = h0, c0
     for t in range(T):
@@ -67,6 +81,45 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True):
     return Y, G, C
 
 
+def _forward_fused_cell(XG, h0, c0, recurrent, Y, save):
+    """The recurrence with the C cell: per step one GEMM, then one pass for gates, c and h."""
+    T, B, G4 = XG.shape
+    H = G4 // 4
+    G = torch.empty(T, B, G4, dtype=XG.dtype) if save else None
+    C = torch.empty(T if save else 2, B, H, dtype=XG.dtype)
+    scratch = None if save else torch.empty(B, G4, dtype=XG.dtype)   # activations, not kept
+    h, c = h0, c0
+    for t in range(T):
+        rec = recurrent.mm(h)                                   # H W_h for all four gates
+        act = G[t] if save else scratch
+        c_out = C[t] if save else C[t % 2]
+        _cpu_cell.forward(rec.data_ptr(), XG[t].data_ptr(), act.data_ptr(), c.data_ptr(),
+                          c_out.data_ptr(), Y[t].data_ptr(), B, H)
+        h, c = Y[t], c_out
+    return Y, G, (C if save else c.unsqueeze(0))
+
+
+def _backward_fused_cell(dY, dh_n, dc_n, c0, w_hh, G, C, want_dh0):
+    """Backward through time with the C cell; returns (dG (T, B, 4H), dh0 or None, dc0)."""
+    T, B, H = C.shape
+    dG = torch.empty(T, B, 4 * H, dtype=G.dtype)
+    dY = torch.zeros(T, B, H, dtype=G.dtype) if dY is None else dY.contiguous()
+    dc = torch.zeros(B, H, dtype=G.dtype) if dc_n is None else dc_n.contiguous().clone()
+    dh_a, dh_b = dY[T - 1], (None if dh_n is None else dh_n.contiguous())
+    c0 = c0.contiguous()
+    recurrent = RecurrentMatmul(w_hh.t(), B)
+    dh0 = None
+    for t in range(T - 1, -1, -1):
+        c_prev = C[t - 1] if t > 0 else c0
+        _cpu_cell.backward(dh_a.data_ptr(), None if dh_b is None else dh_b.data_ptr(), dc.data_ptr(),
+                           G[t].data_ptr(), C[t].data_ptr(), c_prev.data_ptr(), dG[t].data_ptr(), B, H)
+        if t > 0:
+            dh_a, dh_b = recurrent.mm(dG[t]), dY[t - 1]          # dh_{t-1} = dgates_t W_hh + dY_{t-1}
+        elif want_dh0:
+            dh0 = linear(dG[0], w_hh.t())
+    return dG, dh0, dc
+
+
 def lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, needs):
     """Backward through time. ``needs`` = (x, h0, c0, w_ih, w_hh, bias) booleans.
 
@@ -75,6 +128,29 @@ def lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, needs):
     """
     T, B, H = C.shape
     D = x.shape[2]
+    if uses_fused_cell(x):
+        dG, dh0, dc = _backward_fused_cell(dY, dh_n, dc_n, c0, w_hh, G, C, needs[1])
+    else:
+        dG, dh0, dc = _backward_torch_ops(dY, dh_n, dc_n, c0, w_hh, G, C, needs[1])
+    dG2 = dG.view(T * B, 4 * H)
+    dx = dw_ih = dw_hh = db = None
+    if needs[0]:
+        dx = linear(dG2, w_ih.t()).view(T, B, D)
+    # The three weight-side gradients sum over all T*B rows; transpose dG once for all of them.
+    dGT = transpose_for_weight_grads(dG2) if needs[3] or needs[4] or needs[5] else None
+    if needs[3]:
+        dw_ih = matmul_tn(dG2, x.reshape(T * B, D), a_t=dGT)
+    if needs[4]:
+        H_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
+        dw_hh = matmul_tn(dG2, H_prev.reshape(T * B, h0.shape[1]), a_t=dGT)
+    if needs[5]:
+        db = dGT.sum(1) if dGT is not None and dGT.is_contiguous() else dG2.sum(0)
+    return dx, dh0, (dc if needs[2] else None), dw_ih, dw_hh, db
+
+
+def _backward_torch_ops(dY, dh_n, dc_n, c0, w_hh, G, C, want_dh0):
+    """Backward through time as torch ops; returns (dG (T, B, 4H), dh0 or None, dc0)."""
+    T, B, H = C.shape
     o, i, f, g = G[..., :H], G[..., H: 2 * H], G[..., 2 * H: 3 * H], G[..., 3 * H:]
     # Factors that do not depend on the incoming gradient, for all steps at once.
     TC = torch.tanh(C)
@@ -103,20 +179,9 @@ def lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, needs):
         dc = dct.mul_(f[t])
         if t > 0:
             dh = recurrent(dG[t], dY[t - 1])
-        elif needs[1]:
+        elif want_dh0:
             dh0 = linear(dG[0], w_hh.t())
-    dG2 = dG.view(T * B, 4 * H)
-    dx = dw_ih = dw_hh = db = None
-    if needs[0]:
-        dx = linear(dG2, w_ih.t()).view(T, B, D)
-    if needs[3]:
-        dw_ih = matmul_tn(dG2, x.reshape(T * B, D))
-    if needs[4]:
-        H_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
-        dw_hh = matmul_tn(dG2, H_prev.reshape(T * B, h0.shape[1]))
-    if needs[5]:
-        db = dG2.sum(0)
-    return dx, dh0, (dc if needs[2] else None), dw_ih, dw_hh, db
+    return dG, dh0, dc
 
 
 class CpuLSTMFunction(torch.autograd.Function):

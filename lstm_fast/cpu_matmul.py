@@ -39,10 +39,18 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
     return torch.addmm(bias, x, w.t()) if bias is not None else x @ w.t()
 
 
-def matmul_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a.T @ b`` for a (R, M) and b (R, N): the weight-gradient product, summed over R = T*B rows."""
+def transpose_for_weight_grads(a: torch.Tensor) -> torch.Tensor:
+    """``a`` (R, M) prepared as the left operand of :func:`matmul_tn`: a contiguous (M, R) copy
+    when oneDNN will run the product (it needs the summed dimension innermost), else a view."""
+    return a.t().contiguous() if use_onednn(a, a.shape[1], a.shape[1], a.shape[0]) else a.t()
+
+
+def matmul_tn(a: torch.Tensor, b: torch.Tensor, a_t=None) -> torch.Tensor:
+    """``a.T @ b`` for a (R, M) and b (R, N): the weight-gradient product, summed over R = T*B rows.
+    ``a_t``: :func:`transpose_for_weight_grads` of ``a`` when the caller already has it."""
     if use_onednn(a, a.shape[1], b.shape[1], a.shape[0]):
-        return linear(a.t().contiguous(), b.t().contiguous())
+        a_t = a.t().contiguous() if a_t is None or not a_t.is_contiguous() else a_t
+        return linear(a_t, b.t().contiguous())
     return a.t() @ b
 
 
@@ -59,6 +67,12 @@ class RecurrentMatmul:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch)
         else:
             self.wt = w.t()
+
+    def mm(self, a: torch.Tensor) -> torch.Tensor:
+        """``a @ w.T``."""
+        if self.onednn:
+            return torch.ops.mkldnn._linear_pointwise(a, self.packed, None, "none", [], "")
+        return a @ self.wt
 
     def __call__(self, a: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
         if self.onednn:
