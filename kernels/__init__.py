@@ -3,7 +3,16 @@
 Shape legend for every kernel file here: B batch, T steps, D input, H hidden; gates i, f, g, o
 (d2l: I, F, C_tilda, O).
 
-``HAS_KERNELS`` tells :mod:`lstm_fast.backends` whether the fused LSTM kernels are present; until
-they are, ``backend="triton"`` is a clear error rather than a silent fallback.
+* :mod:`.lstm_fwd`: ``_lstm_fwd_kernel`` (persistent, walks T) and its launcher ``lstm_fwd``;
+* :mod:`.lstm_bwd`: ``_lstm_bwd_kernel`` (persistent, walks T in reverse) and ``lstm_bwd``;
+* :mod:`.lstm_config`: the tile table the launchers pick from.
+
+Importing this package imports triton; :mod:`lstm_fast.backends` turns an ImportError into a clear
+"backend='triton' is not available" error.
 """
-HAS_KERNELS = False
+from .lstm_bwd import lstm_bwd
+from .lstm_config import LSTMKernelConfig, all_configs, pick_config
+from .lstm_fwd import lstm_fwd
+
+HAS_KERNELS = True
+__all__ = ["lstm_fwd", "lstm_bwd", "pick_config", "all_configs", "LSTMKernelConfig", "HAS_KERNELS"]

@@ -45,7 +45,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
         if x.dtype not in _CPU_DTYPES:
             raise RuntimeError(f"backend='cpu' supports float32 and float64, got {x.dtype}")
         return lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    from .kernels import lstm_triton  # resolve_backend checked it is there
+    from .triton_function import lstm_triton  # resolve_backend checked the kernels import
     return lstm_triton(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 
 

@@ -1,13 +1,23 @@
-"""Shared test setup: a fresh seed per test, NaN-poisoned fresh buffers, comparison helpers.
+"""Shared test setup: the Triton interpreter on machines without CUDA, a fresh seed per test,
+NaN-poisoned fresh buffers, comparison helpers.
+
+Without a CUDA device ``TRITON_INTERPRET=1`` is set here, before anything imports triton (torch
+does not), so the Triton kernels run on CPU tensors through Triton's interpreter in the ordinary
+test run. The sm_90 compile test clears it in the subprocess it starts.
 
 ``poison_empty`` replaces ``torch.empty``/``torch.empty_like`` for floating dtypes with NaN-filled
 tensors while a test runs, so an output element an implementation forgets to write shows up as NaN
 instead of passing by luck on recycled memory.
 """
+import os
 import zlib
 
-import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,68 @@
+"""``FusedLSTMFunction``: the autograd Function around the Triton kernels (one layer, one direction).
+
+Forward: the input projection of all steps as one GEMM (cuBLAS on CUDA), then one persistent
+kernel launch for the recurrence (:func:`lstm_fast.kernels.lstm_fwd`). Backward: one persistent
+launch for the gate gradients and ``dh`` through time (:func:`lstm_fast.kernels.lstm_bwd`), then
+the weight and input gradients as one GEMM each over all steps. Accumulation and state are
+float32 (float64 for float64 inputs); outputs are in the input dtype.
+"""
+import torch
+
+
+def _input_projection(x, w_ih, b_ih, b_hh):
+    T, B, D = x.shape
+    bias = None
+    if b_ih is not None or b_hh is not None:
+        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+    x2 = x.reshape(T * B, D)
+    xg = torch.addmm(bias, x2, w_ih.t()) if bias is not None else x2 @ w_ih.t()
+    return xg.view(T, B, -1)
+
+
+class FusedLSTMFunction(torch.autograd.Function):
+    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n) on the Triton kernels."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        from .kernels import lstm_fwd
+
+        xg = _input_projection(x, w_ih, b_ih, b_hh)
+        Y, C, G = lstm_fwd(xg, h0, c0, w_hh, save_gates=True)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, Y, C, G)
+        return Y, Y[-1].clone(), C[-1].to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dY, dh_n, dc_n):
+        from .kernels import lstm_bwd
+
+        x, h0, w_ih, w_hh, Y, C, G = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        DG, dh0, dc0 = lstm_bwd(dY, dh_n, dc_n, w_hh, G, C)
+        T, B, D = x.shape
+        acc = DG.dtype
+        dG2 = DG.view(T * B, -1)
+        dx = dw_ih = dw_hh = db = None
+        if n[0]:
+            dx = (dG2 @ w_ih.to(acc)).view(T, B, D).to(x.dtype)
+        if n[3]:
+            dw_ih = (dG2.t() @ x.reshape(T * B, D).to(acc)).to(w_ih.dtype)
+        if n[4]:
+            h_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
+            dw_hh = (dG2.t() @ h_prev.reshape(T * B, -1).to(acc)).to(w_hh.dtype)
+        if n[5] or n[6]:
+            db = dG2.sum(0).to(w_hh.dtype)
+        return (dx, dh0.to(h0.dtype) if n[1] else None, dc0.to(x.dtype) if n[2] else None,
+                dw_ih, dw_hh, db if n[5] else None, db if n[6] else None)
+
+
+def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One layer on the Triton kernels. Inputs are trusted (see fused_lstm). Without autograd the
+    forward saves nothing."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        Y, h_n, c_n = FusedLSTMFunction.apply(*tensors)
+        return Y, (h_n, c_n)
+    from .kernels import lstm_fwd
+
+    Y, C, _ = lstm_fwd(_input_projection(x, w_ih, b_ih, b_hh), h0, c0, w_hh, save_gates=False)
+    return Y, (Y[-1].clone(), C[-1].to(x.dtype))

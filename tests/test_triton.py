@@ -1,0 +1,140 @@
+"""The Triton kernels through fused_lstm(backend="triton") and FusedLSTM: without a GPU on CPU
+tensors under Triton's interpreter (see conftest), on CUDA tensors where a GPU is present. Forward,
+final states and every gradient against nn.LSTM and the CPU implementation; gradcheck in float64;
+on the GPU, float32/bf16/fp16 by relative error against a float64 reference."""
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from lstm_fast import FusedLSTM, fused_lstm
+from conftest import assert_close
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+CUDA = torch.cuda.is_available()
+pytestmark = [
+    pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed"),
+    pytest.mark.skipif(not CUDA and os.environ.get("TRITON_INTERPRET") != "1",
+                       reason="needs CUDA or TRITON_INTERPRET=1 set before triton is imported"),
+]
+DEV = "cuda" if CUDA else "cpu"
+
+SHAPES = [  # (T, B, D, H): awkward sizes, tile boundaries (H=130 crosses 64/128), odd batches
+    pytest.param(1, 1, 1, 1, id="T1-B1-D1-H1"),
+    pytest.param(3, 17, 5, 33, id="T3-B17-D5-H33"),
+    pytest.param(2, 3, 4, 130, id="T2-B3-D4-H130"),
+    pytest.param(5, 1, 3, 2, id="T5-B1-D3-H2"),
+]
+
+
+def _run(fn, T, B, D, H, dtype, ref_params, with_hx=True):
+    torch.manual_seed(1)
+    x = torch.randn(T, B, D, dtype=dtype, device=DEV, requires_grad=True)
+    hx = tuple((torch.randn(B, H, dtype=dtype, device=DEV) * 0.5).requires_grad_() for _ in range(2)) if with_hx else None
+    params = [p.detach().clone().requires_grad_() for p in ref_params]
+    y, (h, c) = fn(x, hx, params)
+    torch.manual_seed(2)
+    w = [torch.randn_like(t) for t in (y, h, c)]
+    leaves = [x] + (list(hx) if hx else []) + params
+    grads = torch.autograd.grad((y * w[0]).sum() + (h * w[1]).sum() + (c * w[2]).sum(), leaves)
+    return [y, h, c] + list(grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("T,B,D,H", SHAPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
+def test_triton_matches_nn_lstm_and_cpu(T, B, D, H, dtype, bias, with_hx):
+    if CUDA and dtype == torch.float32:
+        torch.backends.cudnn.allow_tf32 = False   # exact comparison; tf32 has its own GPU test
+    ref = nn.LSTM(D, H, bias=bias, dtype=dtype, device=DEV)
+    ref_params = list(ref.parameters())
+
+    def triton_fn(x, hx, p):
+        return fused_lstm(x, hx, *p, backend="triton")
+
+    def torch_fn(x, hx, p):
+        y, (h, c) = torch.func.functional_call(ref, dict(zip([n for n, _ in ref.named_parameters()], p)),
+                                               (x, None if hx is None else tuple(t.unsqueeze(0) for t in hx)))
+        return y, (h[0], c[0])
+
+    names = ["output", "h_n", "c_n", "grad input"] + (["grad h_0", "grad c_0"] if with_hx else []) + \
+        [f"grad {n}" for n, _ in ref.named_parameters()]
+    got = _run(triton_fn, T, B, D, H, dtype, ref_params, with_hx)
+    want = _run(torch_fn, T, B, D, H, dtype, ref_params, with_hx)
+    for name, a, b in zip(names, got, want):
+        assert_close(a, b, dtype, name)
+    if DEV == "cpu":
+        cpu = _run(lambda x, hx, p: fused_lstm(x, hx, *p, backend="cpu"), T, B, D, H, dtype, ref_params, with_hx)
+        for name, a, b in zip(names, got, cpu):
+            assert_close(a, b, dtype, f"{name} vs CPU implementation")
+
+
+def test_triton_gradcheck():
+    dt = torch.float64
+    T, B, D, H = 2, 2, 2, 3
+    inputs = [torch.randn(T, B, D, dtype=dt, device=DEV), torch.randn(B, H, dtype=dt, device=DEV),
+              torch.randn(B, H, dtype=dt, device=DEV), torch.randn(4 * H, D, dtype=dt, device=DEV) * 0.5,
+              torch.randn(4 * H, H, dtype=dt, device=DEV) * 0.5, torch.randn(4 * H, dtype=dt, device=DEV),
+              torch.randn(4 * H, dtype=dt, device=DEV)]
+    inputs = [t.requires_grad_() for t in inputs]
+
+    def f(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        y, (h, c) = fused_lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, backend="triton")
+        return y, h, c
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("kw", [dict(bidirectional=True, num_layers=2), dict(proj_size=2), dict(proj_size=2, bidirectional=True)],
+                         ids=["bi-L2", "proj2", "proj2-bi"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_triton_module(kw, packed):
+    """The module's layers, directions, projection (first step with R != H) and packing on Triton."""
+    dt = torch.float64
+    ref = nn.LSTM(3, 5, dtype=dt, device=DEV, **kw)
+    m = FusedLSTM(3, 5, dtype=dt, device=DEV, backend="triton", **kw)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 3, dtype=dt, device=DEV, requires_grad=True)
+    n = ref.num_layers * (2 if ref.bidirectional else 1)
+    hx = (torch.randn(n, 3, ref.proj_size or 5, dtype=dt, device=DEV), torch.randn(n, 3, 5, dtype=dt, device=DEV))
+    inp = pack_padded_sequence(x, torch.tensor([4, 2, 1]), enforce_sorted=False) if packed else x
+    (yr, (hr, cr)), (y, (h, c)) = ref(inp, hx), m(inp, hx)
+    if packed:
+        yr, y = yr.data, y.data
+    for name, a, b in (("output", y, yr), ("h_n", h, hr), ("c_n", c, cr)):
+        assert_close(a, b, dt, name)
+    g = torch.autograd.grad(y.sum() + h.sum() + c.sum(), [x] + list(m.parameters()), retain_graph=True)
+    gr = torch.autograd.grad(yr.sum() + hr.sum() + cr.sum(), [x] + list(ref.parameters()), retain_graph=True)
+    for (name, _), a, b in zip([("input", None)] + list(ref.named_parameters()), g, gr):
+        assert_close(a, b, dt, f"grad {name}")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), ("tf32", 5e-4), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)],
+                         ids=["fp32", "tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("T,B,D,H", [(35, 32, 28, 256), (7, 3, 64, 130), (4, 100, 512, 512)], ids=["d2l", "odd", "wide"])
+def test_gpu_relative_error(T, B, D, H, dtype, tol):
+    """On CUDA, fresh inputs (outputs poisoned by conftest): ||out - ref|| / ||ref|| against float64."""
+    torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+    dt = torch.float32 if dtype == "tf32" else dtype
+    try:
+        ref = nn.LSTM(D, H, dtype=torch.float64, device="cuda")
+        x = torch.randn(T, B, D, dtype=torch.float64, device="cuda", requires_grad=True)
+        yr, (hr, cr) = ref(x)
+        w = torch.randn_like(yr)
+        gr = torch.autograd.grad((yr * w).sum() + hr.sum() + cr.sum(), [x] + list(ref.parameters()))
+        m = FusedLSTM(D, H, dtype=dt, device="cuda")
+        m.load_state_dict({k: v.to(dt) for k, v in ref.state_dict().items()})
+        x2 = x.detach().to(dt).requires_grad_()
+        y, (h, c) = m(x2)
+        g = torch.autograd.grad((y * w.to(dt)).sum() + h.sum() + c.sum(), [x2] + list(m.parameters()))
+        for name, a, b in [("output", y, yr), ("h_n", h, hr), ("c_n", c, cr)] + list(zip(["grad x", "w_ih", "w_hh", "b_ih", "b_hh"], g, gr)):
+            assert not torch.isnan(a).any(), f"{name}: NaN"
+            err = ((a.double() - b).norm() / b.norm()).item()
+            assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
