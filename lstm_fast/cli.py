@@ -1,4 +1,5 @@
-"""``lstm-fast`` (also ``python -m lstm_fast``): ``train`` the d2l experiment, ``generate`` text."""
+"""``lstm-fast`` (also ``python -m lstm_fast``): ``train`` the d2l experiment, ``generate`` text,
+``bench`` the implementations."""
 import argparse
 import sys
 
@@ -37,6 +38,35 @@ def _generate(a):
     print(predict(a.prefix, a.num_preds, net, vocab, device, a.temperature, cfg.token, gen))
 
 
+def _bench(a):
+    import torch
+
+    from .bench import IMPLEMENTATIONS, MODES, environment, format_table, measure, plot, shape_set, write_json
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if a.device != "all":
+        if a.device == "cuda" and "cuda" not in devices:
+            raise ValueError("--device cuda: no CUDA device is available")
+        devices = [a.device]
+    if "cuda" not in devices:
+        print("no GPU here: measuring the CPU only", file=sys.stderr)
+    shapes = shape_set(a.shapes)
+    impls = [i for i in a.impl.split(",") if i]
+    bad = [i for i in impls if i not in IMPLEMENTATIONS]
+    if bad:
+        raise ValueError(f"--impl: unknown {bad}; choose from {IMPLEMENTATIONS}")
+    rows = []
+    for device in devices:
+        for (B, T, D, H) in shapes:
+            for mode in MODES:
+                for impl in impls:
+                    rows.append(measure(impl, B, T, D, H, mode, device, budget_s=a.budget))
+    print(format_table(rows))
+    if a.json:
+        write_json(a.json, environment(devices[-1]), rows)
+    if a.plot:
+        plot(rows, a.plot)
+
+
 def build_parser():
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="lstm-fast", description=__doc__)
@@ -71,6 +101,16 @@ def build_parser():
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=_generate)
+    b = sub.add_parser("bench", help="tokens/sec of scratch, nn.LSTM and FusedLSTM on this machine",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--device", default="all", choices=("all", "cpu", "cuda"))
+    b.add_argument("--shapes", default="d2l", choices=("tiny", "d2l", "cpu", "grid"),
+                   help="d2l: B32 T35 D28 H256; cpu: d2l and B64 T100 D128 H512; grid: B x H x T")
+    b.add_argument("--impl", default="scratch,torch,fused", help="comma-separated implementations")
+    b.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per measurement")
+    b.add_argument("--json", help="also write the rows (and the environment) as JSON here")
+    b.add_argument("--plot", help="also draw a bar chart (PNG) here")
+    b.set_defaults(func=_bench)
     return p
 
 

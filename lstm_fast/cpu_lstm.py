@@ -23,6 +23,8 @@ ops of 3-14 us each per step. float64 (gradcheck) and installs without the exten
 algorithm as torch ops. Saved for the backward: the activated gates (T, B, 4H), the cell states
 (T, B, H), the outputs, the inputs and the weights; nothing else.
 """
+import weakref
+
 import torch
 
 from .cpu_matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
@@ -50,7 +52,36 @@ def from_internal_order(w: torch.Tensor, hidden_size: int) -> torch.Tensor:
     return torch.cat((i, f, g, o), 0)
 
 
-def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True):
+class _PreparedWeights:
+    """Internal-order copies of a layer's weights and the packed recurrent matmul, reused while
+    the parameters are unchanged (inference loops). Keyed by weak references plus the tensors'
+    version counters, so an in-place update or a freed tensor never hits a stale entry."""
+
+    def __init__(self, maxsize=8):
+        self.maxsize, self.entries = maxsize, []
+
+    @staticmethod
+    def _key(tensors, batch):
+        return tuple((t.data_ptr(), t._version, tuple(t.shape)) if t is not None else None for t in tensors) + (batch,)
+
+    def get(self, w_ih, w_hh, b_ih, b_hh, batch):
+        tensors = (w_ih, w_hh, b_ih, b_hh)
+        key = self._key(tensors, batch)
+        for refs, k, value in self.entries:
+            if k == key and all((r() is t) if r is not None else t is None for r, t in zip(refs, tensors)):
+                return value
+        H = w_hh.shape[0] // 4
+        wh = to_internal_order(w_hh, H)
+        value = (to_internal_order(w_ih, H), wh, _combined_bias(b_ih, b_hh, H), RecurrentMatmul(wh, batch))
+        refs = tuple(weakref.ref(t) if t is not None else None for t in tensors)
+        self.entries = [(refs, key, value)] + self.entries[: self.maxsize - 1]
+        return value
+
+
+_prepared = _PreparedWeights()
+
+
+def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
     """Run the recurrence. ``w_ih``, ``w_hh`` and ``bias`` are already in internal gate order.
 
     Returns (Y, G, C): outputs h_t (T, B, H), activated gates (T, B, 4H) in internal order and
@@ -60,7 +91,7 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True):
     H = w_hh.shape[0] // 4
     XG = linear(x.reshape(T * B, D), w_ih, bias).view(T, B, 4 * H)   # X W_x + b, all steps
     Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
-    recurrent = RecurrentMatmul(w_hh, B)
+    recurrent = recurrent or RecurrentMatmul(w_hh, B)
     if uses_fused_cell(x):
         return _forward_fused_cell(XG, h0.contiguous(), c0.contiguous(), recurrent, Y, save)
     C = torch.empty(T if save else 1, B, H, dtype=x.dtype, device=x.device)
@@ -228,7 +259,6 @@ def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         Y, h_n, c_n = CpuLSTMFunction.apply(*tensors)
         return Y, (h_n, c_n)
-    H = w_hh.shape[0] // 4
-    Y, _, C = lstm_forward_cpu(x, h0, c0, to_internal_order(w_ih, H), to_internal_order(w_hh, H),
-                               _combined_bias(b_ih, b_hh, H), save=False)
+    wi, wh, bias, recurrent = _prepared.get(w_ih, w_hh, b_ih, b_hh, x.shape[1])
+    Y, _, C = lstm_forward_cpu(x, h0, c0, wi, wh, bias, save=False, recurrent=recurrent)
     return Y, (Y[-1].clone(), C[-1].clone())

@@ -123,3 +123,24 @@ def test_matches_d2l_scratch(T, B, V, H, dtype):
     for name, a, b in zip(reference.GATE_NAMES, ours, gs[1:]):
         assert_close(a, b, dtype, f"grad {name}")
     assert_close(g[4], g[3], dtype, "grad bias_hh == grad bias_ih")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prepared_weight_cache_sees_updates(dtype):
+    """Inference reuses prepared (reordered, packed) weights; an in-place update (an optimizer
+    step) or a different parameter must never hit a stale entry."""
+    from lstm_fast import FusedLSTM
+    ref = nn.LSTM(6, 40, dtype=dtype)
+    m = FusedLSTM(6, 40, dtype=dtype)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 33, 6, dtype=dtype)
+    with torch.no_grad():
+        for step in range(3):
+            assert_close(m(x)[0], ref(x)[0], dtype, f"after update {step}")
+            for p, q in zip(m.parameters(), ref.parameters()):
+                delta = torch.randn_like(p) * 0.1
+                p.add_(delta)
+                q.add_(delta)
+        other = FusedLSTM(6, 40, dtype=dtype)
+        ref.load_state_dict(other.state_dict())
+        assert_close(other(x)[0], ref(x)[0], dtype, "another module")

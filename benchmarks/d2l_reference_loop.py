@@ -1,0 +1,50 @@
+"""A faithful d2l ``train_ch8`` epoch (Dive into Deep Learning, RNN chapter) with nn.LSTM, written
+to d2l's semantics: per-batch ``state.detach_()``, mean loss, d2l's ``grad_clipping`` (a Python
+loop over parameters with a host-side comparison), and the Accumulator's per-batch float() of the
+loss (a host sync per batch). It is the baseline the main job's speed is measured against."""
+import math
+import time
+
+import torch
+from torch import nn
+
+
+def grad_clipping(net, theta):
+    params = [p for p in net.parameters() if p.requires_grad]
+    norm = torch.sqrt(sum(torch.sum((p.grad ** 2)) for p in params))
+    if norm > theta:
+        for param in params:
+            param.grad[:] *= theta / norm
+
+
+def train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter=False):
+    state, start = None, time.perf_counter()
+    total, tokens = 0.0, 0
+    for X, Y in train_iter:
+        if state is None or use_random_iter:
+            state = net.begin_state(X.shape[0], device)
+        else:
+            for s in state:
+                s.detach_()
+        y = Y.T.reshape(-1)
+        X, y = X.to(device), y.to(device)
+        y_hat, state = net(X, state)
+        l = loss(y_hat, y.long()).mean()
+        updater.zero_grad()
+        l.backward()
+        grad_clipping(net, 1)
+        updater.step()
+        total += float(l * y.numel())
+        tokens += y.numel()
+    return math.exp(total / tokens), tokens / (time.perf_counter() - start)
+
+
+def d2l_setup(device, hidden=256, batch_size=32, num_steps=35, seed=0):
+    """The d2l concise LSTM language model (nn.LSTM) on the bundled Time Machine."""
+    from lstm_fast.data import SeqDataLoader, load_corpus
+    from lstm_fast.train import RNNModel
+    torch.manual_seed(seed)
+    corpus, vocab = load_corpus()
+    loader = SeqDataLoader(corpus, batch_size, num_steps, seed=seed)
+    net = RNNModel(nn.LSTM(len(vocab), hidden), len(vocab)).to(device)
+    return net, loader, nn.CrossEntropyLoss(), torch.optim.SGD(net.parameters(), lr=1)
