@@ -9,6 +9,9 @@ from setuptools import Extension, setup
 # installs and the CPU implementation runs its cell update as torch ops.
 cpu_cell = Extension("lstm_fast._cpu_cell", sources=["lstm_fast/csrc/cpu_cell.c"],
                      extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
+# Whole-sequence AVX-512 kernels (one call walks T; threads from torch's own OpenMP runtime).
+cpu_seq = Extension("lstm_fast._cpu_seq", sources=["lstm_fast/csrc/cpu_seq.c"], libraries=["dl"],
+                    extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 
 setup(
     name="lstm-fast",
@@ -30,6 +33,6 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "hypothesis"],
     },
-    ext_modules=[cpu_cell],
+    ext_modules=[cpu_cell, cpu_seq],
     entry_points={"console_scripts": ["lstm-fast=lstm_fast.cli:main"]},
 )

@@ -13,6 +13,8 @@ def _train(a):
                       epochs=a.epochs, max_tokens=a.max_tokens, token=a.token, random_iter=a.random_iter,
                       seed=a.seed, data=a.data or "", device=a.device)
     r = train(cfg, out_dir=a.out, resume=a.resume, progress=not a.no_progress)
+    if r["rank"] != 0:
+        return
     print(f"perplexity {r['perplexity']:.1f}, {r['tokens_per_sec']:.1f} tokens/sec on {r['device']}")
     print(r["time traveller"])
     print(r["traveller"])

@@ -8,9 +8,16 @@ detached between batches.
 Speed habits: the loss is summed on the device and read once per epoch (no host sync per batch);
 clipping is two foreach kernels and no branch on the host; the closing tokens/sec counts all
 epochs' wall time.
+
+Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on CPU,
+nccl on CUDA) and each rank trains on its own share of every batch's rows: rank r takes rows
+[r*B/W, (r+1)*B/W), so sequential partitioning's state continuity holds per rank and the global
+batch stays B. Gradients are averaged, so clipping sees the global gradient and all ranks take the
+same step. Rank 0 alone writes files and prints.
 """
 import csv
 import io
+import json
 import math
 import os
 import tempfile
@@ -226,21 +233,28 @@ def plot_perplexity(out_dir: Path, history):
 
 
 # ----------------------------------------------------------------------------------- training
-def train_epoch(net, loader, loss_fn, opt, device, cfg):
-    """One epoch; returns (perplexity, tokens/sec). One host sync, at the end."""
+def train_epoch(net, loader, loss_fn, opt, device, cfg, forward=None, shard=(0, 1)):
+    """One epoch; returns (perplexity, tokens/sec), over all ranks when distributed. One host
+    sync (and, distributed, one all-reduce) at the end. ``forward``: the DDP wrapper of ``net``;
+    ``shard``: (rank, world), this rank's share of each batch's rows."""
+    forward = forward or net
+    rank, world = shard
     state = None
     total = torch.zeros((), device=device)
     tokens = 0
     params = [p for p in net.parameters() if p.requires_grad]
     start = time.perf_counter()
     for X, Y in loader:
+        if world > 1:
+            rows = X.shape[0] // world
+            X, Y = X[rank * rows:(rank + 1) * rows], Y[rank * rows:(rank + 1) * rows]
         X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
         if state is None or cfg.random_iter:
             state = net.begin_state(X.shape[0], device)
         else:
             state = tuple(s.detach() for s in state)
         y = Y.T.reshape(-1)
-        y_hat, state = net(X, state)
+        y_hat, state = forward(X, state)
         loss = loss_fn(y_hat, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -248,8 +262,36 @@ def train_epoch(net, loader, loss_fn, opt, device, cfg):
         opt.step()
         total += loss.detach() * y.numel()
         tokens += y.numel()
+    if world > 1:
+        import torch.distributed as dist
+        both = torch.stack((total, torch.tensor(float(tokens), device=device)))
+        dist.all_reduce(both)
+        total, tokens = both[0], int(both[1].item())
     ppl = math.exp(total.item() / max(tokens, 1))
     return ppl, tokens / (time.perf_counter() - start)
+
+
+def init_distributed(device):
+    """(rank, world, device) under torchrun (WORLD_SIZE > 1), else (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def ranks_max_param_difference(net):
+    """Largest absolute difference between any rank's parameters and rank 0's (0.0 when in sync)."""
+    import torch.distributed as dist
+    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    return max(float((g - gathered[0]).abs().max()) for g in gathered)
 
 
 def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True):
@@ -265,6 +307,12 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
         start_epoch, history = ckpt["epoch"], list(ckpt["history"])
     cfg.validate()
     device = resolve_device(cfg.device)
+    rank, world, device = init_distributed(device)
+    if world > 1:
+        if cfg.batch_size % world:
+            raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {world} ranks")
+        if rank != 0:
+            progress, log = False, (lambda *_: None)
     torch.manual_seed(cfg.seed + start_epoch)
     corpus, vocab = load_corpus(cfg.data or None, cfg.max_tokens, cfg.token)
     if ckpt is not None and ckpt["vocab"]["idx_to_token"] != vocab.idx_to_token:
@@ -278,11 +326,17 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+    forward = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        forward = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.bidirectional:
         log("warning: a bidirectional model sees the future while training, so it cannot predict "
             "(d2l, 'Bidirectional Recurrent Neural Networks'); its continuations are meaningless")
     out_dir = Path(out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = rank == 0
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
     loss_fn = nn.CrossEntropyLoss()
     gen = lambda prefix: predict(prefix, 50, net, vocab, device, token=cfg.token)  # noqa: E731
 
@@ -297,7 +351,7 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
     tokens_per_epoch = len(loader) * cfg.batch_size * cfg.num_steps
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            ppl, speed = train_epoch(net, loader, loss_fn, opt, device, cfg)
+            ppl, speed = train_epoch(net, loader, loss_fn, opt, device, cfg, forward, (rank, world))
             toks = tokens_per_epoch
             history.append({"epoch": epoch + 1, "perplexity": ppl, "tokens_per_sec": speed, "tokens": toks})
             elapsed += toks / speed
@@ -305,7 +359,7 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
             if bar is not None:
                 bar.set_postfix(ppl=f"{ppl:.2f}", tok_s=f"{speed:,.0f}")
                 bar.update(1)
-            if (epoch + 1) % 10 == 0:
+            if (epoch + 1) % 10 == 0 and writer:
                 log(f"epoch {epoch + 1}: perplexity {ppl:.2f}; {gen('time traveller')}")
                 save_checkpoint(out_dir / "checkpoint.pt", net, opt, vocab, cfg, epoch + 1, history)
                 write_metrics(out_dir, history)
@@ -315,11 +369,21 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
     finally:
         if bar is not None:
             bar.close()
-        if history:
+        if history and writer:
             save_checkpoint(out_dir / "checkpoint.pt", net, opt, vocab, cfg, history[-1]["epoch"], history)
             write_metrics(out_dir, history)
             plot_perplexity(out_dir, history)
     ppl = history[-1]["perplexity"]
     speed = total_tokens / elapsed if elapsed > 0 else 0.0
-    return {"perplexity": ppl, "tokens_per_sec": speed, "device": str(device), "out_dir": out_dir,
-            "time traveller": gen("time traveller"), "traveller": gen("traveller"), "history": history}
+    result = {"perplexity": ppl, "tokens_per_sec": speed, "device": str(device), "out_dir": out_dir,
+              "history": history, "rank": rank, "world_size": world}
+    if world > 1:
+        import torch.distributed as dist
+        result["ranks_max_param_difference"] = ranks_max_param_difference(net)
+        if writer:
+            atomic_write_bytes(out_dir / "distributed.json", json.dumps(
+                {"world_size": world, "ranks_max_param_difference": result["ranks_max_param_difference"]}).encode())
+        dist.destroy_process_group()
+    if writer:
+        result.update({"time traveller": gen("time traveller"), "traveller": gen("traveller")})
+    return result

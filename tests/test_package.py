@@ -22,3 +22,20 @@ def test_public_api():
     assert set(lstm_fast.__all__) >= {"FusedLSTM", "fused_lstm", "reference"}
     from lstm_fast.reference import (RNNModelScratch, get_lstm_params, init_lstm_state, lstm,  # noqa: F401
                                      lstm_state_dict_to_scratch, scratch_to_lstm_state_dict)
+
+
+def test_cpu_kernels_are_built_where_they_can_be():
+    """The C extensions are optional in setup.py (a machine without a compiler still installs), so
+    a broken build would silently fall back to the slow path. Where a C compiler and x86-64 Linux
+    are present, they must be there."""
+    import platform
+    import shutil
+
+    import pytest
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or not shutil.which("cc"):
+        pytest.skip("the C kernels are only required on x86-64 Linux with a compiler")
+    from lstm_fast import _cpu_cell, _cpu_seq  # noqa: F401
+    import lstm_fast.cpu_lstm as cpu
+    assert cpu._cpu_cell is not None
+    if _cpu_seq.available():
+        assert cpu._cpu_seq is not None

@@ -108,3 +108,35 @@ def test_bidirectional_model_shapes():
     net = build_model(TrainConfig(bidirectional=True, layers=2, hidden=8), 28, "cpu")
     y, (h, c) = net(torch.randint(0, 28, (3, 5)), net.begin_state(3, "cpu"))
     assert y.shape == (15, 28) and h.shape == (4, 3, 8)
+
+
+def test_torchrun_two_ranks_stay_identical(tmp_path):
+    """torchrun with 2 CPU processes (gloo): a few steps of DDP training, ranks end identical and
+    only rank 0 writes files."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "lstm_fast", "train", "--epochs", "2", "--hidden", "16",
+           "--batch-size", "8", "--num-steps", "10", "--max-tokens", "2000", "--no-progress", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert p.stdout.count("perplexity") == 1, "only rank 0 prints the closing line"
+    info = json.loads((tmp_path / "distributed.json").read_text())
+    assert info == {"world_size": 2, "ranks_max_param_difference": 0.0}
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+
+
+def test_distributed_batch_must_split_evenly(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 3)
+    with pytest.raises(ValueError, match="divisible"):
+        train(TrainConfig(epochs=1, **SMALL), out_dir=tmp_path, progress=False, log=lambda *_: None)

@@ -1,0 +1,402 @@
+/* Whole-sequence LSTM kernels for the CPU (float32, AVX-512): one call walks all T steps.
+ *
+ * Why: PyTorch's CPU LSTM is oneDNN's fused RNN primitive. Driving a step from Python (a oneDNN
+ * GEMM call, then a cell pass) costs ~10 us of call overhead and leaves a core idle during the cell
+ * each step; this file removes both. The recurrent GEMM is a register-blocked AVX-512 kernel over
+ * weights packed once per call, the LSTM cell runs in its epilogue while the gate tile is still in
+ * registers, and the threads are torch's own OpenMP pool (libgomp, found among the loaded
+ * libraries), so nothing competes with torch's threads for the cores. Gate order is lstm_fast's
+ * internal (o, i, f, g); d2l names: O, I, F, C_tilda.
+ *
+ * forward_seq(X, Wx, bias|None, Wp, h0, c0, Y, C, G|None, T, B, D, H, nthreads)
+ *   X (T, B, D) inputs; Wx (nb16, D, 64) and Wp (nb16, H, 64) forward panels of W_ih^T and
+ *   W_hh^T: panel j holds the 4 gates x 16 hidden units j*16.. (zero padded past H); the input
+ *   projection is accumulated into the same register tile as the recurrent product, so no
+ *   (T, B, 4H) buffer is written; bias (4H) = b_ih + b_hh or None; h0, c0 (B, H);
+ *   Y (T, B, H) outputs; C (T, B, H) cell states when G is given, else (2, B, H) scratch;
+ *   G (T, B, 4H) activated gates (saved for the backward) or None.
+ * backward_seq(dY, Wq, G, C, c0, dG, DH, DC, T, B, H, nthreads)
+ *   dY (T, B, H); Wq backward panels (nb64, 4H, 64): panel j holds W_hh[:, j*64..] zero padded;
+ *   G, C as saved; dG (T, B, 4H) out; DH (B, H) in: dh_n (or zeros), out: dh_0; DC (B, H) in:
+ *   dc_n (or zeros), out: dc_0.
+ * available() -> bool: AVX-512 present (the caller falls back otherwise).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LSTM_X86 1
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f,avx512dq,fma")))
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define LSTM_X86 0
+#endif
+
+/* ---------------------------------------------------------------- torch's OpenMP runtime */
+typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
+typedef void (*gomp_barrier_t)(void);
+typedef int (*omp_int_t)(void);
+static gomp_parallel_t p_parallel;
+static gomp_barrier_t p_barrier;
+static omp_int_t p_thread_num, p_num_threads;
+
+static void resolve_gomp(void) {
+    static int tried = 0;
+    if (tried) return;
+    tried = 1;
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return;
+    char line[4096], path[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        char *p = strchr(line, '/');
+        if (p && strstr(p, "libgomp")) {
+            size_t n = strcspn(p, "\n");
+            if (n < sizeof path) { memcpy(path, p, n); path[n] = 0; found = 1; }
+        }
+    }
+    fclose(f);
+    if (!found) return;
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!h) return;
+    p_parallel = (gomp_parallel_t)dlsym(h, "GOMP_parallel");
+    p_barrier = (gomp_barrier_t)dlsym(h, "GOMP_barrier");
+    p_thread_num = (omp_int_t)dlsym(h, "omp_get_thread_num");
+    p_num_threads = (omp_int_t)dlsym(h, "omp_get_num_threads");
+    if (!p_parallel || !p_barrier || !p_thread_num || !p_num_threads) p_parallel = NULL;
+}
+
+typedef struct { int tid, nth; } team_t;
+
+static team_t team(int requested) {
+    team_t t = {0, 1};
+    if (requested > 1 && p_parallel) { t.tid = p_thread_num(); t.nth = p_num_threads(); }
+    return t;
+}
+
+static void barrier(team_t t) { if (t.nth > 1) p_barrier(); }
+
+static void run(void (*fn)(void *), void *arg, int nthreads) {
+    if (nthreads > 1 && p_parallel) p_parallel(fn, arg, (unsigned)nthreads, 0);
+    else fn(arg);
+}
+
+#if LSTM_X86
+/* Register tiles of 6 or 4 rows x 4 vectors: 24 accumulators + 4 weight vectors fit the 32 zmm
+ * registers (8 rows would spill); a last partial tile reads zero rows and stores only real rows. */
+
+/* ---------------------------------------------------------------- vector math */
+AVX512 INLINE __m512 v_exp(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);      /* NaN in x survives: max returns src2 */
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+AVX512 INLINE __m512 v_sigmoid(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+AVX512 INLINE __m512 v_tanh(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = v_exp(_mm512_add_ps(x, x));
+    return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(one, e)));
+}
+
+static inline __mmask16 tail_mask(int64_t j0, int64_t H) {
+    int64_t n = H - j0;
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+}
+
+/* ---------------------------------------------------------------- forward */
+typedef struct {
+    const float *X, *Wx, *bias, *Wp, *h0, *c0;
+    float *Y, *C, *G;
+    int64_t T, B, D, H;
+    int nthreads;
+    const float *zero;   /* max(D, H) zeros: the A row of tile rows past the batch */
+} fwd_args;
+
+/* The 6-row x 64-column register tile: rows a0..a5 (a zero row past the batch) times a panel of
+ * 64 columns, K deep; 24 named accumulators so nothing lives on the stack. */
+#define TILE_DECL(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0;
+#define TILE_FMA(r)                                                                  \
+    {                                                                                \
+        __m512 x = _mm512_set1_ps(a##r[k]);                                          \
+        c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);                                   \
+        c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);                                   \
+        c##r##2 = _mm512_fmadd_ps(x, b2, c##r##2);                                   \
+        c##r##3 = _mm512_fmadd_ps(x, b3, c##r##3);                                   \
+    }
+#define TILE_K(K, W, FMAS)                                                           \
+    for (int64_t k = 0; k < (K); ++k) {                                              \
+        const float *wk = (W) + k * 64;                                              \
+        __m512 b0 = _mm512_loadu_ps(wk), b1 = _mm512_loadu_ps(wk + 16);              \
+        __m512 b2 = _mm512_loadu_ps(wk + 32), b3 = _mm512_loadu_ps(wk + 48);         \
+        FMAS                                                                         \
+    }
+#define DECL4 TILE_DECL(0) TILE_DECL(1) TILE_DECL(2) TILE_DECL(3)
+#define DECL6 DECL4 TILE_DECL(4) TILE_DECL(5)
+#define FMA4 TILE_FMA(0) TILE_FMA(1) TILE_FMA(2) TILE_FMA(3)
+#define FMA6 FMA4 TILE_FMA(4) TILE_FMA(5)
+
+/* The LSTM cell for one row and 16 hidden units, from that row's four gate accumulators. */
+AVX512 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0, __mmask16 m,
+                            __m512 go, __m512 gi, __m512 gf, __m512 gg, const float *cp, float *c_out) {
+    const int64_t H = a->H, G4 = 4 * H;
+    if (a->bias) {
+        const float *b = a->bias + j0;
+        go = _mm512_add_ps(go, _mm512_maskz_loadu_ps(m, b));
+        gi = _mm512_add_ps(gi, _mm512_maskz_loadu_ps(m, b + H));
+        gf = _mm512_add_ps(gf, _mm512_maskz_loadu_ps(m, b + 2 * H));
+        gg = _mm512_add_ps(gg, _mm512_maskz_loadu_ps(m, b + 3 * H));
+    }
+    __m512 O = v_sigmoid(go), I = v_sigmoid(gi), F = v_sigmoid(gf), Ct = v_tanh(gg);
+    __m512 c = _mm512_fmadd_ps(F, _mm512_maskz_loadu_ps(m, cp + row * H + j0), _mm512_mul_ps(I, Ct));
+    __m512 h = _mm512_mul_ps(O, v_tanh(c));
+    _mm512_mask_storeu_ps(c_out + row * H + j0, m, c);
+    _mm512_mask_storeu_ps(a->Y + (t * a->B + row) * H + j0, m, h);
+    if (a->G) {
+        float *g = a->G + (t * a->B + row) * G4 + j0;
+        _mm512_mask_storeu_ps(g, m, O);
+        _mm512_mask_storeu_ps(g + H, m, I);
+        _mm512_mask_storeu_ps(g + 2 * H, m, F);
+        _mm512_mask_storeu_ps(g + 3 * H, m, Ct);
+    }
+}
+
+/* Point a0..a5 at rows rb.. of a (rows, K) matrix, the zero row past the batch. */
+#define TILE_ROWS(BASE, K)                                                                            \
+    a0 = (BASE) + rb * (K); a1 = n > 1 ? a0 + (K) : zero; a2 = n > 2 ? a0 + 2 * (K) : zero;          \
+    a3 = n > 3 ? a0 + 3 * (K) : zero; a4 = n > 4 ? a0 + 4 * (K) : zero; a5 = n > 5 ? a0 + 5 * (K) : zero;
+
+/* Gates of rows [rb, rb+MR) x units [j0, j0+16) at step t (x_t @ W_ih^T + h_{t-1} @ W_hh^T), then
+ * the cell. MR is 6 or 4 (see six_row_tiles); rows past the batch read zeros, are not stored. */
+#define FWD_TILE(MR, DECLS, FMAS)                                                                     \
+    AVX512 static void fwd_tile##MR(const fwd_args *a, int64_t t, int64_t rb, int64_t jb, const float *hp, \
+                                    const float *cp, float *c_out) {                                  \
+        const int64_t H = a->H, D = a->D, n = a->B - rb, j0 = jb * 16;                                \
+        const float *zero = a->zero, *a0, *a1, *a2, *a3, *a4, *a5;                                    \
+        DECLS                                                                                         \
+        TILE_ROWS(a->X + t * a->B * D, D)                                                             \
+        TILE_K(D, a->Wx + jb * D * 64, FMAS)                                                          \
+        TILE_ROWS(hp, H)                                                                              \
+        TILE_K(H, a->Wp + jb * H * 64, FMAS)                                                          \
+        (void)a4; (void)a5;                                                                           \
+        const __mmask16 m = tail_mask(j0, H);                                                         \
+        fwd_cell(a, t, rb, j0, m, c00, c01, c02, c03, cp, c_out);                                     \
+        if (n > 1) fwd_cell(a, t, rb + 1, j0, m, c10, c11, c12, c13, cp, c_out);                      \
+        if (n > 2) fwd_cell(a, t, rb + 2, j0, m, c20, c21, c22, c23, cp, c_out);                      \
+        if (n > 3) fwd_cell(a, t, rb + 3, j0, m, c30, c31, c32, c33, cp, c_out);                      \
+        FWD_TAIL##MR                                                                                  \
+    }
+#define FWD_TAIL4
+#define FWD_TAIL6                                                                                     \
+    if (n > 4) fwd_cell(a, t, rb + 4, j0, m, c40, c41, c42, c43, cp, c_out);                          \
+    if (n > 5) fwd_cell(a, t, rb + 5, j0, m, c50, c51, c52, c53, cp, c_out);
+FWD_TILE(6, DECL6, FMA6)
+FWD_TILE(4, DECL4, FMA4)
+
+/* How many 6-row tiles to use before 4-row ones: cover B exactly where possible (32 = 4*6 + 2*4),
+ * else as many 6-row tiles as fit, the rest in 4-row tiles. */
+static int64_t six_row_tiles(int64_t B) {
+    for (int64_t a6 = B / 6; a6 >= 0; --a6)
+        if ((B - 6 * a6) % 4 == 0) return a6;
+    return B / 6;
+}
+
+AVX512 static void fwd_worker(void *arg) {
+    const fwd_args *a = (const fwd_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t B = a->B, H = a->H, nb = (H + 15) / 16;
+    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
+    for (int64_t t = 0; t < a->T; ++t) {
+        const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
+        const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H);
+        float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;
+        for (int64_t jb = jlo; jb < jhi; ++jb) {
+            int64_t rb = 0;
+            for (int64_t i = 0; i < n6; ++i, rb += 6) fwd_tile6(a, t, rb, jb, hp, cp, c_out);
+            for (; rb < B; rb += 4) fwd_tile4(a, t, rb, jb, hp, cp, c_out);
+        }
+        barrier(tm);
+    }
+}
+
+/* ---------------------------------------------------------------- backward */
+typedef struct {
+    const float *dY, *Wq, *G, *C, *c0;
+    float *dG, *DH, *DC;
+    int64_t T, B, H;
+    int nthreads;
+    const float *zero;   /* 4H zeros */
+} bwd_args;
+
+/* Phase A: gate gradients of step t for units [j0, j0+16) of every row. */
+AVX512 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
+    const int64_t B = a->B, H = a->H, G4 = 4 * H, j0 = jb * 16;
+    const __mmask16 m = tail_mask(j0, H);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = b * H + j0;
+        const float *g = a->G + (t * B + b) * G4 + j0;
+        __m512 dh = _mm512_add_ps(_mm512_maskz_loadu_ps(m, a->dY + t * B * H + o), _mm512_maskz_loadu_ps(m, a->DH + o));
+        __m512 dc = _mm512_maskz_loadu_ps(m, a->DC + o);
+        __m512 O = _mm512_maskz_loadu_ps(m, g), I = _mm512_maskz_loadu_ps(m, g + H);
+        __m512 F = _mm512_maskz_loadu_ps(m, g + 2 * H), Ct = _mm512_maskz_loadu_ps(m, g + 3 * H);
+        __m512 c = _mm512_maskz_loadu_ps(m, a->C + t * B * H + o);
+        __m512 cp = _mm512_maskz_loadu_ps(m, t > 0 ? a->C + (t - 1) * B * H + o : a->c0 + o);
+        __m512 tc = v_tanh(c);
+        __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh, O), _mm512_fnmadd_ps(tc, tc, one), dc);
+        float *d = a->dG + (t * B + b) * G4 + j0;
+        _mm512_mask_storeu_ps(d, m, _mm512_mul_ps(_mm512_mul_ps(dh, tc), _mm512_mul_ps(O, _mm512_sub_ps(one, O))));
+        _mm512_mask_storeu_ps(d + H, m, _mm512_mul_ps(_mm512_mul_ps(dct, Ct), _mm512_mul_ps(I, _mm512_sub_ps(one, I))));
+        _mm512_mask_storeu_ps(d + 2 * H, m, _mm512_mul_ps(_mm512_mul_ps(dct, cp), _mm512_mul_ps(F, _mm512_sub_ps(one, F))));
+        _mm512_mask_storeu_ps(d + 3 * H, m, _mm512_mul_ps(_mm512_mul_ps(dct, I), _mm512_fnmadd_ps(Ct, Ct, one)));
+        _mm512_mask_storeu_ps(a->DC + o, m, _mm512_mul_ps(dct, F));
+    }
+}
+
+/* Phase B: DH[rows rb..rb+6, units n0..n0+64) = dG_t[rows, :] @ W_hh[:, n0..]. */
+AVX512 INLINE void bwd_store(const bwd_args *a, int64_t row, int64_t n0, __m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+    const int64_t H = a->H;
+    float *dh = a->DH + row * H;
+    if (n0 < H) _mm512_mask_storeu_ps(dh + n0, tail_mask(n0, H), v0);
+    if (n0 + 16 < H) _mm512_mask_storeu_ps(dh + n0 + 16, tail_mask(n0 + 16, H), v1);
+    if (n0 + 32 < H) _mm512_mask_storeu_ps(dh + n0 + 32, tail_mask(n0 + 32, H), v2);
+    if (n0 + 48 < H) _mm512_mask_storeu_ps(dh + n0 + 48, tail_mask(n0 + 48, H), v3);
+}
+
+#define BWD_TILE(MR, DECLS, FMAS)                                                                     \
+    AVX512 static void bwd_tile##MR(const bwd_args *a, int64_t t, int64_t rb, int64_t nb) {           \
+        const int64_t H = a->H, K = 4 * H, n0 = nb * 64, n = a->B - rb;                               \
+        const float *w = a->Wq + nb * K * 64, *zero = a->zero;                                        \
+        const float *a0 = a->dG + (t * a->B + rb) * K, *a1 = n > 1 ? a0 + K : zero;                   \
+        const float *a2 = n > 2 ? a0 + 2 * K : zero, *a3 = n > 3 ? a0 + 3 * K : zero;                 \
+        const float *a4 = n > 4 ? a0 + 4 * K : zero, *a5 = n > 5 ? a0 + 5 * K : zero;                 \
+        (void)a4; (void)a5;                                                                           \
+        DECLS                                                                                         \
+        TILE_K(K, w, FMAS)                                                                            \
+        bwd_store(a, rb, n0, c00, c01, c02, c03);                                                     \
+        if (n > 1) bwd_store(a, rb + 1, n0, c10, c11, c12, c13);                                      \
+        if (n > 2) bwd_store(a, rb + 2, n0, c20, c21, c22, c23);                                      \
+        if (n > 3) bwd_store(a, rb + 3, n0, c30, c31, c32, c33);                                      \
+        BWD_TAIL##MR                                                                                  \
+    }
+#define BWD_TAIL4
+#define BWD_TAIL6                                                                                     \
+    if (n > 4) bwd_store(a, rb + 4, n0, c40, c41, c42, c43);                                          \
+    if (n > 5) bwd_store(a, rb + 5, n0, c50, c51, c52, c53);
+BWD_TILE(6, DECL6, FMA6)
+BWD_TILE(4, DECL4, FMA4)
+
+AVX512 static void bwd_worker(void *arg) {
+    const bwd_args *a = (const bwd_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t B = a->B, H = a->H, nb16 = (H + 15) / 16, nb64 = (H + 63) / 64;
+    const int64_t clo = nb16 * tm.tid / tm.nth, chi = nb16 * (tm.tid + 1) / tm.nth;
+    const int64_t glo = nb64 * tm.tid / tm.nth, ghi = nb64 * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
+    for (int64_t t = a->T - 1; t >= 0; --t) {
+        for (int64_t jb = clo; jb < chi; ++jb) bwd_cell(a, t, jb);
+        barrier(tm);
+        for (int64_t nb = glo; nb < ghi; ++nb) {
+            int64_t rb = 0;
+            for (int64_t i = 0; i < n6; ++i, rb += 6) bwd_tile6(a, t, rb, nb);
+            for (; rb < B; rb += 4) bwd_tile4(a, t, rb, nb);
+        }
+        barrier(tm);
+    }
+}
+#endif /* LSTM_X86 */
+
+/* ---------------------------------------------------------------- Python bindings */
+static int avx512_ok(void) {
+#if LSTM_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+#else
+    return 0;
+#endif
+}
+
+static int ptrs(PyObject *const *args, Py_ssize_t n, void **out) {
+    for (Py_ssize_t k = 0; k < n; ++k) {
+        if (args[k] == Py_None) { out[k] = NULL; continue; }
+        out[k] = PyLong_AsVoidPtr(args[k]);
+        if (!out[k] && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx512_ok()); }
+
+static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "forward_seq takes 14 arguments"); return NULL; }
+    if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "forward_seq needs AVX-512"); return NULL; }
+#if LSTM_X86
+    void *p[9];
+    if (ptrs(args, 9, p)) return NULL;
+    fwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
+                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), PyLong_AsLongLong(args[12]),
+                  (int)PyLong_AsLong(args[13])};
+    if (PyErr_Occurred()) return NULL;
+    float *zero = calloc((size_t)(a.D > a.H ? a.D : a.H), sizeof(float));
+    if (!zero) return PyErr_NoMemory();
+    a.zero = zero;
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(fwd_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+    free(zero);
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12) { PyErr_SetString(PyExc_TypeError, "backward_seq takes 12 arguments"); return NULL; }
+    if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "backward_seq needs AVX-512"); return NULL; }
+#if LSTM_X86
+    void *p[8];
+    if (ptrs(args, 8, p)) return NULL;
+    bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], PyLong_AsLongLong(args[8]),
+                  PyLong_AsLongLong(args[9]), PyLong_AsLongLong(args[10]), (int)PyLong_AsLong(args[11])};
+    if (PyErr_Occurred()) return NULL;
+    float *zero = calloc((size_t)(4 * a.H), sizeof(float));
+    if (!zero) return PyErr_NoMemory();
+    a.zero = zero;
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(bwd_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+    free(zero);
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX-512 sequence kernels"},
+    {"forward_seq", (PyCFunction)(void (*)(void))py_forward_seq, METH_FASTCALL, "LSTM forward over all steps"},
+    {"backward_seq", (PyCFunction)(void (*)(void))py_backward_seq, METH_FASTCALL, "LSTM backward over all steps"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_seq", "Whole-sequence LSTM kernels (float32, AVX-512).", -1, methods};
+
+PyMODINIT_FUNC PyInit__cpu_seq(void) { return PyModule_Create(&module); }
