@@ -232,6 +232,19 @@ def lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, needs):
     dx = dw_ih = dw_hh = db = None
     if needs[0]:
         dx = linear(dG2, w_ih.t()).view(T, B, D)
+    if uses_sequence_kernels(x, w_hh):   # weight gradients straight from dG's layout, no transposes
+        nt = torch.get_num_threads()
+        if needs[3]:
+            xc = x.contiguous()
+            dw_ih = torch.empty(4 * H, D, dtype=dG.dtype)
+            _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, xc.data_ptr(), T * B, None, T * B, D, dw_ih.data_ptr(), nt)
+        if needs[4]:
+            h0c = h0.contiguous()
+            dw_hh = torch.empty(4 * H, H, dtype=dG.dtype)
+            _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
+        if needs[5]:
+            db = dG2.sum(0)
+        return dx, dh0, (dc if needs[2] else None), dw_ih, dw_hh, db
     # The three weight-side gradients sum over all T*B rows; transpose dG once for all of them.
     dGT = transpose_for_weight_grads(dG2) if needs[3] or needs[4] or needs[5] else None
     if needs[3]:

@@ -19,6 +19,10 @@
  *   dY (T, B, H); Wq backward panels (nb64, 4H, 64): panel j holds W_hh[:, j*64..] zero padded;
  *   G, C as saved; dG (T, B, 4H) out; DH (B, H) in: dh_n (or zeros), out: dh_0; DC (B, H) in:
  *   dc_n (or zeros), out: dc_0.
+ * weight_grad(dG, N, P0, R0, P1, R, K, dW, nthreads)
+ *   dW (N, K) = dG^T @ P over R rows, dG (R, N) row-major and P's rows R0 rows at P0 then the
+ *   rest at P1 (h_0 then Y[:-1] for dW_hh, no concatenation); no transposes: row r contributes
+ *   dG[r, n0..n0+5] (broadcast) times P[r, k0..k0+63] to a 6 x 64 register tile.
  * available() -> bool: AVX-512 present (the caller falls back otherwise).
  */
 #define PY_SSIZE_T_CLEAN
@@ -324,6 +328,76 @@ AVX512 static void bwd_worker(void *arg) {
         barrier(tm);
     }
 }
+
+/* ---------------------------------------------------------------- weight gradient */
+typedef struct {
+    const float *dG, *P0, *P1;
+    float *dW;
+    int64_t N, R0, R, K;
+    int nthreads;
+} wg_args;
+
+#define WG_FMA(i)                                                                    \
+    {                                                                                \
+        __m512 x = _mm512_set1_ps(g[i]);                                             \
+        c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                                   \
+        c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);                                   \
+        c##i##2 = _mm512_fmadd_ps(x, b2, c##i##2);                                   \
+        c##i##3 = _mm512_fmadd_ps(x, b3, c##i##3);                                   \
+    }
+#define WG_STORE(i)                                                                  \
+    {                                                                                \
+        float *o = a->dW + (n0 + i) * K + k0;                                        \
+        if (accumulate) {                                                            \
+            c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, o));          \
+            c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, o + 16));     \
+            c##i##2 = _mm512_add_ps(c##i##2, _mm512_maskz_loadu_ps(m2, o + 32));     \
+            c##i##3 = _mm512_add_ps(c##i##3, _mm512_maskz_loadu_ps(m3, o + 48));     \
+        }                                                                            \
+        _mm512_mask_storeu_ps(o, m0, c##i##0);                                       \
+        _mm512_mask_storeu_ps(o + 16, m1, c##i##1);                                  \
+        _mm512_mask_storeu_ps(o + 32, m2, c##i##2);                                  \
+        _mm512_mask_storeu_ps(o + 48, m3, c##i##3);                                  \
+    }
+#define WG_TILE(MR, DECLS, FMAS, STORES)                                                              \
+    AVX512 static void wg_tile##MR(const wg_args *a, int64_t n0, int64_t k0, int64_t r_lo, int64_t r_hi, \
+                                   int accumulate) {                                                  \
+        const int64_t N = a->N, K = a->K;                                                             \
+        const __mmask16 m0 = k0 < K ? tail_mask(k0, K) : 0, m1 = k0 + 16 < K ? tail_mask(k0 + 16, K) : 0; \
+        const __mmask16 m2 = k0 + 32 < K ? tail_mask(k0 + 32, K) : 0;                                 \
+        const __mmask16 m3 = k0 + 48 < K ? tail_mask(k0 + 48, K) : 0;                                 \
+        DECLS                                                                                         \
+        for (int64_t r = r_lo; r < r_hi; ++r) {                                                       \
+            const float *p = (r < a->R0 ? a->P0 + r * K : a->P1 + (r - a->R0) * K) + k0;              \
+            const float *g = a->dG + r * N + n0;                                                      \
+            __m512 b0 = _mm512_maskz_loadu_ps(m0, p), b1 = _mm512_maskz_loadu_ps(m1, p + 16);         \
+            __m512 b2 = _mm512_maskz_loadu_ps(m2, p + 32), b3 = _mm512_maskz_loadu_ps(m3, p + 48);    \
+            FMAS                                                                                      \
+        }                                                                                             \
+        STORES                                                                                        \
+    }
+WG_TILE(6, DECL6, WG_FMA(0) WG_FMA(1) WG_FMA(2) WG_FMA(3) WG_FMA(4) WG_FMA(5),
+        WG_STORE(0) WG_STORE(1) WG_STORE(2) WG_STORE(3) WG_STORE(4) WG_STORE(5))
+WG_TILE(4, DECL4, WG_FMA(0) WG_FMA(1) WG_FMA(2) WG_FMA(3), WG_STORE(0) WG_STORE(1) WG_STORE(2) WG_STORE(3))
+
+/* Threads split the n tiles (each owns its rows of dW). The reduction runs in chunks of WG_ROWS
+ * rows and, within a chunk, k blocks outer: a chunk's 64-column slice of P (64 KB) stays in cache
+ * while every n tile of the thread uses it; later chunks add into dW. */
+#define WG_ROWS 256
+AVX512 static void wg_worker(void *arg) {
+    const wg_args *a = (const wg_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t n6 = six_row_tiles(a->N), ntiles = n6 + (a->N - 6 * n6 + 3) / 4;
+    const int64_t lo = ntiles * tm.tid / tm.nth, hi = ntiles * (tm.tid + 1) / tm.nth;
+    for (int64_t r0 = 0; r0 < a->R; r0 += WG_ROWS) {
+        const int64_t r1 = r0 + WG_ROWS < a->R ? r0 + WG_ROWS : a->R;
+        for (int64_t k0 = 0; k0 < a->K; k0 += 64)
+            for (int64_t i = lo; i < hi; ++i) {
+                if (i < n6) wg_tile6(a, 6 * i, k0, r0, r1, r0 > 0);
+                else wg_tile4(a, 6 * n6 + 4 * (i - n6), k0, r0, r1, r0 > 0);
+            }
+    }
+}
 #endif /* LSTM_X86 */
 
 /* ---------------------------------------------------------------- Python bindings */
@@ -390,10 +464,35 @@ static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize
     Py_RETURN_NONE;
 }
 
+static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "weight_grad takes 9 arguments"); return NULL; }
+    if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "weight_grad needs AVX-512"); return NULL; }
+#if LSTM_X86
+    wg_args a;
+    a.dG = PyLong_AsVoidPtr(args[0]);
+    a.N = PyLong_AsLongLong(args[1]);
+    a.P0 = PyLong_AsVoidPtr(args[2]);
+    a.R0 = PyLong_AsLongLong(args[3]);
+    a.P1 = args[4] == Py_None ? NULL : PyLong_AsVoidPtr(args[4]);
+    a.R = PyLong_AsLongLong(args[5]);
+    a.K = PyLong_AsLongLong(args[6]);
+    a.dW = PyLong_AsVoidPtr(args[7]);
+    a.nthreads = (int)PyLong_AsLong(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    if (a.N % 4) { PyErr_SetString(PyExc_ValueError, "weight_grad: N must be a multiple of 4"); return NULL; }
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(wg_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX-512 sequence kernels"},
     {"forward_seq", (PyCFunction)(void (*)(void))py_forward_seq, METH_FASTCALL, "LSTM forward over all steps"},
     {"backward_seq", (PyCFunction)(void (*)(void))py_backward_seq, METH_FASTCALL, "LSTM backward over all steps"},
+    {"weight_grad", (PyCFunction)(void (*)(void))py_weight_grad, METH_FASTCALL, "dW = dG^T @ [P0; P1]"},
     {NULL, NULL, 0, NULL},
 };
 
