@@ -23,45 +23,16 @@ ops of 3-14 us each per step. float64 (gradcheck) and installs without the exten
 algorithm as torch ops. Saved for the backward: the activated gates (T, B, 4H), the cell states
 (T, B, H), the outputs, the inputs and the weights; nothing else.
 """
-import weakref
-
 import torch
 
+from . import cpu_sequence
 from .cpu_matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
+from .prepared_weights import PreparedWeights
 
 try:
     from . import _cpu_cell
 except ImportError:  # built without a C compiler: the torch-ops cell below is used
     _cpu_cell = None
-try:
-    from . import _cpu_seq
-    if not _cpu_seq.available():  # no AVX-512 on this CPU
-        _cpu_seq = None
-except ImportError:
-    _cpu_seq = None
-
-
-def uses_sequence_kernels(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
-    """Whether a layer runs on the whole-sequence AVX-512 kernels (float32 CPU, R == H, B > 0)."""
-    return (_cpu_seq is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
-            and w_hh.shape[1] * 4 == w_hh.shape[0])
-
-
-def pack_forward_panels(w: torch.Tensor) -> torch.Tensor:
-    """W_ih (4H, D) or W_hh (4H, H), internal order -> (ceil(H/16), K, 64): panel j, row k holds
-    the four gates of hidden units j*16..j*16+15 for input unit k (zero padded past H)."""
-    G4, K = w.shape
-    H = G4 // 4
-    nb = (H + 15) // 16
-    w4 = torch.nn.functional.pad(w.reshape(4, H, K), (0, 0, 0, nb * 16 - H))
-    return w4.view(4, nb, 16, K).permute(1, 3, 0, 2).contiguous().view(nb, K, 64)
-
-
-def pack_backward_panels(wh: torch.Tensor) -> torch.Tensor:
-    """W_hh (4H, H), internal order -> (ceil(H/64), 4H, 64): panel j holds columns j*64.. of W_hh."""
-    G4, H = wh.shape
-    nb = (H + 63) // 64
-    return torch.nn.functional.pad(wh, (0, nb * 64 - H)).view(G4, nb, 64).permute(1, 0, 2).contiguous()
 
 
 def uses_fused_cell(x: torch.Tensor) -> bool:
@@ -81,52 +52,20 @@ def from_internal_order(w: torch.Tensor, hidden_size: int) -> torch.Tensor:
     return torch.cat((i, f, g, o), 0)
 
 
-class _PreparedWeights:
-    """Internal-order copies of a layer's weights and the packed recurrent matmul, reused while
-    the parameters are unchanged (inference loops). Keyed by weak references plus the tensors'
-    version counters, so an in-place update or a freed tensor never hits a stale entry."""
-
-    def __init__(self, maxsize=8):
-        self.maxsize, self.entries = maxsize, []
-
-    @staticmethod
-    def _key(tensors, batch):
-        return tuple((t.data_ptr(), t._version, tuple(t.shape)) if t is not None else None for t in tensors) + (batch,)
-
-    def get(self, w_ih, w_hh, b_ih, b_hh, batch):
-        tensors = (w_ih, w_hh, b_ih, b_hh)
-        key = self._key(tensors, batch)
-        for refs, k, value in self.entries:
-            if k == key and all((r() is t) if r is not None else t is None for r, t in zip(refs, tensors)):
-                return value
-        H = w_hh.shape[0] // 4
-        wh = to_internal_order(w_hh, H)
-        seq = _cpu_seq is not None and wh.dtype == torch.float32 and wh.device.type == "cpu" and wh.shape[1] == H
-        wi = to_internal_order(w_ih, H)
-        value = (wi, wh, _combined_bias(b_ih, b_hh, H),
-                 (pack_forward_panels(wi), pack_forward_panels(wh)) if seq and batch > 0 else RecurrentMatmul(wh, batch))
-        refs = tuple(weakref.ref(t) if t is not None else None for t in tensors)
-        self.entries = [(refs, key, value)] + self.entries[: self.maxsize - 1]
-        return value
-
-
-_prepared = _PreparedWeights()
+_cache = PreparedWeights()
 
 
 def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
     """Run the recurrence. ``w_ih``, ``w_hh`` and ``bias`` are already in internal gate order;
-    ``recurrent``: prepared packed weights ((W_ih, W_hh) panels or a RecurrentMatmul), or None.
+    ``recurrent``: a prepared RecurrentMatmul for ``w_hh``, or None to prepare one here.
 
     Returns (Y, G, C): outputs h_t (T, B, H), activated gates (T, B, 4H) in internal order and
     cell states c_t (T, B, H). With ``save=False`` (inference) G is None and C holds only c_T.
     """
     T, B, D = x.shape
     H = w_hh.shape[0] // 4
-    Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
-    if uses_sequence_kernels(x, w_hh):
-        panels = recurrent if isinstance(recurrent, tuple) else (pack_forward_panels(w_ih), pack_forward_panels(w_hh))
-        return _forward_sequence(x.contiguous(), bias, panels, h0.contiguous(), c0.contiguous(), Y, save)
     XG = linear(x.reshape(T * B, D), w_ih, bias).view(T, B, 4 * H)   # X W_x + b, all steps
+    Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
     recurrent = recurrent or RecurrentMatmul(w_hh, B)
     if uses_fused_cell(x):
         return _forward_fused_cell(XG, h0.contiguous(), c0.contiguous(), recurrent, Y, save)
@@ -146,33 +85,6 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
             gates.append(g)
     G = torch.stack(gates) if save else None
     return Y, G, C
-
-
-def _forward_sequence(x, bias, panels, h0, c0, Y, save):
-    """The whole recurrence in one call of the AVX-512 kernel: per step, x_t W_ih^T + h_{t-1} W_hh^T
-    accumulated in one register tile, the cell in its epilogue. ``panels``: (W_ih, W_hh) packed."""
-    T, B, D = x.shape
-    H = Y.shape[2]
-    G = torch.empty(T, B, 4 * H, dtype=x.dtype) if save else None
-    C = torch.empty(T if save else 2, B, H, dtype=x.dtype)
-    bias = None if bias is None else bias.contiguous()
-    _cpu_seq.forward_seq(x.data_ptr(), panels[0].data_ptr(), None if bias is None else bias.data_ptr(),
-                         panels[1].data_ptr(), h0.data_ptr(), c0.data_ptr(), Y.data_ptr(), C.data_ptr(),
-                         None if G is None else G.data_ptr(), T, B, D, H, torch.get_num_threads())
-    return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
-
-
-def _backward_sequence(dY, dh_n, dc_n, c0, w_hh, G, C):
-    """Backward through time in one call of the AVX-512 kernel; returns (dG, dh0, dc0)."""
-    T, B, H = C.shape
-    dG = torch.empty(T, B, 4 * H, dtype=G.dtype)
-    dY = torch.zeros(T, B, H, dtype=G.dtype) if dY is None else dY.contiguous()
-    DH = torch.zeros(B, H, dtype=G.dtype) if dh_n is None else dh_n.contiguous().clone()
-    DC = torch.zeros(B, H, dtype=G.dtype) if dc_n is None else dc_n.contiguous().clone()
-    panels = pack_backward_panels(w_hh)
-    _cpu_seq.backward_seq(dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0.contiguous().data_ptr(),
-                          dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), T, B, H, torch.get_num_threads())
-    return dG, DH, DC
 
 
 def _forward_fused_cell(XG, h0, c0, recurrent, Y, save):
@@ -222,9 +134,7 @@ def lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, needs):
     """
     T, B, H = C.shape
     D = x.shape[2]
-    if uses_sequence_kernels(x, w_hh):
-        dG, dh0, dc = _backward_sequence(dY, dh_n, dc_n, c0, w_hh, G, C)
-    elif uses_fused_cell(x):
+    if uses_fused_cell(x):
         dG, dh0, dc = _backward_fused_cell(dY, dh_n, dc_n, c0, w_hh, G, C, needs[1])
     else:
         dG, dh0, dc = _backward_torch_ops(dY, dh_n, dc_n, c0, w_hh, G, C, needs[1])
@@ -232,19 +142,6 @@ def lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, needs):
     dx = dw_ih = dw_hh = db = None
     if needs[0]:
         dx = linear(dG2, w_ih.t()).view(T, B, D)
-    if uses_sequence_kernels(x, w_hh):   # weight gradients straight from dG's layout, no transposes
-        nt = torch.get_num_threads()
-        if needs[3]:
-            xc = x.contiguous()
-            dw_ih = torch.empty(4 * H, D, dtype=dG.dtype)
-            _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, xc.data_ptr(), T * B, None, T * B, D, dw_ih.data_ptr(), nt)
-        if needs[4]:
-            h0c = h0.contiguous()
-            dw_hh = torch.empty(4 * H, H, dtype=dG.dtype)
-            _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
-        if needs[5]:
-            db = dG2.sum(0)
-        return dx, dh0, (dc if needs[2] else None), dw_ih, dw_hh, db
     # The three weight-side gradients sum over all T*B rows; transpose dG once for all of them.
     dGT = transpose_for_weight_grads(dG2) if needs[3] or needs[4] or needs[5] else None
     if needs[3]:
@@ -330,13 +227,22 @@ def _combined_bias(b_ih, b_hh, H):
 def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
     """One layer, one direction, on the CPU implementation. Inputs are trusted (see fused_lstm).
 
-    Without autograd (inference, or nothing requires grad) the recurrence runs directly, saving
-    nothing; otherwise through :class:`CpuLSTMFunction`.
+    float32 layers run on the whole-sequence AVX-512 kernels (:mod:`lstm_fast.cpu_sequence`) where
+    the CPU has them; the rest here. Without autograd (inference, or nothing requires grad) the
+    recurrence runs directly, saving nothing; otherwise through :class:`CpuLSTMFunction`.
     """
+    if cpu_sequence.available_for(x, w_hh):
+        return cpu_sequence.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         Y, h_n, c_n = CpuLSTMFunction.apply(*tensors)
         return Y, (h_n, c_n)
-    wi, wh, bias, recurrent = _prepared.get(w_ih, w_hh, b_ih, b_hh, x.shape[1])
+    H = w_hh.shape[0] // 4
+
+    def prepare():
+        wh = to_internal_order(w_hh, H)
+        return to_internal_order(w_ih, H), wh, _combined_bias(b_ih, b_hh, H), RecurrentMatmul(wh, x.shape[1])
+
+    wi, wh, bias, recurrent = _cache.get((w_ih, w_hh, b_ih, b_hh), x.shape[1], prepare)
     Y, _, C = lstm_forward_cpu(x, h0, c0, wi, wh, bias, save=False, recurrent=recurrent)
     return Y, (Y[-1].clone(), C[-1].clone())

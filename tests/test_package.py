@@ -36,6 +36,7 @@ def test_cpu_kernels_are_built_where_they_can_be():
         pytest.skip("the C kernels are only required on x86-64 Linux with a compiler")
     from lstm_fast import _cpu_cell, _cpu_seq  # noqa: F401
     import lstm_fast.cpu_lstm as cpu
+    import lstm_fast.cpu_sequence as seq
     assert cpu._cpu_cell is not None
     if _cpu_seq.available():
-        assert cpu._cpu_seq is not None
+        assert seq._cpu_seq is not None

@@ -1,0 +1,126 @@
+"""The float32 CPU path on the whole-sequence AVX-512 kernels (``csrc/cpu_seq.c``).
+
+Shapes: T steps, B batch, D input, H hidden; gates in nn.LSTM's order i, f, g, o.
+
+Forward: one C call walks all T steps; per step a register-blocked GEMM computes
+``x_t W_ih^T + h_{t-1} W_hh^T`` for a tile of rows and 16 hidden units of all four gates (weights
+packed once per call into contiguous panels), and the LSTM cell runs in its epilogue. Backward: one C call walks T in reverse (gate gradients, then
+``dh_{t-1} = dgates_t W_hh``), then the weight gradients come from a C kernel that reads dgates
+in its own layout (no transposes), and ``dx`` from one oneDNN GEMM. Threads are torch's own
+OpenMP pool. Large per-call buffers come from :mod:`lstm_fast.workspace` (no page faults).
+Saved for the backward: the activated gates (T, B, 4H), cell states (T, B, H), outputs, inputs,
+weights.
+"""
+import torch
+
+from . import workspace
+from .cpu_matmul import linear
+from .prepared_weights import PreparedWeights
+
+try:
+    from . import _cpu_seq
+    if not _cpu_seq.available():  # no AVX-512 on this CPU
+        _cpu_seq = None
+except ImportError:              # built without a C compiler
+    _cpu_seq = None
+
+
+def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
+    """Whether this layer can run here: float32 CPU tensors, a non-empty batch, W_hh (4H, H)."""
+    return (_cpu_seq is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
+            and w_hh.shape[1] * 4 == w_hh.shape[0])
+
+
+def _bias(b_ih, b_hh):
+    if b_ih is None and b_hh is None:
+        return None
+    b = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+    return b.contiguous()
+
+
+def pack_panels(w):
+    """W (4H, K) in nn.LSTM layout -> forward panels (ceil(H/16), K, 64): panel j, row k holds
+    gates i, f, g, o of hidden units j*16.. for input k, zero padded past H (one C pass)."""
+    G4, K = w.shape
+    H = G4 // 4
+    w = w.contiguous()
+    P = torch.empty((H + 15) // 16, K, 64, dtype=w.dtype)
+    _cpu_seq.pack_panels(w.data_ptr(), H, K, P.data_ptr())
+    return P
+
+
+def prepare(w_ih, w_hh, b_ih, b_hh):
+    """What the forward kernel reads: the panels of W_ih and W_hh, and the summed bias."""
+    return pack_panels(w_ih), pack_panels(w_hh), _bias(b_ih, b_hh)
+
+
+_cache = PreparedWeights()
+
+
+def forward(x, h0, c0, prepared, save):
+    """Run the recurrence. Returns (Y (T, B, H), G (T, B, 4H) or None, C (T, B, H) or c_T (1, B, H))."""
+    T, B, D = x.shape
+    px, ph, bias = prepared
+    H = ph.shape[1]
+    x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
+    Y = workspace.empty((T, B, H), x.dtype)
+    G = workspace.empty((T, B, 4 * H), x.dtype) if save else None
+    C = workspace.empty((T if save else 2, B, H), x.dtype)
+    _cpu_seq.forward_seq(x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(),
+                         h0.data_ptr(), c0.data_ptr(), Y.data_ptr(), C.data_ptr(),
+                         None if G is None else G.data_ptr(), T, B, D, H, torch.get_num_threads())
+    return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
+
+
+class SequenceLSTMFunction(torch.autograd.Function):
+    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n) on the AVX-512 sequence kernels."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
+        return Y, Y[-1].clone(), C[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dY, dh_n, dc_n):
+        x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        T, B, H = C.shape
+        D = x.shape[2]
+        nt = torch.get_num_threads()
+        dG = workspace.empty((T, B, 4 * H), G.dtype)
+        dY = workspace.zeros((T, B, H), G.dtype) if dY is None else dY.contiguous()
+        DH = torch.zeros(B, H, dtype=G.dtype) if dh_n is None else dh_n.contiguous().clone()
+        DC = torch.zeros(B, H, dtype=G.dtype) if dc_n is None else dc_n.contiguous().clone()
+        w_hh_c, c0c = w_hh.contiguous(), c0.contiguous()
+        _cpu_seq.backward_seq(dY.data_ptr(), w_hh_c.data_ptr(), G.data_ptr(), C.data_ptr(), c0c.data_ptr(),
+                              dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), T, B, H, nt)
+        dG2 = dG.view(T * B, 4 * H)
+        dx = dw_ih = dw_hh = db = None
+        if n[0]:
+            dx = linear(dG2, w_ih.t()).view(T, B, D)
+        if n[3]:
+            xc = x.contiguous()
+            dw_ih = torch.empty(4 * H, D, dtype=G.dtype)
+            _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, xc.data_ptr(), T * B, None, T * B, D, dw_ih.data_ptr(), nt)
+        if n[4]:   # dW_hh = dG^T [h_0; Y[:-1]]: the two row blocks are read in place, not concatenated
+            h0c = h0.contiguous()
+            dw_hh = torch.empty(4 * H, H, dtype=G.dtype)
+            _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
+        if n[5] or n[6]:
+            db = dG2.sum(0)
+        return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
+                db if n[5] else None, db if n[6] else None)
+
+
+def lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One layer on the sequence kernels (check :func:`available_for` first). Without autograd
+    the forward saves nothing and reuses the prepared weights while they are unchanged."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        Y, h_n, c_n = SequenceLSTMFunction.apply(*tensors)
+        return Y, (h_n, c_n)
+    prepared = _cache.get((w_ih, w_hh, b_ih, b_hh), None, lambda: prepare(w_ih, w_hh, b_ih, b_hh))
+    Y, _, C = forward(x, h0, c0, prepared, save=False)
+    return Y, (Y[-1].clone(), C[-1].clone())
