@@ -418,21 +418,27 @@ AVX512 static void wg_worker(void *arg) {
 #endif /* LSTM_X86 */
 
 /* ---------------------------------------------------------------- panel packing */
-/* P[j][k][q*16 + u] = W[q*H + j*16 + u][k] (0 past H): a blocked transpose, 16 W rows at a time. */
+/* P[j][k][q*16 + u] = W[q*H + j*16 + u][k] (0 past H): a transpose blocked by 16 k, so each of
+ * the 64 source rows of a panel gives one cache line and the panel's rows k0..k0+15 are written
+ * whole. */
 static void pack_panels(const float *W, int64_t H, int64_t K, float *P) {
     const int64_t nb = (H + 15) / 16;
-    for (int64_t j = 0; j < nb; ++j)
-        for (int q = 0; q < 4; ++q)
-            for (int64_t u = 0; u < 16; ++u) {
-                const int64_t row = j * 16 + u;
-                float *dst = P + j * K * 64 + q * 16 + u;
-                if (row < H) {
-                    const float *src = W + (q * H + row) * K;
-                    for (int64_t k = 0; k < K; ++k) dst[k * 64] = src[k];
-                } else {
-                    for (int64_t k = 0; k < K; ++k) dst[k * 64] = 0.0f;
+    for (int64_t j = 0; j < nb; ++j) {
+        float *panel = P + j * K * 64;
+        for (int64_t k0 = 0; k0 < K; k0 += 16) {
+            const int64_t k1 = k0 + 16 < K ? k0 + 16 : K;
+            for (int q = 0; q < 4; ++q)
+                for (int64_t u = 0; u < 16; ++u) {
+                    const int64_t row = j * 16 + u, col = q * 16 + u;
+                    if (row < H) {
+                        const float *src = W + (q * H + row) * K;
+                        for (int64_t k = k0; k < k1; ++k) panel[k * 64 + col] = src[k];
+                    } else {
+                        for (int64_t k = k0; k < k1; ++k) panel[k * 64 + col] = 0.0f;
+                    }
                 }
-            }
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- Python bindings */
