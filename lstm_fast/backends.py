@@ -19,19 +19,23 @@ def check_backend_name(backend) -> str:
 
 
 def triton_unavailable_reason(device_type: str):
-    """None when the Triton backend can run on tensors of ``device_type``, else why not."""
+    """None when the Triton backend can run on tensors of ``device_type``, else why not.
+
+    The device is checked before triton is imported: importing the kernels decides, once, whether
+    they are compiled or interpreted (TRITON_INTERPRET), so a question asked without the
+    interpreter must not import them.
+    """
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if device_type != "cuda" and not (device_type == "cpu" and interpreted):
+        return (f"Triton runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set before "
+                f"triton is imported); got {device_type} tensors")
     try:
         from . import kernels
     except ImportError as e:  # triton missing, or too old
         return f"the Triton kernels could not be imported ({e})"
     if not getattr(kernels, "HAS_KERNELS", False):
         return "this build of lstm_fast has no Triton LSTM kernels yet"
-    if device_type == "cuda":
-        return None
-    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return None
-    return (f"Triton runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set before "
-            f"triton is imported); got {device_type} tensors")
+    return None
 
 
 def resolve_backend(backend: str, device_type: str) -> str:

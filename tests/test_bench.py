@@ -41,3 +41,10 @@ def test_gpu_check_smoke(tmp_path):
     doc = json.loads(files[0].read_text())
     assert doc["complete"] and doc["environment"]["device_name"]
     assert {(r["implementation"], r["mode"]) for r in doc["rows"]} == {(i, m) for i in ("torch", "fused") for m in ("inference", "training")}
+
+
+def test_readme_results_are_generated_from_the_json():
+    """The README's results section is what benchmarks/readme_table.py makes of the committed JSON."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), "--check"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
