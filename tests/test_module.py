@@ -20,6 +20,13 @@ def _pair(dtype=torch.float64, **kw):
     return ref, ours
 
 
+def _random_hx(layers, bidirectional, B, proj, dtype):
+    """(h_0, c_0) requiring grad, shaped for nn.LSTM's hx: (L * directions, B, proj or H), (.., H)."""
+    n = layers * (2 if bidirectional else 1)
+    return (torch.randn(n, B, proj or H, dtype=dtype, requires_grad=True),
+            torch.randn(n, B, H, dtype=dtype, requires_grad=True))
+
+
 def _compare(ref, ours, inp, hx, dtype, leaves):
     """Run both, compare outputs, states and the gradients of a random projection of all three."""
     yr, (hr, cr) = ref(inp, hx)
@@ -56,13 +63,8 @@ def test_grid(layers, bias, batch_first, bidirectional, proj, with_hx, dtype):
     ref, ours = _pair(dtype, **kw)
     T, B = 6, 4
     x = torch.randn(*((B, T) if batch_first else (T, B)), D, dtype=dtype, requires_grad=True)
-    leaves, hx = [x], None
-    if with_hx:
-        n = layers * (2 if bidirectional else 1)
-        hx = (torch.randn(n, B, proj or H, dtype=dtype, requires_grad=True),
-              torch.randn(n, B, H, dtype=dtype, requires_grad=True))
-        leaves += list(hx)
-    _compare(ref, ours, x, hx, dtype, leaves)
+    hx = _random_hx(layers, bidirectional, B, proj, dtype) if with_hx else None
+    _compare(ref, ours, x, hx, dtype, [x] + list(hx or ()))
 
 
 @pytest.mark.parametrize("T,B", [(1, 1), (1, 5), (9, 1)], ids=["T1-B1", "T1-B5", "T9-B1"])
@@ -106,13 +108,8 @@ def test_packed(layers, bidirectional, proj, with_hx, enforce_sorted, dtype):
     lengths = torch.tensor([7, 7, 5, 3, 3, 1]) if enforce_sorted else torch.tensor([3, 7, 1, 5, 7, 2])
     x = torch.randn(T, B, D, dtype=dtype, requires_grad=True)
     packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
-    leaves, hx = [x], None
-    if with_hx:
-        n = layers * (2 if bidirectional else 1)
-        hx = (torch.randn(n, B, proj or H, dtype=dtype, requires_grad=True),
-              torch.randn(n, B, H, dtype=dtype, requires_grad=True))
-        leaves += list(hx)
-    _compare(ref, ours, packed, hx, dtype, leaves)
+    hx = _random_hx(layers, bidirectional, B, proj, dtype) if with_hx else None
+    _compare(ref, ours, packed, hx, dtype, [x] + list(hx or ()))
     # The padded view round-trips too.
     y, _ = ours(packed, hx)
     padded, lens = pad_packed_sequence(y)

@@ -21,6 +21,10 @@ def test_perplexity_falls(tmp_path):
     assert [int(x["epoch"]) for x in rows] == list(range(1, 7))
     assert (tmp_path / "perplexity.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_fused_and_torch_train_identically(tmp_path):

@@ -462,6 +462,22 @@ static int ptrs(PyObject *const *args, Py_ssize_t n, void **out) {
 
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx512_ok()); }
 
+#if LSTM_X86
+/* Run a worker on the thread team without the GIL, with ``n`` zeros at *zero_slot for the
+ * lifetime of the call (the A row of tile rows past the batch). */
+static PyObject *run_with_zero_row(void (*fn)(void *), void *args, const float **zero_slot, int64_t n, int nthreads) {
+    float *zero = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+    if (!zero) return PyErr_NoMemory();
+    *zero_slot = zero;
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(fn, args, nthreads);
+    Py_END_ALLOW_THREADS
+    free(zero);
+    Py_RETURN_NONE;
+}
+#endif
+
 static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "forward_seq takes 14 arguments"); return NULL; }
     if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "forward_seq needs AVX-512"); return NULL; }
@@ -472,16 +488,10 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
                   PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), PyLong_AsLongLong(args[12]),
                   (int)PyLong_AsLong(args[13])};
     if (PyErr_Occurred()) return NULL;
-    float *zero = calloc((size_t)(a.D > a.H ? a.D : a.H), sizeof(float));
-    if (!zero) return PyErr_NoMemory();
-    a.zero = zero;
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(fwd_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
-    free(zero);
-#endif
+    return run_with_zero_row(fwd_worker, &a, &a.zero, a.D > a.H ? a.D : a.H, a.nthreads);
+#else
     Py_RETURN_NONE;
+#endif
 }
 
 static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -493,16 +503,10 @@ static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize
     bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], PyLong_AsLongLong(args[8]),
                   PyLong_AsLongLong(args[9]), PyLong_AsLongLong(args[10]), (int)PyLong_AsLong(args[11])};
     if (PyErr_Occurred()) return NULL;
-    float *zero = calloc((size_t)(4 * a.H), sizeof(float));
-    if (!zero) return PyErr_NoMemory();
-    a.zero = zero;
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(bwd_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
-    free(zero);
-#endif
+    return run_with_zero_row(bwd_worker, &a, &a.zero, 4 * a.H, a.nthreads);
+#else
     Py_RETURN_NONE;
+#endif
 }
 
 static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
