@@ -4,9 +4,9 @@ Shapes: T steps, B batch, D input, H hidden; gates in nn.LSTM's order i, f, g, o
 
 Forward: one C call walks all T steps; per step a register-blocked GEMM computes
 ``x_t W_ih^T + h_{t-1} W_hh^T`` for a tile of rows and 16 hidden units of all four gates (weights
-packed once per call into contiguous panels), and the LSTM cell runs in its epilogue. Backward: one C call walks T in reverse (gate gradients, then
-``dh_{t-1} = dgates_t W_hh``), then the weight gradients come from a C kernel that reads dgates
-in its own layout (no transposes), and ``dx`` from one oneDNN GEMM. Threads are torch's own
+packed once per call into contiguous panels), and the LSTM cell runs in its epilogue. Backward: one C call walks T in reverse (gate gradients and the
+bias gradient, then ``dh_{t-1} = dgates_t W_hh``), then the weight gradients come from a C kernel
+that reads dgates in its own layout (no transposes), and ``dx`` from one oneDNN GEMM. Threads are torch's own
 OpenMP pool. Large per-call buffers come from :mod:`lstm_fast.workspace` (no page faults).
 Saved for the backward: the activated gates (T, B, 4H), cell states (T, B, H), outputs, inputs,
 weights.
@@ -49,6 +49,15 @@ def pack_panels(w):
     return P
 
 
+def pack_backward_panels(w_hh):
+    """W_hh (4H, H) -> backward panels (ceil(H/64), 4H, 64): column blocks of every row."""
+    G4, H = w_hh.shape
+    w_hh = w_hh.contiguous()
+    Q = torch.empty((H + 63) // 64, G4, 64, dtype=w_hh.dtype)
+    _cpu_seq.pack_backward_panels(w_hh.data_ptr(), H, G4, Q.data_ptr())
+    return Q
+
+
 def prepare(w_ih, w_hh, b_ih, b_hh):
     """What the forward kernel reads: the panels of W_ih and W_hh, and the summed bias."""
     return pack_panels(w_ih), pack_panels(w_hh), _bias(b_ih, b_hh)
@@ -72,6 +81,23 @@ def forward(x, h0, c0, prepared, save):
     return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
 
 
+def _input_weight_grad(dG, x, nthreads):
+    """dW_ih (4H, D) = dG^T x over all T*B rows. The kernel's tile is 6 rows of the output by 64
+    columns: for a narrow input (the d2l one-hot D = 28) the columns would be mostly padding, so
+    it computes (x^T dG)^T instead, with D on the row side and 4H across the columns."""
+    T, B, G4 = dG.shape
+    D = x.shape[2]
+    padded_direct = -(-D // 64) * 64 * G4          # output D padded to 64-wide column tiles
+    padded_transposed = -(-D // 6) * 6 * G4        # output D padded to 6-row tiles
+    if padded_transposed < padded_direct:
+        out_t = torch.empty(D, G4, dtype=dG.dtype)
+        _cpu_seq.weight_grad(x.data_ptr(), D, dG.data_ptr(), T * B, None, T * B, G4, out_t.data_ptr(), nthreads)
+        return out_t.t().contiguous()
+    out = torch.empty(G4, D, dtype=dG.dtype)
+    _cpu_seq.weight_grad(dG.data_ptr(), G4, x.data_ptr(), T * B, None, T * B, D, out.data_ptr(), nthreads)
+    return out
+
+
 class SequenceLSTMFunction(torch.autograd.Function):
     """(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n) on the AVX-512 sequence kernels."""
 
@@ -93,23 +119,21 @@ class SequenceLSTMFunction(torch.autograd.Function):
         dY = workspace.zeros((T, B, H), G.dtype) if dY is None else dY.contiguous()
         DH = torch.zeros(B, H, dtype=G.dtype) if dh_n is None else dh_n.contiguous().clone()
         DC = torch.zeros(B, H, dtype=G.dtype) if dc_n is None else dc_n.contiguous().clone()
-        w_hh_c, c0c = w_hh.contiguous(), c0.contiguous()
-        _cpu_seq.backward_seq(dY.data_ptr(), w_hh_c.data_ptr(), G.data_ptr(), C.data_ptr(), c0c.data_ptr(),
-                              dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), T, B, H, nt)
+        db = torch.zeros(4 * H, dtype=G.dtype) if n[5] or n[6] else None
+        panels, c0c = pack_backward_panels(w_hh), c0.contiguous()
+        _cpu_seq.backward_seq(dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0c.data_ptr(),
+                              dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(),
+                              T, B, H, nt)
         dG2 = dG.view(T * B, 4 * H)
-        dx = dw_ih = dw_hh = db = None
+        dx = dw_ih = dw_hh = None
         if n[0]:
             dx = linear(dG2, w_ih.t()).view(T, B, D)
         if n[3]:
-            xc = x.contiguous()
-            dw_ih = torch.empty(4 * H, D, dtype=G.dtype)
-            _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, xc.data_ptr(), T * B, None, T * B, D, dw_ih.data_ptr(), nt)
+            dw_ih = _input_weight_grad(dG, x.contiguous(), nt)
         if n[4]:   # dW_hh = dG^T [h_0; Y[:-1]]: the two row blocks are read in place, not concatenated
             h0c = h0.contiguous()
             dw_hh = torch.empty(4 * H, H, dtype=G.dtype)
             _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
-        if n[5] or n[6]:
-            db = dG2.sum(0)
         return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
                 db if n[5] else None, db if n[6] else None)
 
