@@ -144,3 +144,29 @@ def test_prepared_weight_cache_sees_updates(dtype):
         other = FusedLSTM(6, 40, dtype=dtype)
         ref.load_state_dict(other.state_dict())
         assert_close(other(x)[0], ref(x)[0], dtype, "another module")
+
+
+@pytest.mark.parametrize("T,B,D,H", [(5, 7, 3, 33), (3, 32, 28, 64)], ids=["T5-B7-D3-H33", "T3-B32-D28-H64"])
+def test_bitwise_deterministic_across_runs_and_thread_counts(T, B, D, H):
+    """The CPU kernels have no atomics and a fixed reduction order per output element: two runs,
+    and runs on 1 and 2 threads, give bitwise identical outputs and gradients."""
+    ref = nn.LSTM(D, H)
+    params = [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    x = torch.randn(T, B, D, requires_grad=True)
+    hx = tuple(torch.randn(B, H, requires_grad=True) for _ in range(2))
+    w = [torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)]
+
+    def run():
+        y, (h, c) = fused_lstm(x, hx, *params)
+        g = torch.autograd.grad((y * w[0]).sum() + (h * w[1]).sum() + (c * w[2]).sum(), [x, *hx, *params])
+        return [y.detach(), h.detach(), c.detach(), *g]
+
+    threads = torch.get_num_threads()
+    try:
+        first, second = run(), run()
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, s in zip(first, second, single):
+        assert torch.equal(a, b) and torch.equal(a, s)
