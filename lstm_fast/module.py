@@ -52,7 +52,6 @@ class FusedLSTM(nn.LSTM):
 
     def forward(self, input, hx=None):
         """Same contract as ``nn.LSTM.forward``: returns ``(output, (h_n, c_n))``."""
-        num_directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         is_packed = isinstance(input, PackedSequence)
         if is_packed:

@@ -18,7 +18,7 @@ class PreparedWeights:
         """``prepare()``'s result for these tensors (and ``extra``), computed once while unchanged."""
         key = self._key(tensors, extra)
         for refs, k, value in self.entries:
-            if k == key and all((r() is t) if r is not None else t is None for r, t in zip(refs, tensors)):
+            if k == key and all((r() is t) if r is not None else t is None for r, t in zip(refs, tensors, strict=True)):
                 return value
         value = prepare()
         refs = tuple(weakref.ref(t) if t is not None else None for t in tensors)

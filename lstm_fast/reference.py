@@ -92,7 +92,7 @@ def scratch_to_lstm_state_dict(params, suffix="_l0"):
 
     The d2l bias goes into bias_ih; bias_hh is zero (nn.LSTM adds the two).
     """
-    g = dict(zip(GATE_NAMES, params[:12]))
+    g = dict(zip(GATE_NAMES, params[:12], strict=True))
     w_ih = torch.cat([g[f"W_x{k}"].t() for k in _TORCH_GATE_ORDER], 0)
     w_hh = torch.cat([g[f"W_h{k}"].t() for k in _TORCH_GATE_ORDER], 0)
     b = torch.cat([g[f"b_{k}"] for k in _TORCH_GATE_ORDER], 0)
@@ -112,7 +112,7 @@ def lstm_state_dict_to_scratch(state_dict, suffix="_l0"):
         if name + suffix in state_dict:
             b = b + state_dict[name + suffix]
     wi, wh, bb = w_ih.split(H, 0), w_hh.split(H, 0), b.split(H, 0)
-    blocks = dict(zip(_TORCH_GATE_ORDER, range(4)))
+    blocks = dict(zip(_TORCH_GATE_ORDER, range(4), strict=True))
     out = []
     for name in GATE_NAMES:
         kind, gate = name[:3] if name.startswith("W") else name[:1], name[-1]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reference
-from .data import SeqDataLoader, Vocab, load_corpus
+from .data import SeqDataLoader, load_corpus
 from .module import FusedLSTM
 
 CHECKPOINT_FORMAT = "lstm-fast-checkpoint-v1"
@@ -78,7 +78,7 @@ class ScratchLSTM(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         init = nn.LSTM(input_size, hidden_size)  # the same initialisation as the other two models
-        for name, t in zip(reference.GATE_NAMES, reference.lstm_state_dict_to_scratch(init.state_dict())):
+        for name, t in zip(reference.GATE_NAMES, reference.lstm_state_dict_to_scratch(init.state_dict()), strict=True):
             self.register_parameter(name, nn.Parameter(t))
 
     def forward(self, X, state):

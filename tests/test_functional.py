@@ -48,7 +48,7 @@ def test_matches_nn_lstm(T, B, D, H, dtype, bias, with_hx):
     g = torch.autograd.grad(_loss(y, h, c, *w), leaves + params)
     gr = torch.autograd.grad(_loss(yr, hr[0], cr[0], *w), leaves + list(ref.parameters()))
     names = ["input"] + (["h_0", "c_0"] if hx else []) + [n for n, _ in ref.named_parameters()]
-    for name, a, b in zip(names, g, gr):
+    for name, a, b in zip(names, g, gr, strict=True):
         assert_close(a, b, dtype, f"grad {name}")
 
 
@@ -64,7 +64,7 @@ def test_only_final_state_used(dtype):
     for ours, theirs, what in ((c, cr[0], "c_n"), (h, hr[0], "h_n")):
         g = torch.autograd.grad(ours.sum(), [x] + params, retain_graph=True)
         gr = torch.autograd.grad(theirs.sum(), [x] + list(ref.parameters()), retain_graph=True)
-        for a, b in zip(g, gr):
+        for a, b in zip(g, gr, strict=True):
             assert_close(a, b, dtype, f"grad through {what} only")
 
 
@@ -119,8 +119,8 @@ def test_matches_d2l_scratch(T, B, V, H, dtype):
     g = torch.autograd.grad((y.reshape(T * B, H) * wy).sum() + (h * wh).sum(), [x] + w)
     assert_close(g[0], gs[0], dtype, "grad input")
     # Map our nn.LSTM-layout gradients back to d2l's 12 tensors and compare each.
-    ours = reference.lstm_state_dict_to_scratch(dict(zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"), g[1:4])))
-    for name, a, b in zip(reference.GATE_NAMES, ours, gs[1:]):
+    ours = reference.lstm_state_dict_to_scratch(dict(zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"), g[1:4], strict=True)))
+    for name, a, b in zip(reference.GATE_NAMES, ours, gs[1:], strict=True):
         assert_close(a, b, dtype, f"grad {name}")
     assert_close(g[4], g[3], dtype, "grad bias_hh == grad bias_ih")
 
@@ -137,7 +137,7 @@ def test_prepared_weight_cache_sees_updates(dtype):
     with torch.no_grad():
         for step in range(3):
             assert_close(m(x)[0], ref(x)[0], dtype, f"after update {step}")
-            for p, q in zip(m.parameters(), ref.parameters()):
+            for p, q in zip(m.parameters(), ref.parameters(), strict=True):
                 delta = torch.randn_like(p) * 0.1
                 p.add_(delta)
                 q.add_(delta)
@@ -168,5 +168,5 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(T, B, D, H):
         single = run()
     finally:
         torch.set_num_threads(threads)
-    for a, b, s in zip(first, second, single):
+    for a, b, s in zip(first, second, single, strict=True):
         assert torch.equal(a, b) and torch.equal(a, s)

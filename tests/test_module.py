@@ -44,7 +44,7 @@ def _compare(ref, ours, inp, hx, dtype, leaves):
     gr = torch.autograd.grad(loss(yr, hr, cr), leaves + list(ref.parameters()), retain_graph=True)
     go = torch.autograd.grad(loss(yo, ho, co), leaves + list(ours.parameters()))
     names = [f"leaf{i}" for i in range(len(leaves))] + [n for n, _ in ref.named_parameters()]
-    for name, a, b in zip(names, go, gr):
+    for name, a, b in zip(names, go, gr, strict=True):
         assert_close(a, b, dtype, f"grad {name}")
 
 
@@ -125,7 +125,7 @@ def test_isinstance_and_state_dict_both_ways():
     ours.load_state_dict(ref.state_dict())
     back = nn.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=2)
     back.load_state_dict(ours.state_dict())
-    for (n, a), (_, b) in zip(ref.state_dict().items(), back.state_dict().items()):
+    for (n, a), (_, b) in zip(ref.state_dict().items(), back.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
     assert "backend='auto'" in repr(ours)
 
@@ -182,7 +182,7 @@ def test_identical_training_trajectories():
                 state_a = st
             else:
                 state_b = st
-    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=n)
 
 

@@ -10,7 +10,7 @@ from lstm_fast import reference
 def test_converters_round_trip():
     params = reference.get_lstm_params(7, 5, "cpu")[:12]
     back = reference.lstm_state_dict_to_scratch(reference.scratch_to_lstm_state_dict(params))
-    for name, a, b in zip(reference.GATE_NAMES, params, back):
+    for name, a, b in zip(reference.GATE_NAMES, params, back, strict=True):
         assert torch.equal(a.detach(), b), name
 
 
@@ -25,7 +25,7 @@ def test_state_dict_round_trip_sums_biases():
 def test_no_bias_state_dict():
     m = nn.LSTM(3, 4, bias=False)
     g = reference.lstm_state_dict_to_scratch(m.state_dict())
-    assert all(torch.equal(t, torch.zeros(4)) for n, t in zip(reference.GATE_NAMES, g) if n.startswith("b"))
+    assert all(torch.equal(t, torch.zeros(4)) for n, t in zip(reference.GATE_NAMES, g, strict=True) if n.startswith("b"))
 
 
 def test_projection_is_refused():

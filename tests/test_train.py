@@ -60,7 +60,7 @@ def test_clip_gradients_is_d2ls():
         norm = torch.sqrt(sum((g ** 2).sum() for g in g0))
         clip_gradients(p, 1.0)
         factor = 1.0 if norm <= 1 else 1.0 / norm
-        for q, g in zip(p, g0):
+        for q, g in zip(p, g0, strict=True):
             torch.testing.assert_close(q.grad, g * factor)
 
 

@@ -57,7 +57,7 @@ def test_triton_matches_nn_lstm_and_cpu(T, B, D, H, dtype, bias, with_hx):
         return fused_lstm(x, hx, *p, backend="triton")
 
     def torch_fn(x, hx, p):
-        y, (h, c) = torch.func.functional_call(ref, dict(zip([n for n, _ in ref.named_parameters()], p)),
+        y, (h, c) = torch.func.functional_call(ref, dict(zip([n for n, _ in ref.named_parameters()], p, strict=True)),
                                                (x, None if hx is None else tuple(t.unsqueeze(0) for t in hx)))
         return y, (h[0], c[0])
 
@@ -65,11 +65,11 @@ def test_triton_matches_nn_lstm_and_cpu(T, B, D, H, dtype, bias, with_hx):
         [f"grad {n}" for n, _ in ref.named_parameters()]
     got = _run(triton_fn, T, B, D, H, dtype, ref_params, with_hx)
     want = _run(torch_fn, T, B, D, H, dtype, ref_params, with_hx)
-    for name, a, b in zip(names, got, want):
+    for name, a, b in zip(names, got, want, strict=True):
         assert_close(a, b, dtype, name)
     if DEV == "cpu":
         cpu = _run(lambda x, hx, p: fused_lstm(x, hx, *p, backend="cpu"), T, B, D, H, dtype, ref_params, with_hx)
-        for name, a, b in zip(names, got, cpu):
+        for name, a, b in zip(names, got, cpu, strict=True):
             assert_close(a, b, dtype, f"{name} vs CPU implementation")
 
 
@@ -109,7 +109,7 @@ def test_triton_module(kw, packed):
         assert_close(a, b, dt, name)
     g = torch.autograd.grad(y.sum() + h.sum() + c.sum(), [x] + list(m.parameters()), retain_graph=True)
     gr = torch.autograd.grad(yr.sum() + hr.sum() + cr.sum(), [x] + list(ref.parameters()), retain_graph=True)
-    for (name, _), a, b in zip([("input", None)] + list(ref.named_parameters()), g, gr):
+    for (name, _), a, b in zip([("input", None)] + list(ref.named_parameters()), g, gr, strict=True):
         assert_close(a, b, dt, f"grad {name}")
 
 
@@ -132,7 +132,7 @@ def test_gpu_relative_error(T, B, D, H, dtype, tol):
         x2 = x.detach().to(dt).requires_grad_()
         y, (h, c) = m(x2)
         g = torch.autograd.grad((y * w.to(dt)).sum() + h.sum() + c.sum(), [x2] + list(m.parameters()))
-        for name, a, b in [("output", y, yr), ("h_n", h, hr), ("c_n", c, cr)] + list(zip(["grad x", "w_ih", "w_hh", "b_ih", "b_hh"], g, gr)):
+        for name, a, b in [("output", y, yr), ("h_n", h, hr), ("c_n", c, cr)] + list(zip(["grad x", "w_ih", "w_hh", "b_ih", "b_hh"], g, gr, strict=True)):
             assert not torch.isnan(a).any(), f"{name}: NaN"
             err = ((a.double() - b).norm() / b.norm()).item()
             assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
