@@ -19,7 +19,7 @@ setup(
     description="A drop-in torch.nn.LSTM whose math runs on fused Triton kernels and a fast CPU path",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=["lstm_fast", "lstm_fast.kernels"],
     package_dir={"lstm_fast": "lstm_fast", "lstm_fast.kernels": "kernels"},
     package_data={"lstm_fast": ["data/timemachine.txt"]},

@@ -1,5 +1,9 @@
 """The CPU implementation of one LSTM layer: a hand-written forward and backward through time.
 
+float32 layers on CPUs with AVX-512 run on the whole-sequence kernels of
+:mod:`lstm_fast.cpu_sequence` instead (see :func:`lstm_cpu`); this module serves float64
+(gradcheck), CPUs without AVX-512 and installs without a C compiler.
+
 Shapes: T steps, B batch, D input, H hidden. Gates i, f, g, o as in ``nn.LSTM`` (d2l: I, F, C_tilda, O).
 
 Why hand-written instead of autograd over per-step ops: autograd would record ~10 nodes per step and,
@@ -69,14 +73,14 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
     recurrent = recurrent or RecurrentMatmul(w_hh, B)
     if uses_fused_cell(x):
         return _forward_fused_cell(XG, h0.contiguous(), c0.contiguous(), recurrent, Y, save)
-    C = torch.empty(T if save else 1, B, H, dtype=x.dtype, device=x.device)
+    C = torch.empty(T, B, H, dtype=x.dtype, device=x.device) if save else None
     gates = []
     h, c = h0, c0
     for t in range(T):
         g = recurrent(h, XG[t])                  # gate pre-activations: X W_x + H W_h + b
         g[:, : 3 * H].sigmoid_()                 # O, I, F
         g[:, 3 * H:].tanh_()                     # C_tilda
-        ct = torch.mul(g[:, 2 * H: 3 * H], c, out=C[t if save else 0] if save or t == T - 1 else None)
+        ct = torch.mul(g[:, 2 * H: 3 * H], c, out=C[t] if save else None)
         ct.addcmul_(g[:, H: 2 * H], g[:, 3 * H:])          # C = F * C + I * C_tilda
         ht = torch.tanh(ct, out=Y[t])
         ht.mul_(g[:, :H])                                  # H = O * tanh(C)
@@ -84,7 +88,7 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
         if save:
             gates.append(g)
     G = torch.stack(gates) if save else None
-    return Y, G, C
+    return Y, G, (C if save else c.unsqueeze(0))
 
 
 def _forward_fused_cell(XG, h0, c0, recurrent, Y, save):
