@@ -381,11 +381,16 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
     result = {"perplexity": ppl, "tokens_per_sec": speed, "device": str(device), "out_dir": out_dir,
               "history": history, "rank": rank, "world_size": world}
     if world > 1:
+        import gc
+
         import torch.distributed as dist
         result["ranks_max_param_difference"] = ranks_max_param_difference(net)
+        del forward      # the DDP wrapper's reducer must go before its process group does
+        gc.collect()
         if writer:
             atomic_write_bytes(out_dir / "distributed.json", json.dumps(
                 {"world_size": world, "ranks_max_param_difference": result["ranks_max_param_difference"]}).encode())
+        dist.barrier()   # tear down together: a rank leaving while another is mid-teardown aborts gloo
         dist.destroy_process_group()
     if writer:
         result.update({"time traveller": gen("time traveller"), "traveller": gen("traveller")})
