@@ -7,8 +7,12 @@
 Grid: B in {1, 8, 32, 128, 512} x H in {256, 512, 1024} x T in {35, 512}, D = H, plus the d2l
 shape (B32 T35 D28 H256) and B16 T1024 D768 H768 (a published cuDNN figure: 5.19 ms fwd+bwd in
 fp16 on an H100). Modes: inference and training (forward + backward of every gradient). dtypes:
-float32 (tf32 as cuDNN uses it by default) and float16. A total time limit stops the grid early
-and marks the file incomplete rather than losing what was measured.
+float32 (tf32 as cuDNN uses it by default) and float16.
+
+Device time is scarce, so shapes run cheapest first (by B*T*H*H); once one call of an
+implementation/mode/dtype takes longer than ``--slow-call`` seconds, its larger shapes are skipped
+and listed under "skipped"; a total time limit stops the grid early and marks the file
+incomplete rather than losing what was measured.
 """
 import argparse
 import os
@@ -43,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="float32,float16")
     ap.add_argument("--budget", type=float, default=0.5, help="seconds of repeats per measurement")
     ap.add_argument("--time-limit", type=float, default=480, help="stop measuring after this many seconds")
+    ap.add_argument("--slow-call", type=float, default=5.0,
+                    help="after a call this slow, skip that implementation/mode/dtype's larger shapes")
     a = ap.parse_args(argv)
 
     if a.smoke:
@@ -59,18 +65,27 @@ def main(argv=None):
         code, summary = run_gpu_tests()
         extra["gpu_tests"] = {"exit_code": code, "summary": summary}
     rows, start, complete = [], time.perf_counter(), True
+    too_slow = set()   # (impl, mode, dtype) whose larger shapes are skipped
+    shapes = sorted(shapes, key=lambda s: (s[0] * s[1] * s[3] * s[3], s))
     for dtype in dtypes:
         for (B, T, D, H) in shapes:
             for mode in MODES:
                 for impl in ("torch", "fused"):
+                    case = f"{impl} {mode} {str(dtype).replace('torch.', '')} B{B} T{T} D{D} H{H}"
                     if time.perf_counter() - start > a.time_limit:
                         complete = False
-                        break
+                        continue
+                    if (impl, mode, dtype) in too_slow:
+                        extra.setdefault("skipped", []).append(f"{case}: a smaller shape took > {a.slow_call} s per call")
+                        continue
                     try:
-                        rows.append(measure(impl, B, T, D, H, mode, device, dtype, budget_s=a.budget))
+                        row = measure(impl, B, T, D, H, mode, device, dtype, budget_s=a.budget)
+                        rows.append(row)
+                        if row.seconds > a.slow_call:
+                            too_slow.add((impl, mode, dtype))
                     except Exception as e:  # one failing shape must not lose the rest
-                        print(f"gpu_check: {impl} {mode} {dtype} B{B} T{T} D{D} H{H} failed: {e}", file=sys.stderr)
-                        extra.setdefault("failures", []).append(f"{impl} {mode} {dtype} B{B} T{T} D{D} H{H}: {e}")
+                        print(f"gpu_check: {case} failed: {e}", file=sys.stderr)
+                        extra.setdefault("failures", []).append(f"{case}: {e}")
                     if device == "cuda":
                         torch.cuda.empty_cache()
     print(format_table(rows))

@@ -39,8 +39,19 @@ def test_gpu_check_smoke(tmp_path):
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 1
     doc = json.loads(files[0].read_text())
-    assert doc["complete"] and doc["environment"]["device_name"]
+    assert doc["complete"] and doc["environment"]["device_name"] and "skipped" not in doc
     assert {(r["implementation"], r["mode"]) for r in doc["rows"]} == {(i, m) for i in ("torch", "fused") for m in ("inference", "training")}
+
+
+def test_gpu_check_skips_larger_shapes_after_a_slow_call(tmp_path):
+    """With a 0-second slow-call limit, each implementation/mode measures only its cheapest shape
+    and the larger one is listed as skipped, not silently dropped."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(tmp_path),
+                        "--budget", "0.02", "--slow-call", "0"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert {(r["B"], r["T"], r["H"]) for r in doc["rows"]} == {(1, 2, 5)}
+    assert len(doc["skipped"]) == 4 and all("B2 T3 D4 H8" in s for s in doc["skipped"])
 
 
 def test_readme_results_are_generated_from_the_json():
