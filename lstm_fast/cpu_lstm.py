@@ -228,15 +228,18 @@ def _combined_bias(b_ih, b_hh, H):
     return to_internal_order(b, H)
 
 
-def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     """One layer, one direction, on the CPU implementation. Inputs are trusted (see fused_lstm).
 
     float32 layers run on the whole-sequence AVX-512 kernels (:mod:`lstm_fast.cpu_sequence`) where
     the CPU has them; the rest here. Without autograd (inference, or nothing requires grad) the
     recurrence runs directly, saving nothing; otherwise through :class:`CpuLSTMFunction`.
+    ``lengths`` (per-row lengths, masked in the kernels) only on the sequence kernels.
     """
     if cpu_sequence.available_for(x, w_hh):
-        return cpu_sequence.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return cpu_sequence.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    if lengths is not None:
+        raise RuntimeError("lstm_cpu: lengths need the sequence kernels; use functional.lstm_layer")
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         Y, h_n, c_n = CpuLSTMFunction.apply(*tensors)

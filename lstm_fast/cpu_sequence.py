@@ -66,8 +66,9 @@ def prepare(w_ih, w_hh, b_ih, b_hh):
 _cache = PreparedWeights()
 
 
-def forward(x, h0, c0, prepared, save):
-    """Run the recurrence. Returns (Y (T, B, H), G (T, B, 4H) or None, C (T, B, H) or c_T (1, B, H))."""
+def forward(x, h0, c0, prepared, save, lengths=None):
+    """Run the recurrence. Returns (Y (T, B, H), G (T, B, 4H) or None, C (T, B, H) or c_T (1, B, H)).
+    ``lengths`` (B,) int64: from step lengths[b] on, row b's state is frozen and its output 0."""
     T, B, D = x.shape
     px, ph, bias = prepared
     H = ph.shape[1]
@@ -77,8 +78,18 @@ def forward(x, h0, c0, prepared, save):
     C = workspace.empty((T if save else 2, B, H), x.dtype)
     _cpu_seq.forward_seq(x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(),
                          h0.data_ptr(), c0.data_ptr(), Y.data_ptr(), C.data_ptr(),
-                         None if G is None else G.data_ptr(), T, B, D, H, torch.get_num_threads())
+                         None if G is None else G.data_ptr(), T, B, D, H, torch.get_num_threads(),
+                         None if lengths is None else lengths.data_ptr())
     return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
+
+
+def final_hidden(Y, h0, lengths):
+    """h_n: the output at each row's last step (h_0 for a row of length 0)."""
+    if lengths is None:
+        return Y[-1].clone()
+    rows = torch.arange(Y.shape[1])
+    h = Y[(lengths - 1).clamp(min=0), rows]
+    return torch.where((lengths > 0).unsqueeze(1), h, h0)
 
 
 def _input_weight_grad(dG, x, nthreads):
@@ -102,10 +113,11 @@ class SequenceLSTMFunction(torch.autograd.Function):
     """(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n) on the AVX-512 sequence kernels."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True)
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+        Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True, lengths=lengths)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
-        return Y, Y[-1].clone(), C[-1].clone()
+        ctx.lengths = lengths
+        return Y, final_hidden(Y, h0, lengths), C[-1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -123,7 +135,7 @@ class SequenceLSTMFunction(torch.autograd.Function):
         panels, c0c = pack_backward_panels(w_hh), c0.contiguous()
         _cpu_seq.backward_seq(dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0c.data_ptr(),
                               dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(),
-                              T, B, H, nt)
+                              T, B, H, nt, None if ctx.lengths is None else ctx.lengths.data_ptr())
         dG2 = dG.view(T * B, 4 * H)
         dx = dw_ih = dw_hh = None
         if n[0]:
@@ -135,16 +147,17 @@ class SequenceLSTMFunction(torch.autograd.Function):
             dw_hh = torch.empty(4 * H, H, dtype=G.dtype)
             _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
         return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
-                db if n[5] else None, db if n[6] else None)
+                db if n[5] else None, db if n[6] else None, None)
 
 
-def lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+def lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     """One layer on the sequence kernels (check :func:`available_for` first). Without autograd
-    the forward saves nothing and reuses the prepared weights while they are unchanged."""
+    the forward saves nothing and reuses the prepared weights while they are unchanged.
+    ``lengths``: (B,) CPU int64 per-row lengths (finished rows masked, not dropped), or None."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        Y, h_n, c_n = SequenceLSTMFunction.apply(*tensors)
+        Y, h_n, c_n = SequenceLSTMFunction.apply(*tensors, lengths)
         return Y, (h_n, c_n)
     prepared = _cache.get((w_ih, w_hh, b_ih, b_hh), None, lambda: prepare(w_ih, w_hh, b_ih, b_hh))
-    Y, _, C = forward(x, h0, c0, prepared, save=False)
-    return Y, (Y[-1].clone(), C[-1].clone())
+    Y, _, C = forward(x, h0, c0, prepared, save=False, lengths=lengths)
+    return Y, (final_hidden(Y, h0, lengths), C[-1].clone())

@@ -4,7 +4,9 @@ This is the seam shared by :class:`lstm_fast.FusedLSTM` and the kernels: the mod
 directions, projections and packed sequences into calls of this function.
 """
 import torch
+import torch.nn.functional as F
 
+from . import cpu_sequence
 from .backends import check_backend_name, resolve_backend
 from .cpu_lstm import lstm_cpu
 
@@ -12,7 +14,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CPU_DTYPES = (torch.float32, torch.float64)
 
 
-def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto"):
+def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None, backend="auto"):
     """Run one LSTM layer over a sequence, like one layer and direction of ``torch.nn.LSTM``.
 
     Args:
@@ -21,6 +23,10 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, b
         weight_ih: (4H, D), gate rows in nn.LSTM order i, f, g, o.
         weight_hh: (4H, H).
         bias_ih, bias_hh: (4H,) or None.
+        lengths: optional (B,) integer tensor of per-row sequence lengths in [0, T]: from step
+            lengths[b] on, row b's state stays frozen and its output is 0, so h_n, c_n are each
+            row's state at its own length (a padded variable-length batch, at padded speed on the
+            CPU kernels: finished rows are masked, not dropped).
         backend: ``"auto"`` (Triton on CUDA tensors, the CPU implementation otherwise), ``"cpu"``
             or ``"triton"``. A backend that cannot run raises RuntimeError.
 
@@ -35,18 +41,76 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, b
     """
     check_backend_name(backend)
     h0, c0 = check_lstm_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    return lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, backend)
+    if lengths is not None:
+        lengths = check_lengths(lengths, input.shape[0], input.shape[1])
+    return lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, backend, lengths)
 
 
-def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
-    """Dispatch an already checked layer to its implementation."""
+def check_lengths(lengths, T, B):
+    """Validate per-row lengths; return them as a CPU int64 tensor."""
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.numel() != B or lengths.is_floating_point() or lengths.is_complex():
+        raise ValueError(f"lengths must be a 1-D integer tensor of {B} entries (one per batch row), "
+                         f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
+    lengths = lengths.to("cpu", torch.int64).contiguous()
+    if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise RuntimeError(f"lengths must lie in [0, {T}] (the sequence length), got "
+                           f"min {int(lengths.min())}, max {int(lengths.max())}")
+    return lengths
+
+
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
+    """Dispatch an already checked layer to its implementation. ``lengths``: checked per-row
+    lengths or None; implementations without masking run the batch in segments instead."""
     chosen = resolve_backend(backend, x.device.type)
+    if lengths is not None and not (chosen == "cpu" and cpu_sequence.available_for(x, w_hh)):
+        return _lstm_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
     if chosen == "cpu":
         if x.dtype not in _CPU_DTYPES:
             raise RuntimeError(f"backend='cpu' supports float32 and float64, got {x.dtype}")
-        return lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     from .triton_function import lstm_triton  # resolve_backend checked the kernels import
     return lstm_triton(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+
+
+def _lstm_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths):
+    """Variable lengths for implementations that do not mask: rows sorted by length, then the
+    time axis runs in segments between consecutive distinct lengths, each on the rows still
+    running; each row's final state is the one at its own length, padding outputs are 0."""
+    T, B, _ = x.shape
+    H = c0.shape[1]
+    lens = lengths.tolist()
+    order = sorted(range(B), key=lambda b: -lens[b])
+    permuted = order != list(range(B))
+    if permuted:
+        idx = torch.tensor(order, device=x.device)
+        x, h0, c0 = x[:, idx], h0[idx], c0[idx]
+        lens = [lens[b] for b in order]
+    pieces, h_done, c_done = [], [], []
+    h, c, t0 = h0, c0, 0
+    for end in sorted(set(lens)):
+        n = sum(1 for n_ in lens if n_ >= end)      # rows still running up to `end`
+        if n < h.shape[0]:                          # rows that stopped at t0 keep their state
+            h_done.append(h[n:])
+            c_done.append(c[n:])
+            h, c = h[:n], c[:n]
+        if end == t0:
+            continue
+        y, (h, c) = lstm_layer(x[t0:end, :n], h, c, w_ih, w_hh, b_ih, b_hh, backend)
+        pieces.append(F.pad(y, (0, 0, 0, B - n)) if n < B else y)
+        t0 = end
+    h_done.append(h)
+    c_done.append(c)
+    y = torch.cat(pieces, 0) if pieces else x.new_zeros(0, B, H)
+    if y.size(0) < T:
+        y = F.pad(y, (0, 0, 0, 0, 0, T - y.size(0)))
+    h_n, c_n = torch.cat(h_done[::-1], 0), torch.cat(c_done[::-1], 0)
+    if permuted:
+        inv = torch.empty_like(idx)
+        inv[idx] = torch.arange(B, device=x.device)
+        y, h_n, c_n = y[:, inv], h_n[inv], c_n[inv]
+    return y, (h_n, c_n)
 
 
 def _require_tensor(name, t):

@@ -65,7 +65,6 @@ class FusedLSTM(nn.LSTM):
                 self.check_forward_args(data, hx, batch_sizes)
                 hx = self.permute_hidden(hx, sorted_indices)
             x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes, None, None))
-            lengths = lengths.tolist()
         else:
             if not isinstance(input, torch.Tensor):
                 raise TypeError(f"LSTM: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
@@ -102,7 +101,7 @@ class FusedLSTM(nn.LSTM):
         output, h_n, c_n = self._run_layers(x, hx, lengths)
 
         if is_packed:
-            out = pack_padded_sequence(output, torch.tensor(lengths), enforce_sorted=True).data
+            out = pack_padded_sequence(output, lengths, enforce_sorted=True).data
             return (PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden((h_n, c_n), unsorted_indices))
         if self.batch_first:
@@ -143,52 +142,21 @@ class FusedLSTM(nn.LSTM):
     def _run_direction(self, x, h0, c0, weights, lengths):
         w_ih, w_hh, b_ih, b_hh, w_hr = weights
         if w_hr is None:
-            return _run_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, self.backend)
+            y, (h, c) = lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, self.backend, lengths)
+            return y, h, c
         # Projection: recur on u_t = o_t * tanh(c_t) with W_hh @ W_hr, project all steps at once.
         w_eff = w_hh @ w_hr
-        lengths_rest = None if lengths is None else [n - 1 for n in lengths]
+        lengths_rest = None if lengths is None else lengths - 1
         # First step with the caller's (projected) h_0 and the original W_hh.
         u0, (_, c1) = lstm_layer(x[:1], h0, c0, w_ih, w_hh, b_ih, b_hh, self.backend)
         if x.size(0) > 1:
-            u_rest, u_last, c_last = _run_segments(x[1:], u0[0], c1, w_ih, w_eff, b_ih, b_hh, lengths_rest,
-                                                   self.backend)
+            u_rest, (u_last, c_last) = lstm_layer(x[1:], u0[0], c1, w_ih, w_eff, b_ih, b_hh, self.backend,
+                                                  lengths_rest)
             u = torch.cat((u0, u_rest), 0)
         else:
             u, u_last, c_last = u0, u0[0], c1
         y = (u.reshape(-1, u.size(-1)) @ w_hr.t()).view(u.size(0), u.size(1), -1)
         return y, u_last @ w_hr.t(), c_last
-
-
-def _run_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, backend):
-    """One direction over a padded batch; returns (y (T, B, H), h_n, c_n) at each row's length.
-
-    ``lengths`` (sorted descending, as packing leaves them) or None for full-length rows. A row of
-    length 0 keeps (h0, c0) as its final state (the projection path's rows that ended at step 0).
-    """
-    if lengths is None:
-        y, (h, c) = lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend)
-        return y, h, c
-    T, B, _ = x.shape
-    H = c0.shape[1]
-    pieces, h_done, c_done = [], [], []
-    h, c, t0 = h0, c0, 0
-    for end in sorted(set(lengths)):
-        n = sum(1 for n_ in lengths if n_ >= end)      # rows still running up to `end`
-        if n < h.shape[0]:                              # rows that stopped at t0 keep their state
-            h_done.append(h[n:])
-            c_done.append(c[n:])
-            h, c = h[:n], c[:n]
-        if end == t0:
-            continue
-        y, (h, c) = lstm_layer(x[t0:end, :n], h, c, w_ih, w_hh, b_ih, b_hh, backend)
-        pieces.append(F.pad(y, (0, 0, 0, B - n)) if n < B else y)
-        t0 = end
-    h_done.append(h)
-    c_done.append(c)
-    y = torch.cat(pieces, 0) if pieces else x.new_zeros(0, B, H)
-    if y.size(0) < T:
-        y = F.pad(y, (0, 0, 0, 0, 0, T - y.size(0)))
-    return y, torch.cat(h_done[::-1], 0), torch.cat(c_done[::-1], 0)
 
 
 def _reverse(x, lengths):
@@ -197,6 +165,6 @@ def _reverse(x, lengths):
         return x.flip(0)
     T, B = x.shape[:2]
     t = torch.arange(T, device=x.device).unsqueeze(1)
-    n = torch.tensor(lengths, device=x.device).unsqueeze(0)
+    n = lengths.to(x.device).unsqueeze(0)
     idx = torch.where(t < n, n - 1 - t, t)
     return x.gather(0, idx.unsqueeze(-1).expand(T, B, x.size(2)))

@@ -170,3 +170,43 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(T, B, D, H):
         torch.set_num_threads(threads)
     for a, b, s in zip(first, second, single, strict=True):
         assert torch.equal(a, b) and torch.equal(a, s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lens", [[5, 2, 5, 1, 3], [3, 0, 1, 3, 2]], ids=["unsorted", "with-zero"])
+def test_lengths_match_each_sequence_alone(lens, dtype):
+    """lengths: each row equals nn.LSTM run on that row's own sequence (outputs, h_n, c_n and
+    every gradient); outputs past a row's length are 0; a row of length 0 keeps (h_0, c_0)."""
+    T, B, D, H = max(lens), len(lens), 3, 6
+    ref = nn.LSTM(D, H, dtype=dtype)
+    params = [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    x = torch.randn(T, B, D, dtype=dtype, requires_grad=True)
+    hx = tuple(torch.randn(B, H, dtype=dtype, requires_grad=True) for _ in range(2))
+    y, (h, c) = fused_lstm(x, hx, *params, lengths=torch.tensor(lens))
+    wy, wh, wc = torch.randn_like(y), torch.randn_like(h), torch.randn_like(c)
+    g = torch.autograd.grad((y * wy).sum() + (h * wh).sum() + (c * wc).sum(), [x, *hx, *params])
+    ref_loss = 0
+    for b, n in enumerate(lens):
+        assert torch.all(y[n:, b] == 0), "outputs past a row's length must be 0"
+        if n == 0:
+            assert_close(h[b], hx[0][b], dtype, "h_n of an empty row")
+            assert_close(c[b], hx[1][b], dtype, "c_n of an empty row")
+            ref_loss = ref_loss + (hx[0][b] * wh[b]).sum() + (hx[1][b] * wc[b]).sum()
+            continue
+        yr, (hr, cr) = ref(x[:n, b], (hx[0][b:b + 1], hx[1][b:b + 1]))
+        assert_close(y[:n, b], yr, dtype, f"output row {b}")
+        assert_close(h[b], hr[0], dtype, f"h_n row {b}")
+        assert_close(c[b], cr[0], dtype, f"c_n row {b}")
+        ref_loss = ref_loss + (yr * wy[:n, b]).sum() + (hr[0] * wh[b]).sum() + (cr[0] * wc[b]).sum()
+    gr = torch.autograd.grad(ref_loss, [x, *hx, *ref.parameters()])
+    for name, a, b in zip(["input", "h_0", "c_0"] + [n for n, _ in ref.named_parameters()], g, gr, strict=True):
+        assert_close(a, b, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("lengths,exc", [([1, 2], ValueError), ([[1, 2, 3]], ValueError), ([1.0, 2.0, 3.0], ValueError),
+                                         ([1, 2, 5], RuntimeError), ([-1, 2, 3], RuntimeError)],
+                         ids=["too-few", "2-d", "float", "too-long", "negative"])
+def test_bad_lengths(lengths, exc):
+    w_ih, w_hh = torch.randn(8, 3), torch.randn(8, 2)
+    with pytest.raises(exc, match="lengths"):
+        fused_lstm(torch.randn(4, 3, 3), None, w_ih, w_hh, lengths=torch.tensor(lengths))

@@ -9,7 +9,7 @@
  * (i, f, g, o); d2l names: I, F, C_tilda, O. Weights are read in their own layout or simply
  * transposed: no reordering or packing copies per call.
  *
- * forward_seq(X, Px, bias|None, Ph, h0, c0, Y, C, G|None, T, B, D, H, nthreads)
+ * forward_seq(X, Px, bias|None, Ph, h0, c0, Y, C, G|None, T, B, D, H, nthreads, len|None)
  *   X (T, B, D) inputs; Px (nb16, D, 64) and Ph (nb16, H, 64) forward panels of W_ih and W_hh
  *   (pack_panels): panel j, row k holds gates i, f, g, o of units j*16..j*16+15 for input k, so a
  *   tile streams one contiguous block (reading W^T rows directly instead costs a TLB miss per
@@ -18,12 +18,15 @@
  *   None; h0, c0 (B, H);
  *   Y (T, B, H) outputs; C (T, B, H) cell states when G is given, else (2, B, H) scratch;
  *   G (T, B, 4H) activated gates (saved for the backward) or None.
- * backward_seq(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads)
+ * backward_seq(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None)
  *   dY (T, B, H); Wq (ceil(H/64), 4H, 64) backward panels of W_hh (pack_backward_panels: panel
  *   j holds columns j*64.. of every row, zero padded; reading W_hh in place was 25% slower);
  *   G, C as saved; dG (T, B, 4H) out; DH (B, H) in: dh_n (or zeros), out: dh_0; DC (B, H) in:
  *   dc_n (or zeros), out: dc_0; db (4H) zeros in, out: the bias gradient, summed in the cell
  *   phase (each thread owns its hidden blocks, so no races) instead of another pass over dG.
+ *   len (B) int64 sequence lengths (variable-length batches at padded speed): from step len[b]
+ *   on, row b's state is frozen and its output 0; in the backward its gate gradients are 0 and
+ *   the dh, dc arriving from later steps pass through to step len[b] - 1 unchanged.
  * pack_panels(W, H, K, P)
  *   W (4H, K) as nn.LSTM stores it -> P (ceil(H/16), K, 64) forward panels, zero padded past H.
  * pack_backward_panels(W, H, K, Q)
@@ -145,6 +148,7 @@ typedef struct {
     int64_t T, B, D, H;
     int nthreads;
     const float *zero;   /* max(D, H) zeros: the A row of tile rows past the batch */
+    const int64_t *len;  /* per-row sequence lengths, or NULL: all rows run all T steps */
 } fwd_args;
 
 /* The 6-row x 64-column register tile: rows a0..a5 (a zero row past the batch) times a panel of
@@ -191,8 +195,13 @@ AVX512 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j
         go = _mm512_add_ps(go, _mm512_maskz_loadu_ps(m, b + 3 * H));
     }
     __m512 I = v_sigmoid(gi), F = v_sigmoid(gf), Ct = v_tanh(gg), O = v_sigmoid(go);
-    __m512 c = _mm512_fmadd_ps(F, _mm512_maskz_loadu_ps(m, cp + row * H + j0), _mm512_mul_ps(I, Ct));
+    __m512 c_prev = _mm512_maskz_loadu_ps(m, cp + row * H + j0);
+    __m512 c = _mm512_fmadd_ps(F, c_prev, _mm512_mul_ps(I, Ct));
     __m512 h = _mm512_mul_ps(O, v_tanh(c));
+    if (a->len && t >= a->len[row]) {   /* finished row: state frozen, output 0 (padding) */
+        c = c_prev;
+        h = _mm512_setzero_ps();
+    }
     _mm512_mask_storeu_ps(c_out + row * H + j0, m, c);
     _mm512_mask_storeu_ps(a->Y + (t * a->B + row) * H + j0, m, h);
     if (a->G) {
@@ -269,6 +278,7 @@ typedef struct {
     int64_t T, B, H;
     int nthreads;
     const float *zero;   /* 4H zeros */
+    const int64_t *len;  /* per-row sequence lengths, or NULL */
 } bwd_args;
 
 /* Phase A: gate gradients of step t for units [j0, j0+16) of every row. */
@@ -279,6 +289,11 @@ AVX512 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
     __m512 sb0 = _mm512_setzero_ps(), sb1 = sb0, sb2 = sb0, sb3 = sb0;   /* bias gradient, this step */
     for (int64_t b = 0; b < B; ++b) {
         const int64_t o = b * H + j0;
+        if (a->len && t >= a->len[b]) {   /* finished row: no gate gradients; dh, dc carried */
+            float *d = a->dG + (t * B + b) * G4 + j0;
+            for (int q = 0; q < 4; ++q) _mm512_mask_storeu_ps(d + q * H, m, _mm512_setzero_ps());
+            continue;
+        }
         const float *g = a->G + (t * B + b) * G4 + j0;
         __m512 dh = _mm512_add_ps(_mm512_maskz_loadu_ps(m, a->dY + t * B * H + o), _mm512_maskz_loadu_ps(m, a->DH + o));
         __m512 dc = _mm512_maskz_loadu_ps(m, a->DC + o);
@@ -309,8 +324,10 @@ AVX512 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
 }
 
 /* Phase B: DH[rows rb..rb+6, units n0..n0+64) = dG_t[rows, :] @ W_hh[:, n0..]. */
-AVX512 INLINE void bwd_store(const bwd_args *a, int64_t row, int64_t n0, __m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+AVX512 INLINE void bwd_store(const bwd_args *a, int64_t t, int64_t row, int64_t n0, __m512 v0, __m512 v1, __m512 v2,
+                             __m512 v3) {
     const int64_t H = a->H;
+    if (a->len && t >= a->len[row]) return;   /* finished row: keep the dh carried through */
     float *dh = a->DH + row * H;
     if (n0 < H) _mm512_mask_storeu_ps(dh + n0, tail_mask(n0, H), v0);
     if (n0 + 16 < H) _mm512_mask_storeu_ps(dh + n0 + 16, tail_mask(n0 + 16, H), v1);
@@ -328,16 +345,16 @@ AVX512 INLINE void bwd_store(const bwd_args *a, int64_t row, int64_t n0, __m512 
         (void)a4; (void)a5;                                                                           \
         DECLS                                                                                         \
         PANEL_K(K, a->Wq + nb * K * 64, FMAS)                                                         \
-        bwd_store(a, rb, n0, c00, c01, c02, c03);                                                     \
-        if (n > 1) bwd_store(a, rb + 1, n0, c10, c11, c12, c13);                                      \
-        if (n > 2) bwd_store(a, rb + 2, n0, c20, c21, c22, c23);                                      \
-        if (n > 3) bwd_store(a, rb + 3, n0, c30, c31, c32, c33);                                      \
+        bwd_store(a, t, rb, n0, c00, c01, c02, c03);                                                     \
+        if (n > 1) bwd_store(a, t, rb + 1, n0, c10, c11, c12, c13);                                      \
+        if (n > 2) bwd_store(a, t, rb + 2, n0, c20, c21, c22, c23);                                      \
+        if (n > 3) bwd_store(a, t, rb + 3, n0, c30, c31, c32, c33);                                      \
         BWD_TAIL##MR                                                                                  \
     }
 #define BWD_TAIL4
 #define BWD_TAIL6                                                                                     \
-    if (n > 4) bwd_store(a, rb + 4, n0, c40, c41, c42, c43);                                          \
-    if (n > 5) bwd_store(a, rb + 5, n0, c50, c51, c52, c53);
+    if (n > 4) bwd_store(a, t, rb + 4, n0, c40, c41, c42, c43);                                          \
+    if (n > 5) bwd_store(a, t, rb + 5, n0, c50, c51, c52, c53);
 BWD_TILE(6, DECL6, FMA6)
 BWD_TILE(4, DECL4, FMA4)
 
@@ -505,7 +522,7 @@ static PyObject *run_with_zero_row(void (*fn)(void *), void *args, const float *
 #endif
 
 static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "forward_seq takes 14 arguments"); return NULL; }
+    if (nargs != 15) { PyErr_SetString(PyExc_TypeError, "forward_seq takes 15 arguments"); return NULL; }
     if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "forward_seq needs AVX-512"); return NULL; }
 #if LSTM_X86
     void *p[9];
@@ -513,6 +530,7 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
     fwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
                   PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), PyLong_AsLongLong(args[12]),
                   (int)PyLong_AsLong(args[13])};
+    a.len = args[14] == Py_None ? NULL : PyLong_AsVoidPtr(args[14]);
     if (PyErr_Occurred()) return NULL;
     return run_with_zero_row(fwd_worker, &a, &a.zero, a.D > a.H ? a.D : a.H, a.nthreads);
 #else
@@ -521,13 +539,14 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 13) { PyErr_SetString(PyExc_TypeError, "backward_seq takes 13 arguments"); return NULL; }
+    if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "backward_seq takes 14 arguments"); return NULL; }
     if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "backward_seq needs AVX-512"); return NULL; }
 #if LSTM_X86
     void *p[9];
     if (ptrs(args, 9, p)) return NULL;
     bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
                   PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
+    a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
     if (PyErr_Occurred()) return NULL;
     return run_with_zero_row(bwd_worker, &a, &a.zero, 4 * a.H, a.nthreads);
 #else
