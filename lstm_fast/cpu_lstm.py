@@ -194,31 +194,41 @@ def _backward_torch_ops(dY, dh_n, dc_n, c0, w_hh, G, C, want_dh0):
     return dG, dh0, dc
 
 
+def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C)), G in internal order."""
+    H = w_hh.shape[0] // 4
+    Y, G, C = lstm_forward_cpu(x, h0, c0, to_internal_order(w_ih, H), to_internal_order(w_hh, H),
+                               _combined_bias(b_ih, b_hh, H))
+    return Y, Y[-1].clone(), C[-1].clone(), (G, C)
+
+
+def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) from :func:`forward_saving`'s tensors."""
+    G, C = saved
+    n = needs
+    H = C.shape[2]
+    wi, wh = to_internal_order(w_ih, H), to_internal_order(w_hh, H)
+    dx, dh0, dc0, dwi, dwh, db = lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, wi, wh, Y, G, C,
+                                                   (n[0], n[1], n[2], n[3], n[4], n[5] or n[6]))
+    dwi = from_internal_order(dwi, H) if dwi is not None else None
+    dwh = from_internal_order(dwh, H) if dwh is not None else None
+    db = from_internal_order(db, H) if db is not None else None
+    return (dx, dh0, dc0, dwi, dwh, db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
+
+
 class CpuLSTMFunction(torch.autograd.Function):
     """Autograd wrapper: (x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n), nn.LSTM gate order."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        H = w_hh.shape[0] // 4
-        wi, wh = to_internal_order(w_ih, H), to_internal_order(w_hh, H)
-        bias = _combined_bias(b_ih, b_hh, H)
-        Y, G, C = lstm_forward_cpu(x, h0, c0, wi, wh, bias)
-        ctx.save_for_backward(x, h0, c0, wi, wh, Y, G, C)
-        ctx.bias_flags = (b_ih is not None, b_hh is not None)
-        return Y, Y[-1].clone(), C[-1].clone()
+        Y, h_n, c_n, (G, C) = forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
+        return Y, h_n, c_n
 
     @staticmethod
     def backward(ctx, dY, dh_n, dc_n):
-        x, h0, c0, wi, wh, Y, G, C = ctx.saved_tensors
-        n = ctx.needs_input_grad
-        H = C.shape[2]
-        needs = (n[0], n[1], n[2], n[3], n[4], n[5] or n[6])
-        dx, dh0, dc0, dwi, dwh, db = lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, wi, wh, Y, G, C, needs)
-        dwi = from_internal_order(dwi, H) if dwi is not None else None
-        dwh = from_internal_order(dwh, H) if dwh is not None else None
-        db = from_internal_order(db, H) if db is not None else None
-        return (dx, dh0, dc0, dwi, dwh,
-                db if n[5] else None, db if n[6] else None)
+        x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
+        return backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), ctx.needs_input_grad)
 
 
 def _combined_bias(b_ih, b_hh, H):

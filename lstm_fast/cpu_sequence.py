@@ -109,45 +109,59 @@ def _input_weight_grad(dG, x, nthreads):
     return out
 
 
+def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
+    """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C))."""
+    Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True, lengths=lengths)
+    return Y, final_hidden(Y, h0, lengths), C[-1].clone(), (G, C)
+
+
+def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengths=None):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) from :func:`forward_saving`'s tensors;
+    ``needs``: which of the seven are wanted (None for the others)."""
+    G, C = saved
+    n = needs
+    T, B, H = C.shape
+    D = x.shape[2]
+    nt = torch.get_num_threads()
+    dG = workspace.empty((T, B, 4 * H), G.dtype)
+    dY = workspace.zeros((T, B, H), G.dtype) if dY is None else dY.contiguous()
+    DH = torch.zeros(B, H, dtype=G.dtype) if dh_n is None else dh_n.contiguous().clone()
+    DC = torch.zeros(B, H, dtype=G.dtype) if dc_n is None else dc_n.contiguous().clone()
+    db = torch.zeros(4 * H, dtype=G.dtype) if n[5] or n[6] else None
+    panels, c0c = pack_backward_panels(w_hh), c0.contiguous()
+    _cpu_seq.backward_seq(dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0c.data_ptr(),
+                          dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(),
+                          T, B, H, nt, None if lengths is None else lengths.data_ptr())
+    dG2 = dG.view(T * B, 4 * H)
+    dx = dw_ih = dw_hh = None
+    if n[0]:
+        dx = linear(dG2, w_ih.t()).view(T, B, D)
+    if n[3]:
+        dw_ih = _input_weight_grad(dG, x.contiguous(), nt)
+    if n[4]:   # dW_hh = dG^T [h_0; Y[:-1]]: the two row blocks are read in place, not concatenated
+        h0c = h0.contiguous()
+        dw_hh = torch.empty(4 * H, H, dtype=G.dtype)
+        _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
+    return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
+            db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
+
+
 class SequenceLSTMFunction(torch.autograd.Function):
-    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n) on the AVX-512 sequence kernels."""
+    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths) -> (Y, h_n, c_n) on the AVX-512 sequence kernels."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
-        Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True, lengths=lengths)
+        Y, h_n, c_n, (G, C) = forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
         ctx.lengths = lengths
-        return Y, final_hidden(Y, h0, lengths), C[-1].clone()
+        return Y, h_n, c_n
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dY, dh_n, dc_n):
         x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
-        n = ctx.needs_input_grad
-        T, B, H = C.shape
-        D = x.shape[2]
-        nt = torch.get_num_threads()
-        dG = workspace.empty((T, B, 4 * H), G.dtype)
-        dY = workspace.zeros((T, B, H), G.dtype) if dY is None else dY.contiguous()
-        DH = torch.zeros(B, H, dtype=G.dtype) if dh_n is None else dh_n.contiguous().clone()
-        DC = torch.zeros(B, H, dtype=G.dtype) if dc_n is None else dc_n.contiguous().clone()
-        db = torch.zeros(4 * H, dtype=G.dtype) if n[5] or n[6] else None
-        panels, c0c = pack_backward_panels(w_hh), c0.contiguous()
-        _cpu_seq.backward_seq(dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0c.data_ptr(),
-                              dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(),
-                              T, B, H, nt, None if ctx.lengths is None else ctx.lengths.data_ptr())
-        dG2 = dG.view(T * B, 4 * H)
-        dx = dw_ih = dw_hh = None
-        if n[0]:
-            dx = linear(dG2, w_ih.t()).view(T, B, D)
-        if n[3]:
-            dw_ih = _input_weight_grad(dG, x.contiguous(), nt)
-        if n[4]:   # dW_hh = dG^T [h_0; Y[:-1]]: the two row blocks are read in place, not concatenated
-            h0c = h0.contiguous()
-            dw_hh = torch.empty(4 * H, H, dtype=G.dtype)
-            _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
-        return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
-                db if n[5] else None, db if n[6] else None, None)
+        grads = backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), ctx.needs_input_grad[:7], ctx.lengths)
+        return (*grads, None)
 
 
 def lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):

@@ -62,7 +62,11 @@ def check_lengths(lengths, T, B):
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
     """Dispatch an already checked layer to its implementation. ``lengths``: checked per-row
-    lengths or None; implementations without masking run the batch in segments instead."""
+    lengths or None; implementations without masking run the batch in segments instead.
+    Under torch.compile the layer is one custom op (:mod:`lstm_fast.custom_ops`): no graph break."""
+    if torch.compiler.is_compiling():
+        from .custom_ops import lstm_layer_op
+        return lstm_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
     chosen = resolve_backend(backend, x.device.type)
     if lengths is not None and not (chosen == "cpu" and cpu_sequence.available_for(x, w_hh)):
         return _lstm_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)

@@ -19,40 +19,51 @@ def _input_projection(x, w_ih, b_ih, b_hh):
     return xg.view(T, B, -1)
 
 
+def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C)); C has T+1 rows."""
+    from .kernels import lstm_fwd
+
+    Y, C, G = lstm_fwd(_input_projection(x, w_ih, b_ih, b_hh), h0, c0, w_hh, save_gates=True)
+    return Y, Y[-1].clone(), C[-1].to(x.dtype, copy=True), (G, C)
+
+
+def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) from :func:`forward_saving`'s tensors."""
+    from .kernels import lstm_bwd
+
+    G, C = saved
+    n = needs
+    DG, dh0, dc0 = lstm_bwd(dY, dh_n, dc_n, w_hh, G, C)
+    T, B, D = x.shape
+    acc = DG.dtype
+    dG2 = DG.view(T * B, -1)
+    dx = dw_ih = dw_hh = db = None
+    if n[0]:
+        dx = (dG2 @ w_ih.to(acc)).view(T, B, D).to(x.dtype)
+    if n[3]:
+        dw_ih = (dG2.t() @ x.reshape(T * B, D).to(acc)).to(w_ih.dtype)
+    if n[4]:
+        h_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
+        dw_hh = (dG2.t() @ h_prev.reshape(T * B, -1).to(acc)).to(w_hh.dtype)
+    if n[5] or n[6]:
+        db = dG2.sum(0).to(w_hh.dtype)
+    return (dx, dh0.to(h0.dtype) if n[1] else None, dc0.to(x.dtype) if n[2] else None,
+            dw_ih, dw_hh, db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
+
+
 class FusedLSTMFunction(torch.autograd.Function):
     """(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n) on the Triton kernels."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        from .kernels import lstm_fwd
-
-        xg = _input_projection(x, w_ih, b_ih, b_hh)
-        Y, C, G = lstm_fwd(xg, h0, c0, w_hh, save_gates=True)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, Y, C, G)
-        return Y, Y[-1].clone(), C[-1].to(x.dtype)
+        Y, h_n, c_n, (G, C) = forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
+        return Y, h_n, c_n
 
     @staticmethod
     def backward(ctx, dY, dh_n, dc_n):
-        from .kernels import lstm_bwd
-
-        x, h0, w_ih, w_hh, Y, C, G = ctx.saved_tensors
-        n = ctx.needs_input_grad
-        DG, dh0, dc0 = lstm_bwd(dY, dh_n, dc_n, w_hh, G, C)
-        T, B, D = x.shape
-        acc = DG.dtype
-        dG2 = DG.view(T * B, -1)
-        dx = dw_ih = dw_hh = db = None
-        if n[0]:
-            dx = (dG2 @ w_ih.to(acc)).view(T, B, D).to(x.dtype)
-        if n[3]:
-            dw_ih = (dG2.t() @ x.reshape(T * B, D).to(acc)).to(w_ih.dtype)
-        if n[4]:
-            h_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
-            dw_hh = (dG2.t() @ h_prev.reshape(T * B, -1).to(acc)).to(w_hh.dtype)
-        if n[5] or n[6]:
-            db = dG2.sum(0).to(w_hh.dtype)
-        return (dx, dh0.to(h0.dtype) if n[1] else None, dc0.to(x.dtype) if n[2] else None,
-                dw_ih, dw_hh, db if n[5] else None, db if n[6] else None)
+        x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
+        return backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), ctx.needs_input_grad)
 
 
 def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):

@@ -1,0 +1,101 @@
+"""One LSTM layer as ``torch.library`` custom ops, so ``torch.compile(fullgraph=True)`` sees a
+single opaque op with a shape function and an autograd formula instead of breaking the graph.
+
+* ``lstm_fast::lstm_forward(x, h0, c0, w_ih, w_hh, b_ih?, b_hh?, lengths?, backend)`` ->
+  ``(Y, h_n, c_n, G, C)``: the layer plus the two tensors its backward needs;
+* ``lstm_fast::lstm_backward(dY?, dh_n?, dc_n?, x, h0, c0, w_ih, w_hh, Y, G, C, lengths?, backend,
+  needs)`` -> the seven gradients (empty where ``needs`` says not wanted).
+
+Both run the same ``forward_saving`` / ``backward_saved`` functions as the eager autograd
+Functions, so compiled and eager numbers agree. :func:`lstm_fast.functional.lstm_layer` routes here
+only while ``torch.compiler.is_compiling()``.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import cpu_lstm, cpu_sequence
+from .backends import resolve_backend
+
+
+def _implementation(backend, x, w_hh, lengths):
+    """The module providing forward_saving/backward_saved for this layer, and whether it takes lengths."""
+    chosen = resolve_backend(backend, x.device.type)
+    if chosen == "cpu" and cpu_sequence.available_for(x, w_hh):
+        return cpu_sequence, True
+    if lengths is not None:
+        raise RuntimeError("lengths under torch.compile need the CPU sequence kernels (float32, AVX-512)")
+    if chosen == "cpu":
+        return cpu_lstm, False
+    from . import triton_function
+    return triton_function, False
+
+
+def _saved_shapes(x, w_hh, backend):
+    """Shapes and dtype of (G, C) for the implementation that will run (the fake impl's answer)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    triton = backend == "triton" or (backend == "auto" and x.device.type == "cuda")
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (T, B, 4 * H), ((T + 1) if triton else T, B, H), acc
+
+
+@torch.library.custom_op("lstm_fast::lstm_forward", mutates_args=())
+def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                 b_hh: Optional[Tensor], lengths: Optional[Tensor], backend: str
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    impl, takes_lengths = _implementation(backend, x, w_hh, lengths)
+    args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh) + ((lengths,) if takes_lengths else ())
+    Y, h_n, c_n, (G, C) = impl.forward_saving(*args)
+    return Y, h_n, c_n, G, C
+
+
+@lstm_forward.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, backend):
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    g_shape, c_shape, acc = _saved_shapes(x, w_hh, backend)
+    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H),
+            x.new_empty(g_shape, dtype=acc), x.new_empty(c_shape, dtype=acc))
+
+
+@torch.library.custom_op("lstm_fast::lstm_backward", mutates_args=())
+def lstm_backward(dY: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor], x: Tensor, h0: Tensor,
+                  c0: Tensor, w_ih: Tensor, w_hh: Tensor, Y: Tensor, G: Tensor, C: Tensor,
+                  lengths: Optional[Tensor], backend: str, needs: list[bool]
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    impl, takes_lengths = _implementation(backend, x, w_hh, lengths)
+    extra = (lengths,) if takes_lengths else ()
+    grads = impl.backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), needs, *extra)
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
+
+
+@lstm_backward.register_fake
+def _(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, lengths, backend, needs):
+    like = (x, h0, c0, w_ih, w_hh, w_hh.new_empty(w_hh.shape[0]), w_hh.new_empty(w_hh.shape[0]))
+    return tuple(torch.empty_like(t) if need else x.new_empty(0) for t, need in zip(like, needs, strict=True))
+
+
+def _setup_context(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, backend = inputs
+    Y, _, _, G, C = output
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
+    ctx.lengths, ctx.backend = lengths, backend
+
+
+def _backward(ctx, dY, dh_n, dc_n, _dG, _dC):
+    x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
+    needs = [bool(n) for n in ctx.needs_input_grad[:7]]
+    grads = torch.ops.lstm_fast.lstm_backward(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C,
+                                              ctx.lengths, ctx.backend, needs)
+    return (*(g if need else None for g, need in zip(grads, needs, strict=True)), None, None)
+
+
+torch.library.register_autograd("lstm_fast::lstm_forward", _backward, setup_context=_setup_context)
+
+
+def lstm_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
+    """The layer through the custom op: (Y, (h_n, c_n))."""
+    Y, h_n, c_n, _, _ = torch.ops.lstm_fast.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, backend)
+    return Y, (h_n, c_n)
