@@ -84,10 +84,11 @@ def forward(x, h0, c0, prepared, save, lengths=None):
 
 
 def final_hidden(Y, h0, lengths):
-    """h_n: the output at each row's last step (h_0 for a row of length 0)."""
+    """h_n: the output at each row's last step (h_0 for a row of length 0), on any device."""
     if lengths is None:
         return Y[-1].clone()
-    rows = torch.arange(Y.shape[1])
+    lengths = lengths.to(Y.device)
+    rows = torch.arange(Y.shape[1], device=Y.device)
     h = Y[(lengths - 1).clamp(min=0), rows]
     return torch.where((lengths > 0).unsqueeze(1), h, h0)
 

@@ -24,12 +24,13 @@ def _implementation(backend, x, w_hh, lengths):
     chosen = resolve_backend(backend, x.device.type)
     if chosen == "cpu" and cpu_sequence.available_for(x, w_hh):
         return cpu_sequence, True
+    if chosen == "triton":
+        from . import triton_function
+        return triton_function, True
     if lengths is not None:
-        raise RuntimeError("lengths under torch.compile need the CPU sequence kernels (float32, AVX-512)")
-    if chosen == "cpu":
-        return cpu_lstm, False
-    from . import triton_function
-    return triton_function, False
+        raise RuntimeError("lengths under torch.compile need the Triton kernels or the CPU sequence kernels "
+                           "(float32, AVX-512)")
+    return cpu_lstm, False
 
 
 def _saved_shapes(x, w_hh, backend):

@@ -68,14 +68,15 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
         from .custom_ops import lstm_layer_op
         return lstm_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
     chosen = resolve_backend(backend, x.device.type)
-    if lengths is not None and not (chosen == "cpu" and cpu_sequence.available_for(x, w_hh)):
+    masks_lengths = chosen == "triton" or cpu_sequence.available_for(x, w_hh)
+    if lengths is not None and not masks_lengths:
         return _lstm_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
     if chosen == "cpu":
         if x.dtype not in _CPU_DTYPES:
             raise RuntimeError(f"backend='cpu' supports float32 and float64, got {x.dtype}")
         return lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     from .triton_function import lstm_triton  # resolve_backend checked the kernels import
-    return lstm_triton(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return lstm_triton(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
 
 
 def _lstm_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths):

@@ -8,6 +8,8 @@ float32 (float64 for float64 inputs); outputs are in the input dtype.
 """
 import torch
 
+from .cpu_sequence import final_hidden
+
 
 def _input_projection(x, w_ih, b_ih, b_hh):
     T, B, D = x.shape
@@ -19,21 +21,52 @@ def _input_projection(x, w_ih, b_ih, b_hh):
     return xg.view(T, B, -1)
 
 
-def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C)); C has T+1 rows."""
+def _freeze_finished_rows(xg, lengths):
+    """Variable lengths without touching the kernels: at steps t >= lengths[b], row b's forget
+    pre-activation is +inf and its input and output pre-activations -inf, so F = 1, I = 0, O = 0
+    exactly. The cell state is carried unchanged, the output is 0, and in the backward the same
+    saved gates make every gate gradient 0 and carry dc through (masking inside the kernel cost a
+    stack frame on sm_90)."""
+    T, B, G4 = xg.shape
+    H = G4 // 4
+    finished = (torch.arange(T, device=xg.device)[:, None] >= lengths.to(xg.device)[None, :]).unsqueeze(-1)
+    xg[:, :, :H].masked_fill_(finished, float("-inf"))          # I
+    xg[:, :, H: 2 * H].masked_fill_(finished, float("inf"))     # F
+    xg[:, :, 3 * H:].masked_fill_(finished, float("-inf"))      # O
+    return xg
+
+
+def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
+    """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C)); C has T+1 rows.
+    ``lengths``: per-row lengths (finished rows frozen, output 0; see _freeze_finished_rows)."""
     from .kernels import lstm_fwd
 
-    Y, C, G = lstm_fwd(_input_projection(x, w_ih, b_ih, b_hh), h0, c0, w_hh, save_gates=True)
-    return Y, Y[-1].clone(), C[-1].to(x.dtype, copy=True), (G, C)
+    xg = _input_projection(x, w_ih, b_ih, b_hh)
+    if lengths is not None:
+        xg = _freeze_finished_rows(xg, lengths)
+    Y, C, G = lstm_fwd(xg, h0, c0, w_hh, save_gates=True)
+    return Y, final_hidden(Y, h0, lengths), C[-1].to(x.dtype, copy=True), (G, C)
 
 
-def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs):
+def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengths=None):
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) from :func:`forward_saving`'s tensors."""
     from .kernels import lstm_bwd
 
     G, C = saved
     n = needs
+    dh_direct = None
+    if lengths is not None and dh_n is not None:
+        # h_n is the output at each row's last step, so its gradient enters there (past it the
+        # frozen rows' dh is 0); rows of length 0 pass it straight to h_0.
+        lengths = lengths.to(x.device)
+        T, B = x.shape[:2]
+        dY = torch.zeros(T, B, dh_n.shape[1], dtype=dh_n.dtype, device=x.device) if dY is None else dY.clone()
+        ran = (lengths > 0).unsqueeze(1)
+        dY[(lengths - 1).clamp(min=0), torch.arange(B, device=x.device)] += torch.where(ran, dh_n, 0)
+        dh_direct, dh_n = torch.where(ran, 0, dh_n), None
     DG, dh0, dc0 = lstm_bwd(dY, dh_n, dc_n, w_hh, G, C)
+    if dh_direct is not None:
+        dh0 = dh0 + dh_direct.to(dh0.dtype)
     T, B, D = x.shape
     acc = DG.dtype
     dG2 = DG.view(T * B, -1)
@@ -52,28 +85,33 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs):
 
 
 class FusedLSTMFunction(torch.autograd.Function):
-    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n) on the Triton kernels."""
+    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths) -> (Y, h_n, c_n) on the Triton kernels."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        Y, h_n, c_n, (G, C) = forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+        Y, h_n, c_n, (G, C) = forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
+        ctx.lengths = lengths
         return Y, h_n, c_n
 
     @staticmethod
     def backward(ctx, dY, dh_n, dc_n):
         x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
-        return backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), ctx.needs_input_grad)
+        grads = backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), ctx.needs_input_grad[:7], ctx.lengths)
+        return (*grads, None)
 
 
-def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     """One layer on the Triton kernels. Inputs are trusted (see fused_lstm). Without autograd the
-    forward saves nothing."""
+    forward saves nothing. ``lengths``: per-row lengths masked in the kernels, or None."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        Y, h_n, c_n = FusedLSTMFunction.apply(*tensors)
+        Y, h_n, c_n = FusedLSTMFunction.apply(*tensors, lengths)
         return Y, (h_n, c_n)
     from .kernels import lstm_fwd
 
-    Y, C, _ = lstm_fwd(_input_projection(x, w_ih, b_ih, b_hh), h0, c0, w_hh, save_gates=False)
-    return Y, (Y[-1].clone(), C[-1].to(x.dtype))
+    xg = _input_projection(x, w_ih, b_ih, b_hh)
+    if lengths is not None:
+        xg = _freeze_finished_rows(xg, lengths)
+    Y, C, _ = lstm_fwd(xg, h0, c0, w_hh, save_gates=False)
+    return Y, (final_hidden(Y, h0, lengths), C[-1].to(x.dtype))

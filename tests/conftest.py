@@ -56,3 +56,36 @@ def assert_close(actual, expected, dtype, what):
     assert actual is not None and expected is not None, f"{what}: missing gradient"
     assert not torch.isnan(actual).any() or torch.isnan(expected).any(), f"{what}: NaN in result"
     torch.testing.assert_close(actual, expected, **tolerances(dtype), msg=lambda m: f"{what}: {m}")
+
+
+def check_lengths_against_nn_lstm(lens, dtype, device, backend):
+    """fused_lstm(lengths=...): each row equals nn.LSTM run on that row's own sequence (outputs,
+    h_n, c_n and every gradient); outputs past a row's length are 0; a row of length 0 keeps
+    (h_0, c_0)."""
+    from torch import nn
+
+    from lstm_fast import fused_lstm
+    T, B, D, H = max(lens), len(lens), 3, 6
+    ref = nn.LSTM(D, H, dtype=dtype, device=device)
+    params = [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    x = torch.randn(T, B, D, dtype=dtype, device=device, requires_grad=True)
+    hx = tuple(torch.randn(B, H, dtype=dtype, device=device, requires_grad=True) for _ in range(2))
+    y, (h, c) = fused_lstm(x, hx, *params, lengths=torch.tensor(lens), backend=backend)
+    wy, wh, wc = torch.randn_like(y), torch.randn_like(h), torch.randn_like(c)
+    g = torch.autograd.grad((y * wy).sum() + (h * wh).sum() + (c * wc).sum(), [x, *hx, *params])
+    ref_loss = 0
+    for b, n in enumerate(lens):
+        assert torch.all(y[n:, b] == 0), "outputs past a row's length must be 0"
+        if n == 0:
+            assert_close(h[b], hx[0][b], dtype, "h_n of an empty row")
+            assert_close(c[b], hx[1][b], dtype, "c_n of an empty row")
+            ref_loss = ref_loss + (hx[0][b] * wh[b]).sum() + (hx[1][b] * wc[b]).sum()
+            continue
+        yr, (hr, cr) = ref(x[:n, b], (hx[0][b:b + 1], hx[1][b:b + 1]))
+        assert_close(y[:n, b], yr, dtype, f"output row {b}")
+        assert_close(h[b], hr[0], dtype, f"h_n row {b}")
+        assert_close(c[b], cr[0], dtype, f"c_n row {b}")
+        ref_loss = ref_loss + (yr * wy[:n, b]).sum() + (hr[0] * wh[b]).sum() + (cr[0] * wc[b]).sum()
+    gr = torch.autograd.grad(ref_loss, [x, *hx, *ref.parameters()])
+    for name, a, b in zip(["input", "h_0", "c_0"] + [n for n, _ in ref.named_parameters()], g, gr, strict=True):
+        assert_close(a, b, dtype, f"grad {name}")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lstm_fast import fused_lstm, reference
-from conftest import assert_close
+from conftest import assert_close, check_lengths_against_nn_lstm
 
 SHAPES = [  # (T, B, D, H)
     pytest.param(1, 1, 1, 1, id="T1-B1-D1-H1"),
@@ -175,32 +175,7 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(T, B, D, H):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lens", [[5, 2, 5, 1, 3], [3, 0, 1, 3, 2]], ids=["unsorted", "with-zero"])
 def test_lengths_match_each_sequence_alone(lens, dtype):
-    """lengths: each row equals nn.LSTM run on that row's own sequence (outputs, h_n, c_n and
-    every gradient); outputs past a row's length are 0; a row of length 0 keeps (h_0, c_0)."""
-    T, B, D, H = max(lens), len(lens), 3, 6
-    ref = nn.LSTM(D, H, dtype=dtype)
-    params = [p.detach().clone().requires_grad_() for p in ref.parameters()]
-    x = torch.randn(T, B, D, dtype=dtype, requires_grad=True)
-    hx = tuple(torch.randn(B, H, dtype=dtype, requires_grad=True) for _ in range(2))
-    y, (h, c) = fused_lstm(x, hx, *params, lengths=torch.tensor(lens))
-    wy, wh, wc = torch.randn_like(y), torch.randn_like(h), torch.randn_like(c)
-    g = torch.autograd.grad((y * wy).sum() + (h * wh).sum() + (c * wc).sum(), [x, *hx, *params])
-    ref_loss = 0
-    for b, n in enumerate(lens):
-        assert torch.all(y[n:, b] == 0), "outputs past a row's length must be 0"
-        if n == 0:
-            assert_close(h[b], hx[0][b], dtype, "h_n of an empty row")
-            assert_close(c[b], hx[1][b], dtype, "c_n of an empty row")
-            ref_loss = ref_loss + (hx[0][b] * wh[b]).sum() + (hx[1][b] * wc[b]).sum()
-            continue
-        yr, (hr, cr) = ref(x[:n, b], (hx[0][b:b + 1], hx[1][b:b + 1]))
-        assert_close(y[:n, b], yr, dtype, f"output row {b}")
-        assert_close(h[b], hr[0], dtype, f"h_n row {b}")
-        assert_close(c[b], cr[0], dtype, f"c_n row {b}")
-        ref_loss = ref_loss + (yr * wy[:n, b]).sum() + (hr[0] * wh[b]).sum() + (cr[0] * wc[b]).sum()
-    gr = torch.autograd.grad(ref_loss, [x, *hx, *ref.parameters()])
-    for name, a, b in zip(["input", "h_0", "c_0"] + [n for n, _ in ref.named_parameters()], g, gr, strict=True):
-        assert_close(a, b, dtype, f"grad {name}")
+    check_lengths_against_nn_lstm(lens, dtype, "cpu", "cpu")
 
 
 @pytest.mark.parametrize("lengths,exc", [([1, 2], ValueError), ([[1, 2, 3]], ValueError), ([1.0, 2.0, 3.0], ValueError),

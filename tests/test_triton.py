@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from lstm_fast import FusedLSTM, fused_lstm
-from conftest import assert_close
+from conftest import assert_close, check_lengths_against_nn_lstm
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 CUDA = torch.cuda.is_available()
@@ -111,6 +111,15 @@ def test_triton_module(kw, packed):
     gr = torch.autograd.grad(yr.sum() + hr.sum() + cr.sum(), [x] + list(ref.parameters()), retain_graph=True)
     for (name, _), a, b in zip([("input", None)] + list(ref.named_parameters()), g, gr, strict=True):
         assert_close(a, b, dt, f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("lens", [[5, 2, 5, 1, 3], [3, 0, 1, 3, 2], [1] * 17], ids=["unsorted", "with-zero", "B17-T1"])
+def test_triton_lengths_masked_in_the_kernels(lens, dtype):
+    """Variable lengths inside the Triton kernels (finished rows masked), checked row by row."""
+    if CUDA and dtype == torch.float32:
+        torch.backends.cudnn.allow_tf32 = False
+    check_lengths_against_nn_lstm(lens, dtype, DEV, "triton")
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
