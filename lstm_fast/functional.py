@@ -67,7 +67,22 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
     if torch.compiler.is_compiling():
         from .custom_ops import lstm_layer_op
         return lstm_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        # Mixed precision: matmul operands in the autocast dtype (float32 accumulation and cell
+        # state inside the implementations), outputs in the autocast dtype.
+        ac = torch.get_autocast_dtype(device)
+        cast = lambda t: None if t is None else t.to(ac)  # noqa: E731
+        with torch.autocast(device, enabled=False):
+            return lstm_layer(cast(x), cast(h0), c0, cast(w_ih), cast(w_hh), cast(b_ih), cast(b_hh), backend, lengths)
     chosen = resolve_backend(backend, x.device.type)
+    if chosen == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        # The CPU kernels are float32. 16-bit operands are exact in float32 and so are their
+        # products, so this is a 16-bit matmul with float32 accumulation (and a float32 cell state);
+        # h_t stays float32 between steps. Outputs return in the 16-bit dtype.
+        up = lambda t: None if t is None else t.float()  # noqa: E731
+        y, (h, c) = lstm_layer(up(x), up(h0), up(c0), up(w_ih), up(w_hh), up(b_ih), up(b_hh), backend, lengths)
+        return y.to(x.dtype), (h.to(x.dtype), c.to(x.dtype))
     masks_lengths = chosen == "triton" or cpu_sequence.available_for(x, w_hh)
     if lengths is not None and not masks_lengths:
         return _lstm_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)

@@ -147,3 +147,35 @@ def test_gpu_relative_error(T, B, D, H, dtype, tol):
             assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("ac", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_autocast(ac):
+    """Under CUDA autocast the Triton kernels run in the autocast dtype (float32 accumulation and
+    cell state), return it, and gradients match a float32 run within 16-bit tolerance."""
+    m = FusedLSTM(32, 64, num_layers=2, device="cuda")
+    x = torch.randn(20, 8, 32, device="cuda", requires_grad=True)
+    y32, _ = m(x)
+    g32 = torch.autograd.grad(y32.sum(), [x, *m.parameters()])
+    with torch.autocast("cuda", dtype=ac):
+        y, (h, c) = m(x)
+    assert y.dtype == h.dtype == c.dtype == ac
+    g = torch.autograd.grad(y.float().sum(), [x, *m.parameters()])
+    assert ((y.float() - y32).norm() / y32.norm()).item() < 2e-2
+    for a, b in zip(g, g32, strict=True):
+        assert not torch.isnan(a).any() and ((a - b).norm() / b.norm()).item() < 3e-2
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_gpu_bitwise_deterministic():
+    """No atomics in the kernels: two runs give bitwise identical outputs and gradients."""
+    m = FusedLSTM(16, 48, num_layers=2, device="cuda")
+    x = torch.randn(12, 5, 16, device="cuda", requires_grad=True)
+
+    def run():
+        y, (h, c) = m(x)
+        return [y.detach(), h.detach(), c.detach(), *torch.autograd.grad(y.sum() + c.sum(), [x, *m.parameters()])]
+
+    for a, b in zip(run(), run(), strict=True):
+        assert torch.equal(a, b)
