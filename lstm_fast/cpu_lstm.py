@@ -27,10 +27,13 @@ ops of 3-14 us each per step. float64 (gradcheck) and installs without the exten
 algorithm as torch ops. Saved for the backward: the activated gates (T, B, 4H), the cell states
 (T, B, H), the outputs, the inputs and the weights; nothing else.
 """
+import sys
+
 import torch
 
 from . import cpu_sequence
 from .cpu_matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
+from .fused_function import apply_layer, needs_autograd
 from .prepared_weights import PreparedWeights
 
 try:
@@ -216,21 +219,6 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs):
     return (dx, dh0, dc0, dwi, dwh, db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 
 
-class CpuLSTMFunction(torch.autograd.Function):
-    """Autograd wrapper: (x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_n, c_n), nn.LSTM gate order."""
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        Y, h_n, c_n, (G, C) = forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
-        return Y, h_n, c_n
-
-    @staticmethod
-    def backward(ctx, dY, dh_n, dc_n):
-        x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
-        return backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), ctx.needs_input_grad)
-
-
 def _combined_bias(b_ih, b_hh, H):
     if b_ih is None and b_hh is None:
         return None
@@ -243,17 +231,16 @@ def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
 
     float32 layers run on the whole-sequence AVX-512 kernels (:mod:`lstm_fast.cpu_sequence`) where
     the CPU has them; the rest here. Without autograd (inference, or nothing requires grad) the
-    recurrence runs directly, saving nothing; otherwise through :class:`CpuLSTMFunction`.
+    recurrence runs directly, saving nothing; otherwise through
+    :class:`lstm_fast.fused_function.FusedLSTMFunction`.
     ``lengths`` (per-row lengths, masked in the kernels) only on the sequence kernels.
     """
     if cpu_sequence.available_for(x, w_hh):
         return cpu_sequence.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     if lengths is not None:
         raise RuntimeError("lstm_cpu: lengths need the sequence kernels; use functional.lstm_layer")
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        Y, h_n, c_n = CpuLSTMFunction.apply(*tensors)
-        return Y, (h_n, c_n)
+    if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     H = w_hh.shape[0] // 4
 
     def prepare():

@@ -11,10 +11,13 @@ OpenMP pool. Large per-call buffers come from :mod:`lstm_fast.workspace` (no pag
 Saved for the backward: the activated gates (T, B, 4H), cell states (T, B, H), outputs, inputs,
 weights.
 """
+import sys
+
 import torch
 
 from . import workspace
 from .cpu_matmul import linear
+from .fused_function import apply_layer, needs_autograd
 from .prepared_weights import PreparedWeights
 
 try:
@@ -147,32 +150,12 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
             db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 
 
-class SequenceLSTMFunction(torch.autograd.Function):
-    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths) -> (Y, h_n, c_n) on the AVX-512 sequence kernels."""
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
-        Y, h_n, c_n, (G, C) = forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
-        ctx.lengths = lengths
-        return Y, h_n, c_n
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dY, dh_n, dc_n):
-        x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
-        grads = backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), ctx.needs_input_grad[:7], ctx.lengths)
-        return (*grads, None)
-
-
 def lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     """One layer on the sequence kernels (check :func:`available_for` first). Without autograd
     the forward saves nothing and reuses the prepared weights while they are unchanged.
     ``lengths``: (B,) CPU int64 per-row lengths (finished rows masked, not dropped), or None."""
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        Y, h_n, c_n = SequenceLSTMFunction.apply(*tensors, lengths)
-        return Y, (h_n, c_n)
+    if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     prepared = _cache.get((w_ih, w_hh, b_ih, b_hh), None, lambda: prepare(w_ih, w_hh, b_ih, b_hh))
     Y, _, C = forward(x, h0, c0, prepared, save=False, lengths=lengths)
     return Y, (final_hidden(Y, h0, lengths), C[-1].clone())

@@ -1,4 +1,5 @@
-"""``FusedLSTMFunction``: the autograd Function around the Triton kernels (one layer, one direction).
+"""The Triton implementation of one layer (one direction): what :class:`FusedLSTMFunction
+<lstm_fast.fused_function.FusedLSTMFunction>` runs on CUDA tensors.
 
 Forward: the input projection of all steps as one GEMM (cuBLAS on CUDA), then one persistent
 kernel launch for the recurrence (:func:`lstm_fast.kernels.lstm_fwd`). Backward: one persistent
@@ -6,9 +7,12 @@ launch for the gate gradients and ``dh`` through time (:func:`lstm_fast.kernels.
 the weight and input gradients as one GEMM each over all steps. Accumulation and state are
 float32 (float64 for float64 inputs); outputs are in the input dtype.
 """
+import sys
+
 import torch
 
 from .cpu_sequence import final_hidden
+from .fused_function import apply_layer, needs_autograd
 
 
 def _input_projection(x, w_ih, b_ih, b_hh):
@@ -84,30 +88,11 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
             dw_ih, dw_hh, db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 
 
-class FusedLSTMFunction(torch.autograd.Function):
-    """(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths) -> (Y, h_n, c_n) on the Triton kernels."""
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
-        Y, h_n, c_n, (G, C) = forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
-        ctx.lengths = lengths
-        return Y, h_n, c_n
-
-    @staticmethod
-    def backward(ctx, dY, dh_n, dc_n):
-        x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
-        grads = backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), ctx.needs_input_grad[:7], ctx.lengths)
-        return (*grads, None)
-
-
 def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     """One layer on the Triton kernels. Inputs are trusted (see fused_lstm). Without autograd the
     forward saves nothing. ``lengths``: per-row lengths masked in the kernels, or None."""
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        Y, h_n, c_n = FusedLSTMFunction.apply(*tensors, lengths)
-        return Y, (h_n, c_n)
+    if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     from .kernels import lstm_fwd
 
     xg = _input_projection(x, w_ih, b_ih, b_hh)
