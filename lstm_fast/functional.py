@@ -25,8 +25,8 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, l
         bias_ih, bias_hh: (4H,) or None.
         lengths: optional (B,) integer tensor of per-row sequence lengths in [0, T]: from step
             lengths[b] on, row b's state stays frozen and its output is 0, so h_n, c_n are each
-            row's state at its own length (a padded variable-length batch, at padded speed on the
-            CPU kernels: finished rows are masked, not dropped).
+            row's state at its own length (a padded variable-length batch at padded speed: the CPU
+            and Triton kernels mask finished rows instead of dropping them).
         backend: ``"auto"`` (Triton on CUDA tensors, the CPU implementation otherwise), ``"cpu"``
             or ``"triton"``. A backend that cannot run raises RuntimeError.
 

@@ -11,9 +11,10 @@ projections and packed sequences are built here from calls of the single-layer
   the recurrence ``h_{t-1} @ W_hh^T = u_{t-1} @ (W_hh W_hr)^T`` is an ordinary LSTM in u with
   recurrent weight ``W_hh @ W_hr``; the projection of all steps is then one GEMM after the layer.
   A given h_0 (already projected) enters through a first step with the original ``W_hh``;
-* packed sequences: the padded batch (sorted by length, as packing leaves it) runs in segments
-  between consecutive distinct lengths, each segment on the rows still running, so every
-  sequence's final state is the one at its own length.
+* packed sequences: the padded batch runs with per-row lengths (``lstm_layer(..., lengths)``): the
+  CPU sequence kernels and the Triton kernels mask finished rows, at padded speed; the float64 /
+  no-AVX-512 path runs segments between distinct lengths. Either way every sequence's final state
+  is the one at its own length.
 """
 import torch
 import torch.nn.functional as F
