@@ -1,9 +1,9 @@
 """Tile choice for the LSTM kernels: a small table keyed by (batch, hidden, dtype, dot precision),
 cached per key.
 
-Every entry was chosen from sm_90 compiles (registers and spills from triton's cuobjdump): the
-test suite compiles every configuration this module can return and fails if one needs local
-memory. Tiles that looked attractive but spill on sm_90, e.g. fp32 [32, 64] gate tiles (6 KB of
+Every entry was chosen from sm_90 compiles (registers and spills from triton's cuobjdump) with
+triton 3.6 (the GPU image's) and 3.9: the test suite compiles every configuration this module can
+return and fails if one needs local memory. Tiles that looked attractive but spill on sm_90, e.g. fp32 [32, 64] gate tiles (6 KB of
 stack per thread), are not in the table.
 """
 import functools
@@ -53,7 +53,7 @@ def pick_config(B, H, dtype, precision="ieee") -> LSTMKernelConfig:
     """The table entry for this batch size and dtype, with tiles shrunk to a small H."""
     bb, bh, bk, warps = _TABLE[(_family(dtype, precision), "large_b" if B > LARGE_BATCH else "small_b")]
     bh, bk = _fit(bh, H), _fit(bk, H)
-    if bb * bh <= 512:   # a tile shrunk for a small H: 8 warps would spread it too thin (spills seen)
+    if bh <= 16:   # a 16-wide tile (small H): 8 warps spread it too thin (spills seen on sm_90)
         warps = 4
     return LSTMKernelConfig(bb, bh, bk, num_warps=warps, num_stages=1)
 
