@@ -33,7 +33,7 @@ import torch
 
 from . import cpu_sequence
 from .cpu_matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
-from .fused_function import apply_layer, needs_autograd
+from .fused_function import apply_layer, needs_autograd, summed_bias
 from .prepared_weights import PreparedWeights
 
 try:
@@ -220,10 +220,8 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs):
 
 
 def _combined_bias(b_ih, b_hh, H):
-    if b_ih is None and b_hh is None:
-        return None
-    b = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-    return to_internal_order(b, H)
+    b = summed_bias(b_ih, b_hh)
+    return None if b is None else to_internal_order(b, H)
 
 
 def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):

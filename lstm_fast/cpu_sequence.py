@@ -4,10 +4,11 @@ Shapes: T steps, B batch, D input, H hidden; gates in nn.LSTM's order i, f, g, o
 
 Forward: one C call walks all T steps; per step a register-blocked GEMM computes
 ``x_t W_ih^T + h_{t-1} W_hh^T`` for a tile of rows and 16 hidden units of all four gates (weights
-packed once per call into contiguous panels), and the LSTM cell runs in its epilogue. Backward: one C call walks T in reverse (gate gradients and the
-bias gradient, then ``dh_{t-1} = dgates_t W_hh``), then the weight gradients come from a C kernel
-that reads dgates in its own layout (no transposes), and ``dx`` from one oneDNN GEMM. Threads are torch's own
-OpenMP pool. Large per-call buffers come from :mod:`lstm_fast.workspace` (no page faults).
+packed once per call into contiguous panels), and the LSTM cell runs in its epilogue. Backward:
+one C call walks T in reverse (gate gradients and the bias gradient, then
+``dh_{t-1} = dgates_t W_hh``), then the weight gradients come from a C kernel that reads dgates in
+its own layout (no transposes), and ``dx`` from one oneDNN GEMM. Threads are torch's own OpenMP
+pool. Large per-call buffers come from :mod:`lstm_fast.workspace` (no page faults).
 Saved for the backward: the activated gates (T, B, 4H), cell states (T, B, H), outputs, inputs,
 weights.
 """
@@ -17,7 +18,7 @@ import torch
 
 from . import workspace
 from .cpu_matmul import linear
-from .fused_function import apply_layer, needs_autograd
+from .fused_function import apply_layer, final_hidden, needs_autograd, summed_bias
 from .prepared_weights import PreparedWeights
 
 try:
@@ -32,13 +33,6 @@ def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
     """Whether this layer can run here: float32 CPU tensors, a non-empty batch, W_hh (4H, H)."""
     return (_cpu_seq is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
             and w_hh.shape[1] * 4 == w_hh.shape[0])
-
-
-def _bias(b_ih, b_hh):
-    if b_ih is None and b_hh is None:
-        return None
-    b = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-    return b.contiguous()
 
 
 def pack_panels(w):
@@ -63,7 +57,8 @@ def pack_backward_panels(w_hh):
 
 def prepare(w_ih, w_hh, b_ih, b_hh):
     """What the forward kernel reads: the panels of W_ih and W_hh, and the summed bias."""
-    return pack_panels(w_ih), pack_panels(w_hh), _bias(b_ih, b_hh)
+    bias = summed_bias(b_ih, b_hh)
+    return pack_panels(w_ih), pack_panels(w_hh), None if bias is None else bias.contiguous()
 
 
 _cache = PreparedWeights()
@@ -84,16 +79,6 @@ def forward(x, h0, c0, prepared, save, lengths=None):
                          None if G is None else G.data_ptr(), T, B, D, H, torch.get_num_threads(),
                          None if lengths is None else lengths.data_ptr())
     return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
-
-
-def final_hidden(Y, h0, lengths):
-    """h_n: the output at each row's last step (h_0 for a row of length 0), on any device."""
-    if lengths is None:
-        return Y[-1].clone()
-    lengths = lengths.to(Y.device)
-    rows = torch.arange(Y.shape[1], device=Y.device)
-    h = Y[(lengths - 1).clamp(min=0), rows]
-    return torch.where((lengths > 0).unsqueeze(1), h, h0)
 
 
 def _input_weight_grad(dG, x, nthreads):

@@ -30,6 +30,23 @@ class FusedLSTMFunction(torch.autograd.Function):
         return (None, *grads, None)
 
 
+def summed_bias(b_ih, b_hh):
+    """b_ih + b_hh, either of which may be None (nn.LSTM adds the two); None when both are."""
+    if b_ih is None:
+        return b_hh
+    return b_ih if b_hh is None else b_ih + b_hh
+
+
+def final_hidden(Y, h0, lengths):
+    """h_n: the output at each row's last step (h_0 for a row of length 0), on any device."""
+    if lengths is None:
+        return Y[-1].clone()
+    lengths = lengths.to(Y.device)
+    rows = torch.arange(Y.shape[1], device=Y.device)
+    h = Y[(lengths - 1).clamp(min=0), rows]
+    return torch.where((lengths > 0).unsqueeze(1), h, h0)
+
+
 def needs_autograd(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 

@@ -11,15 +11,12 @@ import sys
 
 import torch
 
-from .cpu_sequence import final_hidden
-from .fused_function import apply_layer, needs_autograd
+from .fused_function import apply_layer, final_hidden, needs_autograd, summed_bias
 
 
 def _input_projection(x, w_ih, b_ih, b_hh):
     T, B, D = x.shape
-    bias = None
-    if b_ih is not None or b_hh is not None:
-        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+    bias = summed_bias(b_ih, b_hh)
     x2 = x.reshape(T * B, D)
     xg = torch.addmm(bias, x2, w_ih.t()) if bias is not None else x2 @ w_ih.t()
     return xg.view(T, B, -1)

@@ -61,7 +61,3 @@ def empty(shape, dtype=torch.float32):
 def zeros(shape, dtype=torch.float32):
     return empty(shape, dtype).zero_()
 
-
-def clear():
-    """Drop the pool's references (memory goes back once no tensor uses it)."""
-    _pool.buffers.clear()
