@@ -7,10 +7,10 @@ from setuptools import Extension, setup
 
 # The fused CPU cell (plain C, no torch headers). Optional: without a C compiler the package still
 # installs and the CPU implementation runs its cell update as torch ops.
-cpu_cell = Extension("lstm_fast._cpu_cell", sources=["lstm_fast/csrc/cpu_cell.c"],
+cpu_cell = Extension("lstm_fast.cpu._cell_kernel", sources=["lstm_fast/cpu/cell_kernel.c"],
                      extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 # Whole-sequence AVX-512 kernels (one call walks T; threads from torch's own OpenMP runtime).
-cpu_seq = Extension("lstm_fast._cpu_seq", sources=["lstm_fast/csrc/cpu_seq.c"], libraries=["dl"],
+cpu_seq = Extension("lstm_fast.cpu._sequence_kernels", sources=["lstm_fast/cpu/sequence_kernels.c"], libraries=["dl"],
                     extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 
 setup(
@@ -20,7 +20,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["lstm_fast", "lstm_fast.kernels"],
+    packages=["lstm_fast", "lstm_fast.cpu", "lstm_fast.kernels"],
     package_dir={"lstm_fast": "lstm_fast", "lstm_fast.kernels": "kernels"},
     package_data={"lstm_fast": ["data/timemachine.txt"]},
     install_requires=[

@@ -1,6 +1,6 @@
 """Which implementation runs a layer: the backend names, their availability, and the choice.
 
-``"cpu"``: the hand-written CPU implementation (:mod:`lstm_fast.cpu_lstm`); CPU tensors only.
+``"cpu"``: the hand-written CPU implementation (:mod:`lstm_fast.cpu`); CPU tensors only.
 ``"triton"``: the fused Triton kernels (:mod:`lstm_fast.kernels`); CUDA tensors, or CPU tensors
 under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported).
 ``"auto"``: Triton on CUDA tensors, the CPU implementation on CPU tensors.

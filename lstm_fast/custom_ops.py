@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import cpu_lstm, cpu_sequence
+from .cpu import sequence as cpu_sequence, stepwise as cpu_stepwise
 from .backends import resolve_backend
 
 
@@ -30,7 +30,7 @@ def _implementation(backend, x, w_hh, lengths):
     if lengths is not None:
         raise RuntimeError("lengths under torch.compile need the Triton kernels or the CPU sequence kernels "
                            "(float32, AVX-512)")
-    return cpu_lstm, False
+    return cpu_stepwise, False
 
 
 def _saved_shapes(x, w_hh, backend):

@@ -6,9 +6,9 @@ directions, projections and packed sequences into calls of this function.
 import torch
 import torch.nn.functional as F
 
-from . import cpu_sequence
+from .cpu import sequence as cpu_sequence
 from .backends import check_backend_name, resolve_backend
-from .cpu_lstm import lstm_cpu
+from .cpu import lstm_cpu
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CPU_DTYPES = (torch.float32, torch.float64)

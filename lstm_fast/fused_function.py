@@ -2,8 +2,8 @@
 
 An implementation is a module with ``forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh[, lengths])``
 -> ``(Y, h_n, c_n, saved)`` and ``backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved,
-needs[, lengths])`` -> the seven gradients: :mod:`lstm_fast.cpu_sequence` (float32 CPU kernels),
-:mod:`lstm_fast.cpu_lstm` (float64 / no AVX-512) and :mod:`lstm_fast.triton_function` (Triton).
+needs[, lengths])`` -> the seven gradients: :mod:`lstm_fast.cpu.sequence` (float32 CPU kernels),
+:mod:`lstm_fast.cpu.stepwise` (float64 / no AVX-512) and :mod:`lstm_fast.triton_function` (Triton).
 The torch.compile custom ops (:mod:`lstm_fast.custom_ops`) call the same two functions.
 """
 import torch

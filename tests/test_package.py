@@ -34,9 +34,9 @@ def test_cpu_kernels_are_built_where_they_can_be():
     import pytest
     if platform.system() != "Linux" or platform.machine() != "x86_64" or not shutil.which("cc"):
         pytest.skip("the C kernels are only required on x86-64 Linux with a compiler")
-    from lstm_fast import _cpu_cell, _cpu_seq  # noqa: F401
-    import lstm_fast.cpu_lstm as cpu
-    import lstm_fast.cpu_sequence as seq
-    assert cpu._cpu_cell is not None
-    if _cpu_seq.available():
-        assert seq._cpu_seq is not None
+    from lstm_fast.cpu import _cell_kernel, _sequence_kernels  # noqa: F401
+    import lstm_fast.cpu.stepwise as cpu
+    import lstm_fast.cpu.sequence as seq
+    assert cpu._cell_kernel is not None
+    if _sequence_kernels.available():
+        assert seq._sequence_kernels is not None

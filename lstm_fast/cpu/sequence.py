@@ -1,4 +1,4 @@
-"""The float32 CPU path on the whole-sequence AVX-512 kernels (``csrc/cpu_seq.c``).
+"""The float32 CPU path on the whole-sequence AVX-512 kernels (``sequence_kernels.c``).
 
 Shapes: T steps, B batch, D input, H hidden; gates in nn.LSTM's order i, f, g, o.
 
@@ -8,7 +8,7 @@ packed once per call into contiguous panels), and the LSTM cell runs in its epil
 one C call walks T in reverse (gate gradients and the bias gradient, then
 ``dh_{t-1} = dgates_t W_hh``), then the weight gradients come from a C kernel that reads dgates in
 its own layout (no transposes), and ``dx`` from one oneDNN GEMM. Threads are torch's own OpenMP
-pool. Large per-call buffers come from :mod:`lstm_fast.workspace` (no page faults).
+pool. Large per-call buffers come from :mod:`lstm_fast.cpu.workspace` (no page faults).
 Saved for the backward: the activated gates (T, B, 4H), cell states (T, B, H), outputs, inputs,
 weights.
 """
@@ -17,21 +17,21 @@ import sys
 import torch
 
 from . import workspace
-from .cpu_matmul import linear
-from .fused_function import apply_layer, final_hidden, needs_autograd, summed_bias
+from .matmul import linear
+from ..fused_function import apply_layer, final_hidden, needs_autograd, summed_bias
 from .prepared_weights import PreparedWeights
 
 try:
-    from . import _cpu_seq
-    if not _cpu_seq.available():  # no AVX-512 on this CPU
-        _cpu_seq = None
+    from . import _sequence_kernels
+    if not _sequence_kernels.available():  # no AVX-512 on this CPU
+        _sequence_kernels = None
 except ImportError:              # built without a C compiler
-    _cpu_seq = None
+    _sequence_kernels = None
 
 
 def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
     """Whether this layer can run here: float32 CPU tensors, a non-empty batch, W_hh (4H, H)."""
-    return (_cpu_seq is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
+    return (_sequence_kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
             and w_hh.shape[1] * 4 == w_hh.shape[0])
 
 
@@ -42,7 +42,7 @@ def pack_panels(w):
     H = G4 // 4
     w = w.contiguous()
     P = torch.empty((H + 15) // 16, K, 64, dtype=w.dtype)
-    _cpu_seq.pack_panels(w.data_ptr(), H, K, P.data_ptr())
+    _sequence_kernels.pack_panels(w.data_ptr(), H, K, P.data_ptr())
     return P
 
 
@@ -51,7 +51,7 @@ def pack_backward_panels(w_hh):
     G4, H = w_hh.shape
     w_hh = w_hh.contiguous()
     Q = torch.empty((H + 63) // 64, G4, 64, dtype=w_hh.dtype)
-    _cpu_seq.pack_backward_panels(w_hh.data_ptr(), H, G4, Q.data_ptr())
+    _sequence_kernels.pack_backward_panels(w_hh.data_ptr(), H, G4, Q.data_ptr())
     return Q
 
 
@@ -74,7 +74,7 @@ def forward(x, h0, c0, prepared, save, lengths=None):
     Y = workspace.empty((T, B, H), x.dtype)
     G = workspace.empty((T, B, 4 * H), x.dtype) if save else None
     C = workspace.empty((T if save else 2, B, H), x.dtype)
-    _cpu_seq.forward_seq(x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(),
+    _sequence_kernels.forward_seq(x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(),
                          h0.data_ptr(), c0.data_ptr(), Y.data_ptr(), C.data_ptr(),
                          None if G is None else G.data_ptr(), T, B, D, H, torch.get_num_threads(),
                          None if lengths is None else lengths.data_ptr())
@@ -91,10 +91,10 @@ def _input_weight_grad(dG, x, nthreads):
     padded_transposed = -(-D // 6) * 6 * G4        # output D padded to 6-row tiles
     if padded_transposed < padded_direct:
         out_t = torch.empty(D, G4, dtype=dG.dtype)
-        _cpu_seq.weight_grad(x.data_ptr(), D, dG.data_ptr(), T * B, None, T * B, G4, out_t.data_ptr(), nthreads)
+        _sequence_kernels.weight_grad(x.data_ptr(), D, dG.data_ptr(), T * B, None, T * B, G4, out_t.data_ptr(), nthreads)
         return out_t.t().contiguous()
     out = torch.empty(G4, D, dtype=dG.dtype)
-    _cpu_seq.weight_grad(dG.data_ptr(), G4, x.data_ptr(), T * B, None, T * B, D, out.data_ptr(), nthreads)
+    _sequence_kernels.weight_grad(dG.data_ptr(), G4, x.data_ptr(), T * B, None, T * B, D, out.data_ptr(), nthreads)
     return out
 
 
@@ -118,7 +118,7 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     DC = torch.zeros(B, H, dtype=G.dtype) if dc_n is None else dc_n.contiguous().clone()
     db = torch.zeros(4 * H, dtype=G.dtype) if n[5] or n[6] else None
     panels, c0c = pack_backward_panels(w_hh), c0.contiguous()
-    _cpu_seq.backward_seq(dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0c.data_ptr(),
+    _sequence_kernels.backward_seq(dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0c.data_ptr(),
                           dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(),
                           T, B, H, nt, None if lengths is None else lengths.data_ptr())
     dG2 = dG.view(T * B, 4 * H)
@@ -130,7 +130,7 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     if n[4]:   # dW_hh = dG^T [h_0; Y[:-1]]: the two row blocks are read in place, not concatenated
         h0c = h0.contiguous()
         dw_hh = torch.empty(4 * H, H, dtype=G.dtype)
-        _cpu_seq.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
+        _sequence_kernels.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
     return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
             db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 

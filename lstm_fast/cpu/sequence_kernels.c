@@ -609,6 +609,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_seq", "Whole-sequence LSTM kernels (float32, AVX-512).", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sequence_kernels", "Whole-sequence LSTM kernels (float32, AVX-512).", -1, methods};
 
-PyMODINIT_FUNC PyInit__cpu_seq(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__sequence_kernels(void) { return PyModule_Create(&module); }

@@ -136,6 +136,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_cell", "Fused LSTM cell passes (float32).", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cell_kernel", "Fused LSTM cell passes (float32).", -1, methods};
 
-PyMODINIT_FUNC PyInit__cpu_cell(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cell_kernel(void) { return PyModule_Create(&module); }

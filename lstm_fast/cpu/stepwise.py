@@ -1,7 +1,7 @@
 """The CPU implementation of one LSTM layer: a hand-written forward and backward through time.
 
 float32 layers on CPUs with AVX-512 run on the whole-sequence kernels of
-:mod:`lstm_fast.cpu_sequence` instead (see :func:`lstm_cpu`); this module serves float64
+:mod:`lstm_fast.cpu.sequence` instead (see :func:`lstm_cpu`); this module serves float64
 (gradcheck), CPUs without AVX-512 and installs without a C compiler.
 
 Shapes: T steps, B batch, D input, H hidden. Gates i, f, g, o as in ``nn.LSTM`` (d2l: I, F, C_tilda, O).
@@ -22,7 +22,7 @@ gates are then one contiguous slice (one ``sigmoid_``), and the three gates whos
 multiple of dc (i, f, g) are one contiguous slice too (one multiply in the backward).
 
 For float32 the elementwise part of each step is one pass of a small C function (the optional
-extension ``lstm_fast._cpu_cell``, built from ``csrc/cpu_cell.c``): in eager PyTorch it would be ~8
+extension ``lstm_fast.cpu._cell_kernel``, built from ``cell_kernel.c``): in eager PyTorch it would be ~8
 ops of 3-14 us each per step. float64 (gradcheck) and installs without the extension run the same
 algorithm as torch ops. Saved for the backward: the activated gates (T, B, 4H), the cell states
 (T, B, H), the outputs, the inputs and the weights; nothing else.
@@ -31,20 +31,20 @@ import sys
 
 import torch
 
-from . import cpu_sequence
-from .cpu_matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
-from .fused_function import apply_layer, needs_autograd, summed_bias
+from . import sequence
+from .matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
+from ..fused_function import apply_layer, needs_autograd, summed_bias
 from .prepared_weights import PreparedWeights
 
 try:
-    from . import _cpu_cell
+    from . import _cell_kernel
 except ImportError:  # built without a C compiler: the torch-ops cell below is used
-    _cpu_cell = None
+    _cell_kernel = None
 
 
 def uses_fused_cell(x: torch.Tensor) -> bool:
     """Whether a layer on ``x`` (T, B, D) runs its cell update in the C extension."""
-    return _cpu_cell is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
+    return _cell_kernel is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
 
 
 def to_internal_order(w: torch.Tensor, hidden_size: int) -> torch.Tensor:
@@ -106,7 +106,7 @@ def _forward_fused_cell(XG, h0, c0, recurrent, Y, save):
         rec = recurrent.mm(h)                                   # H W_h for all four gates
         act = G[t] if save else scratch
         c_out = C[t] if save else C[t % 2]
-        _cpu_cell.forward(rec.data_ptr(), XG[t].data_ptr(), act.data_ptr(), c.data_ptr(),
+        _cell_kernel.forward(rec.data_ptr(), XG[t].data_ptr(), act.data_ptr(), c.data_ptr(),
                           c_out.data_ptr(), Y[t].data_ptr(), B, H)
         h, c = Y[t], c_out
     return Y, G, (C if save else c.unsqueeze(0))
@@ -124,7 +124,7 @@ def _backward_fused_cell(dY, dh_n, dc_n, c0, w_hh, G, C, want_dh0):
     dh0 = None
     for t in range(T - 1, -1, -1):
         c_prev = C[t - 1] if t > 0 else c0
-        _cpu_cell.backward(dh_a.data_ptr(), None if dh_b is None else dh_b.data_ptr(), dc.data_ptr(),
+        _cell_kernel.backward(dh_a.data_ptr(), None if dh_b is None else dh_b.data_ptr(), dc.data_ptr(),
                            G[t].data_ptr(), C[t].data_ptr(), c_prev.data_ptr(), dG[t].data_ptr(), B, H)
         if t > 0:
             dh_a, dh_b = recurrent.mm(dG[t]), dY[t - 1]          # dh_{t-1} = dgates_t W_hh + dY_{t-1}
@@ -227,14 +227,14 @@ def _combined_bias(b_ih, b_hh, H):
 def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     """One layer, one direction, on the CPU implementation. Inputs are trusted (see fused_lstm).
 
-    float32 layers run on the whole-sequence AVX-512 kernels (:mod:`lstm_fast.cpu_sequence`) where
+    float32 layers run on the whole-sequence AVX-512 kernels (:mod:`lstm_fast.cpu.sequence`) where
     the CPU has them; the rest here. Without autograd (inference, or nothing requires grad) the
     recurrence runs directly, saving nothing; otherwise through
     :class:`lstm_fast.fused_function.FusedLSTMFunction`.
     ``lengths`` (per-row lengths, masked in the kernels) only on the sequence kernels.
     """
-    if cpu_sequence.available_for(x, w_hh):
-        return cpu_sequence.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    if sequence.available_for(x, w_hh):
+        return sequence.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     if lengths is not None:
         raise RuntimeError("lstm_cpu: lengths need the sequence kernels; use functional.lstm_layer")
     if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
