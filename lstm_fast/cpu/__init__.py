@@ -8,8 +8,8 @@
 * :mod:`.workspace`: reused large buffers (no page faults); :mod:`.prepared_weights`: the cache
   of packed weights for inference loops.
 
-:func:`lstm_cpu` picks between the two paths; :func:`implementation` names the module that
-provides ``forward_saving``/``backward_saved`` for :class:`lstm_fast.fused_function.FusedLSTMFunction`.
+:func:`lstm_cpu` picks between the two paths. Both modules provide ``forward_saving`` /
+``backward_saved`` for :class:`lstm_fast.fused_function.FusedLSTMFunction`.
 """
 from . import sequence, stepwise
 from .stepwise import lstm_cpu
