@@ -1,0 +1,74 @@
+"""``convert``: turn every ``torch.nn.LSTM`` inside an existing model into a :class:`FusedLSTM`, in place.
+
+The point is trying lstm-fast on a model without editing its code: ``convert(model)`` after the
+model is built (or after its checkpoint is loaded, or after its optimizer is created) and nothing
+else changes.
+
+How: each ``nn.LSTM`` object becomes a ``FusedLSTM`` by changing its class (``FusedLSTM`` is a
+subclass of ``nn.LSTM`` that adds one attribute, ``backend``, and replaces ``forward``'s math),
+the way ``torch.nn.utils.parametrize`` changes a module's class. Nothing is copied or rebuilt, so
+everything that referred to the old module still holds:
+
+* the very same ``Parameter`` objects (an optimizer created before the call keeps training the
+  model), the same buffers, device, dtype, training mode and ``state_dict`` keys;
+* every constructor option (layers, bias, batch_first, dropout, bidirectional, proj_size);
+* hooks registered on the module (forward, pre-forward, backward, state_dict) keep firing, and
+  their handles still remove them;
+* other references to the module (an attribute alias, the same LSTM shared by two parents) see
+  the converted module;
+* a bare ``nn.LSTM`` passed as ``model`` is converted the same way and returned.
+
+Only modules whose type is exactly ``nn.LSTM`` are converted. A user subclass of ``nn.LSTM`` may
+override ``forward`` or keep extra state, so it is left as it is (and so is a ``FusedLSTM``).
+"""
+import warnings
+
+from torch import nn
+
+from .backends import check_backend_name
+from .module import FusedLSTM
+
+
+def convert(model, backend="auto"):
+    """Replace every ``torch.nn.LSTM`` in ``model`` (``model`` itself included) by a ``FusedLSTM``, in place.
+
+    Args:
+        model: an ``nn.Module``; ``nn.LSTM`` modules are found at any depth (``Sequential``,
+            ``ModuleList``, ``ModuleDict``, attributes of custom modules).
+        backend: the converted modules' ``backend`` (``"auto"``, ``"cpu"`` or ``"triton"``),
+            see :class:`FusedLSTM`.
+
+    Returns:
+        ``model``, the same object, now running its LSTMs on lstm_fast. Outputs and gradients are
+        those of the unconverted model (up to floating-point rounding).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: unknown ``backend``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    check_backend_name(backend)
+    for module in model.modules():      # each module once, even when shared by several parents
+        if type(module) is nn.LSTM:
+            _convert_lstm(module, backend)
+    return model
+
+
+def _convert_lstm(lstm, backend):
+    """Make ``lstm`` (an exact ``nn.LSTM``) a ``FusedLSTM`` without touching its parameters.
+
+    The attributes a ``FusedLSTM`` adds to ``nn.LSTM``'s are taken from one built with the same
+    options on the meta device (no memory, no initialisation cost), so the converted module has
+    exactly the attributes its constructor would give it."""
+    with warnings.catch_warnings():     # nn.LSTM's own warnings (dropout with one layer) were given once
+        warnings.simplefilter("ignore")
+        template = FusedLSTM(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, bias=lstm.bias,
+                             batch_first=lstm.batch_first, dropout=lstm.dropout,
+                             bidirectional=lstm.bidirectional, proj_size=lstm.proj_size, backend=backend,
+                             device="meta")
+    added = {k: v for k, v in vars(template).items() if k not in vars(lstm)}
+    lstm.__class__ = FusedLSTM
+    vars(lstm).update(added)
+    lstm.backend = backend
+
