@@ -8,6 +8,10 @@ How it stays safe: a buffer is handed out again only when nothing but this pool 
 storage (no saved-for-backward tensor, no output the caller kept, no view of either), checked with
 the storage's use count. Buffers match the request's size and dtype exactly, so a returned tensor
 never carries a larger storage than its own. One pool per thread; small requests bypass it.
+
+Buffers are always ordinary tensors, even when first requested under ``torch.inference_mode()``:
+an inference tensor cannot be saved for backward, so a buffer created while evaluating would
+break the training step that reuses it.
 """
 import threading
 
@@ -48,14 +52,15 @@ def empty(shape, dtype=torch.float32):
     if _FREE_COUNT is None or n < MIN_ELEMENTS:
         return torch.empty(shape, dtype=dtype)
     bufs = _pool.buffers
-    for k, buf in enumerate(bufs):
-        if buf.numel() == n and buf.dtype == dtype and _storage_uses(buf) == _FREE_COUNT:
-            bufs.insert(0, bufs.pop(k))
-            return buf.view(shape)
-    buf = torch.empty(n, dtype=dtype)
-    bufs.insert(0, buf)
-    del bufs[MAX_BUFFERS:]
-    return buf.view(shape)
+    with torch.inference_mode(False):    # ordinary tensors and views, whatever the caller's mode
+        for k, buf in enumerate(bufs):
+            if buf.numel() == n and buf.dtype == dtype and _storage_uses(buf) == _FREE_COUNT:
+                bufs.insert(0, bufs.pop(k))
+                return buf.view(shape)
+        buf = torch.empty(n, dtype=dtype)
+        bufs.insert(0, buf)
+        del bufs[MAX_BUFFERS:]
+        return buf.view(shape)
 
 
 def zeros(shape, dtype=torch.float32):
