@@ -5,8 +5,7 @@
 * :mod:`.stepwise` + ``cell_kernel.c``: float64 (gradcheck), CPUs without AVX-512 and installs
   without a C compiler: a hand-written forward/backward through time, one GEMM per step;
 * :mod:`.matmul`: oneDNN/BLAS products for the stepwise path;
-* :mod:`.workspace`: reused large buffers (no page faults); :mod:`.prepared_weights`: the cache
-  of packed weights for inference loops.
+* :mod:`.workspace`: reused large buffers (no page faults).
 
 :func:`lstm_cpu` picks between the two paths. Both modules provide ``forward_saving`` /
 ``backward_saved`` for :class:`lstm_fast.fused_function.FusedLSTMFunction`.

@@ -34,7 +34,6 @@ import torch
 from . import sequence
 from .matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
 from ..fused_function import apply_layer, needs_autograd, summed_bias
-from .prepared_weights import PreparedWeights
 
 try:
     from . import _cell_kernel
@@ -58,8 +57,6 @@ def from_internal_order(w: torch.Tensor, hidden_size: int) -> torch.Tensor:
     o, i, f, g = w.split(hidden_size, 0)
     return torch.cat((i, f, g, o), 0)
 
-
-_cache = PreparedWeights()
 
 
 def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
@@ -240,11 +237,7 @@ def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     H = w_hh.shape[0] // 4
-
-    def prepare():
-        wh = to_internal_order(w_hh, H)
-        return to_internal_order(w_ih, H), wh, _combined_bias(b_ih, b_hh, H), RecurrentMatmul(wh, x.shape[1])
-
-    wi, wh, bias, recurrent = _cache.get((w_ih, w_hh, b_ih, b_hh), x.shape[1], prepare)
-    Y, _, C = lstm_forward_cpu(x, h0, c0, wi, wh, bias, save=False, recurrent=recurrent)
+    # Weights are reordered on every call, never cached (see sequence.prepare for why).
+    Y, _, C = lstm_forward_cpu(x, h0, c0, to_internal_order(w_ih, H), to_internal_order(w_hh, H),
+                               _combined_bias(b_ih, b_hh, H), save=False)
     return Y, (Y[-1].clone(), C[-1].clone())
