@@ -65,7 +65,6 @@ def prepare(w_ih, w_hh, b_ih, b_hh):
     return pack_panels(w_ih), pack_panels(w_hh), None if bias is None else bias.contiguous()
 
 
-
 def forward(x, h0, c0, prepared, save, lengths=None):
     """Run the recurrence. Returns (Y (T, B, H), G (T, B, 4H) or None, C (T, B, H) or c_T (1, B, H)).
     ``lengths`` (B,) int64: from step lengths[b] on, row b's state is frozen and its output 0."""

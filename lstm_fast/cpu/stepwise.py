@@ -58,7 +58,6 @@ def from_internal_order(w: torch.Tensor, hidden_size: int) -> torch.Tensor:
     return torch.cat((i, f, g, o), 0)
 
 
-
 def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
     """Run the recurrence. ``w_ih``, ``w_hh`` and ``bias`` are already in internal gate order;
     ``recurrent``: a prepared RecurrentMatmul for ``w_hh``, or None to prepare one here.
