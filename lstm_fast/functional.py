@@ -145,7 +145,11 @@ def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh):
     _require_tensor("weight_hh", w_hh)
     if input.dim() != 3:
         raise ValueError(f"fused_lstm: expected input to be 3-D (T, B, D), got {input.dim()}-D")
-    if input.dtype not in _FLOAT_DTYPES or input.dtype != w_ih.dtype:
+    # Under autocast every floating operand is cast to the autocast dtype (as nn.LSTM does), so
+    # a state carried from an autocast call (bf16) may meet a float32 input.
+    autocast = torch.is_autocast_enabled(input.device.type)
+    weights_match = input.dtype == w_ih.dtype or (autocast and w_ih.dtype in _FLOAT_DTYPES)
+    if input.dtype not in _FLOAT_DTYPES or not weights_match:
         raise ValueError(f"fused_lstm: input dtype ({input.dtype}) does not match weight dtype "
                          f"({w_ih.dtype}); inputs and weights must share one floating dtype")
     T, B, D = input.shape
@@ -181,7 +185,7 @@ def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh):
                 raise RuntimeError(f"Expected {name} size ({B}, {H}), got {list(t.shape)}")
             named.append((name, t))
     for name, t in named:
-        if t.dtype != input.dtype:
+        if t.dtype != input.dtype and not (autocast and t.dtype in _FLOAT_DTYPES):
             raise RuntimeError(f"{name} dtype ({t.dtype}) does not match input dtype ({input.dtype})")
     for name, t in [("weight_ih", w_ih)] + named:
         if t.device != input.device:

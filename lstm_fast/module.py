@@ -93,8 +93,9 @@ class FusedLSTM(nn.LSTM):
             lengths = None
         if x.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        autocast = torch.is_autocast_enabled(x.device.type)  # casts the state too, as in nn.LSTM
         for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
-            if t.dtype != x.dtype:
+            if t.dtype != x.dtype and not (autocast and t.is_floating_point()):
                 raise RuntimeError(f"LSTM: {name} dtype ({t.dtype}) does not match input dtype ({x.dtype})")
             if t.device != x.device:
                 raise RuntimeError(f"LSTM: {name} is on {t.device} but input is on {x.device}")
