@@ -38,7 +38,8 @@ def _saved_shapes(x, w_hh, backend):
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
     triton = backend == "triton" or (backend == "auto" and x.device.type == "cuda")
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # Triton keeps G, C in float32 (float64 for float64); the CPU implementations in x's dtype.
+    acc = (torch.float64 if x.dtype == torch.float64 else torch.float32) if triton else x.dtype
     return (T, B, 4 * H), ((T + 1) if triton else T, B, H), acc
 
 

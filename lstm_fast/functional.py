@@ -65,8 +65,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
     lengths or None; implementations without masking run the batch in segments instead.
     Under torch.compile the layer is one custom op (:mod:`lstm_fast.custom_ops`): no graph break."""
     if torch.compiler.is_compiling():
-        from .custom_ops import lstm_layer_op
-        return lstm_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
+        return _compiled_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
     device = x.device.type
     if torch.is_autocast_enabled(device):
         # Mixed precision: matmul operands in the autocast dtype (float32 accumulation and cell
@@ -92,6 +91,27 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
         return lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     from .triton_function import lstm_triton  # resolve_backend checked the kernels import
     return lstm_triton(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+
+def _compiled_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths):
+    """The layer under torch.compile: one custom op (:mod:`lstm_fast.custom_ops`), with eager's
+    dtype rules applied around it as traceable casts. A custom op has no autocast kernel, so
+    autocast is applied here (operands in the autocast dtype, c_0 as given, outputs in the
+    autocast dtype); on the CPU 16-bit operands run on the float32 kernels, as eager does where
+    it has no bf16 kernels."""
+    from .custom_ops import lstm_layer_op
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        ac = torch.get_autocast_dtype(device)
+        cast = lambda t: None if t is None else t.to(ac)  # noqa: E731
+        with torch.autocast(device, enabled=False):
+            return _compiled_layer(cast(x), cast(h0), c0, cast(w_ih), cast(w_hh), cast(b_ih), cast(b_hh), backend,
+                                   lengths)
+    if resolve_backend(backend, device) == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        up = lambda t: None if t is None else t.float()  # noqa: E731
+        y, (h, c) = lstm_layer_op(up(x), up(h0), up(c0), up(w_ih), up(w_hh), up(b_ih), up(b_hh), backend, lengths)
+        return y.to(x.dtype), (h.to(x.dtype), c.to(x.dtype))
+    return lstm_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
 
 
 def _lstm_segments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lstm_fast import FusedLSTM
+from lstm_fast import FusedLSTM, custom_ops  # noqa: F401  (registers the lstm_fast:: ops)
 
 
 class Net(nn.Module):
@@ -42,17 +42,83 @@ def test_fullgraph_compile_matches_eager(backend, kw):
         torch.testing.assert_close(a, b, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
-def test_custom_op_fake_shapes_match_real():
-    """The shape function agrees with what the implementation returns (saved tensors included)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["padded", "lengths"])
+def test_custom_op_fake_shapes_match_real(dtype, with_lengths):
+    """The shape function agrees with what the implementation returns (saved tensors included),
+    for every dtype the op can be given."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from lstm_fast import custom_ops
+    if with_lengths and dtype != torch.float32:
+        pytest.skip("lengths under compile need the float32 sequence kernels")
     T, B, D, H = 4, 3, 5, 7
     args = [torch.randn(T, B, D), torch.randn(B, H), torch.randn(B, H), torch.randn(4 * H, D), torch.randn(4 * H, H),
             torch.randn(4 * H), torch.randn(4 * H)]
-    real = torch.ops.lstm_fast.lstm_forward(*args, None, "cpu")
+    args = [a.to(dtype) for a in args]
+    lengths = torch.tensor([4, 1, 3]) if with_lengths else None
+    real = torch.ops.lstm_fast.lstm_forward(*args, lengths, "cpu")
     with FakeTensorMode() as mode:
-        fake = torch.ops.lstm_fast.lstm_forward(*[mode.from_tensor(a) for a in args], None, "cpu")
+        fake = torch.ops.lstm_fast.lstm_forward(*[mode.from_tensor(a) for a in args],
+                                                None if lengths is None else mode.from_tensor(lengths), "cpu")
     assert [tuple(t.shape) for t in fake] == [tuple(t.shape) for t in real]
     assert [t.dtype for t in fake] == [t.dtype for t in real]
-    assert custom_ops.lstm_layer_op is not None
+
+
+def _graph_ops(net, *args):
+    """Compile ``net`` with a backend that records the FX graph; return the call targets' names."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        torch.compile(net, fullgraph=True, backend=backend)(*args)
+    return seen
+
+
+def test_compiled_graph_holds_our_op_not_aten_lstm():
+    """Compilation really routes through lstm_fast's custom op: the captured graph holds
+    lstm_fast.lstm_forward once per layer and direction, and no aten LSTM."""
+    net = Net(num_layers=2, bidirectional=True)
+    ops = _graph_ops(net, torch.randn(6, 4, 5))
+    assert sum("lstm_fast.lstm_forward" in o for o in ops) == 4, ops
+    assert not [o for o in ops if "aten.lstm" in o or "_VF" in o], ops
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_under_autocast_matches_eager_and_nn_lstm(backend):
+    """Under torch.autocast the compiled layer runs in the autocast dtype, as eager does (the
+    custom op must not skip autocast): same output dtype, eager's values, nn.LSTM's within bf16
+    tolerance; gradients too."""
+    torch._dynamo.reset()
+    ref = nn.LSTM(5, 8, num_layers=2)
+    m = FusedLSTM(5, 8, num_layers=2)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 4, 5, requires_grad=True)
+
+    def run(layer):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, (h, c) = layer(x)
+        return y, h, c
+
+    with torch._dynamo.config.patch(allow_rnn=True):
+        compiled = torch.compile(lambda x_: run(m), fullgraph=True, backend=backend)
+        yc, hc, cc = compiled(x)
+    ye, he, ce = run(m)
+    yr, hr, cr = run(ref)
+    assert yc.dtype == ye.dtype == yr.dtype == torch.bfloat16
+    assert hc.dtype == he.dtype and cc.dtype == ce.dtype
+    for name, a, b, r in (("output", yc, ye, yr), ("h_n", hc, he, hr), ("c_n", cc, ce, cr)):
+        # eager may run native bf16 kernels where the compiled op upcasts: bf16 rounding apart
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-2,
+                                   msg=lambda msg, name=name: f"{name} compiled vs eager: {msg}")
+        rel = ((a.float() - r.float()).norm() / r.float().norm()).item()
+        assert rel < 2e-2, f"{name} vs nn.LSTM: {rel:.2e}"
+    w = torch.randn(yc.shape)
+    gc = torch.autograd.grad((yc.float() * w).sum(), [x, *m.parameters()])
+    ge = torch.autograd.grad((ye.float() * w).sum(), [x, *m.parameters()])
+    for (name, _), a, b in zip([("input", None), *m.named_parameters()], gc, ge, strict=True):
+        assert a.dtype == b.dtype, f"grad {name}"
+        rel = ((a - b).norm() / b.norm()).item()
+        assert rel < 2e-2, f"grad {name} compiled vs eager: {rel:.2e}"
