@@ -11,7 +11,13 @@ cpu_cell = Extension("lstm_fast.cpu._cell_kernel", sources=["lstm_fast/cpu/cell_
                      extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 # Whole-sequence AVX-512 kernels (one call walks T; threads from torch's own OpenMP runtime).
 cpu_seq = Extension("lstm_fast.cpu._sequence_kernels", sources=["lstm_fast/cpu/sequence_kernels.c"], libraries=["dl"],
+                    depends=["lstm_fast/cpu/kernel_support.h"],
                     extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
+# The same in bfloat16 (AVX512-BF16 dot products; per-function target attributes and a runtime CPU
+# check, so the module loads on any x86-64 and reports itself unavailable where the CPU lacks them).
+cpu_bf16_seq = Extension("lstm_fast.cpu._bf16_sequence_kernels", sources=["lstm_fast/cpu/bf16_sequence_kernels.c"],
+                         libraries=["dl"], depends=["lstm_fast/cpu/kernel_support.h"],
+                         extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 
 setup(
     name="lstm-fast",
@@ -33,6 +39,6 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "hypothesis"],
     },
-    ext_modules=[cpu_cell, cpu_seq],
+    ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq],
     entry_points={"console_scripts": ["lstm-fast=lstm_fast.cli:main"]},
 )

@@ -6,6 +6,7 @@ directions, projections and packed sequences into calls of this function.
 import torch
 import torch.nn.functional as F
 
+from .cpu import bf16_sequence as cpu_bf16
 from .cpu import sequence as cpu_sequence
 from .backends import check_backend_name, resolve_backend
 from .cpu import lstm_cpu
@@ -71,14 +72,22 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
         # Mixed precision: matmul operands in the autocast dtype (float32 accumulation and cell
         # state inside the implementations), outputs in the autocast dtype.
         ac = torch.get_autocast_dtype(device)
+        if ac == torch.bfloat16 and cpu_bf16.available_for(x, w_hh) and resolve_backend(backend, device) == "cpu":
+            # Native bf16 kernels: they take the float32 weights as they are (bf16 panels made
+            # as they are packed, no per-call bf16 weight copies for autograd to track).
+            with torch.autocast(device, enabled=False):
+                return cpu_bf16.lstm_bf16(x.to(ac), h0.to(ac), c0, w_ih, w_hh, b_ih, b_hh, lengths)
         cast = lambda t: None if t is None else t.to(ac)  # noqa: E731
         with torch.autocast(device, enabled=False):
             return lstm_layer(cast(x), cast(h0), c0, cast(w_ih), cast(w_hh), cast(b_ih), cast(b_hh), backend, lengths)
     chosen = resolve_backend(backend, x.device.type)
+    if chosen == "cpu" and x.dtype == torch.bfloat16 and cpu_bf16.available_for(x, w_hh):
+        return cpu_bf16.lstm_bf16(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)   # AVX512-BF16 kernels
     if chosen == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-        # The CPU kernels are float32. 16-bit operands are exact in float32 and so are their
-        # products, so this is a 16-bit matmul with float32 accumulation (and a float32 cell state);
-        # h_t stays float32 between steps. Outputs return in the 16-bit dtype.
+        # Without AVX512-BF16 (or LSTM_FAST_CPU_BF16=upcast): the float32 kernels. 16-bit operands
+        # are exact in float32 and so are their products, so this is a 16-bit matmul with float32
+        # accumulation (and a float32 cell state); h_t stays float32 between steps. Outputs return
+        # in the 16-bit dtype.
         up = lambda t: None if t is None else t.float()  # noqa: E731
         y, (h, c) = lstm_layer(up(x), up(h0), up(c0), up(w_ih), up(w_hh), up(b_ih), up(b_hh), backend, lengths)
         return y.to(x.dtype), (h.to(x.dtype), c.to(x.dtype))

@@ -1,0 +1,165 @@
+"""The bfloat16 CPU path on the whole-sequence AVX512-BF16 kernels (``bf16_sequence_kernels.c``).
+
+Serves CPU autocast to bfloat16 and bfloat16 parameters (routed by
+:func:`lstm_fast.functional.lstm_layer`): matmul operands in bf16, float32 accumulation, float32
+cell state and gate activations, outputs h_t in bf16 (the next step's operand, as nn.LSTM under
+autocast). Weights may be float32 (autocast: the parameters themselves, converted to bf16 panels
+as they are packed, once per call) or bf16; their gradients come back
+in their own dtype. Forward and the backward through time are C calls that walk all T steps; the
+weight gradients and ``dx`` are oneDNN bf16 GEMMs (float32 accumulation) over the bf16 gate
+gradients the backward kernel writes.
+
+Which path 16-bit CPU layers take is :func:`mode` (env var ``LSTM_FAST_CPU_BF16``, or set
+:data:`MODE` at run time): ``"auto"`` (native kernels where the CPU has AVX512-BF16, else the
+float32 kernels on exactly upcast operands), ``"native"`` (these kernels; an error without
+AVX512-BF16) or ``"upcast"`` (always the float32 kernels).
+
+Saved for the backward: the activated gates (T, B, 4H) and cell states (T, B, H) in float32, the
+bf16 outputs and inputs, the weights.
+"""
+import os
+import sys
+
+import torch
+
+from . import workspace
+from ..fused_function import apply_layer, final_hidden, needs_autograd
+
+try:
+    from . import _bf16_sequence_kernels
+    _CPU_HAS_BF16 = bool(_bf16_sequence_kernels.available())
+except ImportError:              # built without a C compiler
+    _bf16_sequence_kernels, _CPU_HAS_BF16 = None, False
+
+MODES = ("auto", "native", "upcast")
+#: Which path bf16 CPU layers take: "auto", "native" or "upcast" (see the module docstring).
+MODE = os.environ.get("LSTM_FAST_CPU_BF16", "auto")
+
+
+def cpu_supported() -> bool:
+    """Whether the native kernels can run here (built, and the CPU has AVX512-BF16)."""
+    return _CPU_HAS_BF16
+
+
+def use_native() -> bool:
+    """Whether bf16 CPU layers run on these kernels now, per :data:`MODE`."""
+    if MODE not in MODES:
+        raise ValueError(f"LSTM_FAST_CPU_BF16 must be one of {MODES}, got {MODE!r}")
+    if MODE == "native" and not _CPU_HAS_BF16:
+        raise RuntimeError("LSTM_FAST_CPU_BF16=native: the bf16 kernels need a CPU with AVX512-BF16 "
+                           "(and a build with a C compiler)")
+    return MODE == "native" or (MODE == "auto" and _CPU_HAS_BF16)
+
+
+_BF16 = torch.bfloat16
+
+
+def _is_f32(w):
+    return w.dtype == torch.float32
+
+
+def pack_panels(w):
+    """W (4H, K) float32 or bf16 -> bf16 forward panels (ceil(H/16), ceil(K/2), 128): panel j,
+    pair row p holds, for gates i, f, g, o of units j*16.., W[., 2p] and W[., 2p+1] interleaved."""
+    G4, K = w.shape
+    H = G4 // 4
+    w = w.detach().contiguous()
+    P = workspace.empty(((H + 15) // 16, (K + 1) // 2, 128), _BF16)
+    _bf16_sequence_kernels.pack_panels(w.data_ptr(), _is_f32(w), H, K, P.data_ptr())
+    return P
+
+
+def pack_backward_panels(w_hh):
+    """W_hh (4H, H) -> bf16 backward panels (ceil(H/64), 2H, 128): 64 columns of rows 2p, 2p+1."""
+    H = w_hh.shape[1]
+    w_hh = w_hh.detach().contiguous()
+    P = workspace.empty(((H + 63) // 64, 2 * H, 128), _BF16)
+    _bf16_sequence_kernels.pack_backward_panels(w_hh.data_ptr(), _is_f32(w_hh), H, P.data_ptr())
+    return P
+
+
+def float_bias(b_ih, b_hh):
+    """b_ih + b_hh summed in float32 (None when both are None)."""
+    parts = [b.detach().float() for b in (b_ih, b_hh) if b is not None]
+    if not parts:
+        return None
+    return (parts[0] + parts[1] if len(parts) == 2 else parts[0]).contiguous()
+
+
+def prepare(w_ih, w_hh, b_ih, b_hh):
+    """What the forward kernel reads: bf16 panels of W_ih and W_hh and the float32 summed bias.
+    Prepared on every call (one pass over the weights), never cached, as in :mod:`.sequence`."""
+    return pack_panels(w_ih), pack_panels(w_hh), float_bias(b_ih, b_hh)
+
+
+def forward(x, h0, c0, prepared, save, lengths=None):
+    """Run the recurrence on bf16 ``x`` (T, B, D) and ``h0`` (B, H), float32 ``c0``. Returns
+    (Y (T, B, H) bf16, G (T, B, 4H) float32 or None, C (T, B, H) or c_T (1, B, H) float32)."""
+    T, B, D = x.shape
+    px, ph, bias = prepared
+    H = h0.shape[1]
+    x, h0, c0 = x.contiguous(), h0.contiguous(), c0.float().contiguous()
+    Y = workspace.empty((T, B, H), _BF16)
+    G = workspace.empty((T, B, 4 * H), torch.float32) if save else None
+    C = workspace.empty((T if save else 2, B, H), torch.float32)
+    _bf16_sequence_kernels.forward_seq(
+        x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(), h0.data_ptr(),
+        c0.data_ptr(), Y.data_ptr(), C.data_ptr(), None if G is None else G.data_ptr(), T, B, D, H,
+        torch.get_num_threads(), None if lengths is None else lengths.data_ptr())
+    return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
+
+
+def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
+    """Forward that keeps what the backward needs: (Y, h_n, c_n bf16, (G, C))."""
+    Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True, lengths=lengths)
+    return Y, final_hidden(Y, h0, lengths), C[-1].to(_BF16), (G, C)
+
+
+def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengths=None):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), each in its tensor's dtype, from
+    :func:`forward_saving`'s tensors; ``needs``: which of the seven are wanted."""
+    G, C = saved
+    n = needs
+    T, B, H = C.shape
+    D = x.shape[2]
+    nt = torch.get_num_threads()
+    dG = workspace.empty((T, B, 4 * H), _BF16)
+    dY = workspace.zeros((T, B, H), _BF16) if dY is None else dY.to(_BF16).contiguous()
+    DH = torch.zeros(B, H) if dh_n is None else dh_n.float().contiguous().clone()
+    DC = torch.zeros(B, H) if dc_n is None else dc_n.float().contiguous().clone()
+    db = torch.zeros(4 * H) if n[5] or n[6] else None
+    c0f, panels = c0.float().contiguous(), pack_backward_panels(w_hh)   # held for the call
+    _bf16_sequence_kernels.backward_seq(
+        dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0f.data_ptr(),
+        dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(), T, B, H, nt,
+        None if lengths is None else lengths.data_ptr())
+    dG2 = dG.view(T * B, 4 * H)
+    dx = dw_ih = dw_hh = None
+    if n[0]:      # bf16 GEMMs (oneDNN, float32 accumulation), as autocast runs them
+        dx = torch.mm(dG2, w_ih.detach().to(_BF16)).view(T, B, D).to(x.dtype)
+    if n[3]:
+        dw_ih = torch.mm(dG2.t(), x.reshape(T * B, D).to(_BF16)).to(w_ih.dtype)
+    if n[4]:      # dW_hh = dG^T [h_0; Y[:-1]]
+        hprev = torch.cat((h0.to(_BF16).unsqueeze(0), Y[:-1])).view(T * B, H)
+        dw_hh = torch.mm(dG2.t(), hprev).to(w_hh.dtype)
+    return (dx, DH.to(h0.dtype) if n[1] else None, DC.to(c0.dtype) if n[2] else None, dw_ih, dw_hh,
+            db if n[5] else None, db if n[6] else None)
+
+
+def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
+    """Whether a layer whose operands are bf16 (``x`` bf16, or float32 under autocast to bf16) can
+    run here: CPU tensors, a non-empty batch, W_hh (4H, H) in float32 or bf16, and
+    :func:`use_native` says so."""
+    return (x.device.type == "cpu" and x.shape[1] > 0 and w_hh.dtype in (torch.float32, _BF16)
+            and w_hh.shape[1] * 4 == w_hh.shape[0] and use_native())
+
+
+def lstm_bf16(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
+    """One layer: ``x`` (T, B, D) and ``h0`` bf16, ``c0`` float32 or bf16, weights and biases
+    float32 or bf16. Returns (Y, (h_n, c_n)), all bf16 (nn.LSTM's dtypes under autocast). Without autograd the forward
+    saves nothing."""
+    if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        Y, (h, c) = apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+        return Y, (h, c)
+    Y, _, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=False, lengths=lengths)
+    return Y, (final_hidden(Y, h0, lengths), C[-1].to(_BF16))

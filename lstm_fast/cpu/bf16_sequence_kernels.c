@@ -1,0 +1,456 @@
+/* Whole-sequence LSTM kernels for the CPU in bfloat16 (AVX512-BF16): one call walks all T steps.
+ *
+ * Why: under torch.autocast("cpu", dtype=torch.bfloat16) (or with bf16 parameters) the float32
+ * kernels of sequence_kernels.c ran on upcast operands: bf16-exact, but at float32 speed, while
+ * nn.LSTM runs oneDNN's bf16 RNN. Here the matmul operands are bf16 and each vdpbf16ps
+ * (_mm512_dpbf16_ps) does 32 multiply-adds into 16 float32 accumulators: accumulation, the cell
+ * state and the gate activations stay float32. Same structure as the float32 kernels: weights
+ * packed once per weight change into contiguous panels, a 6 (or 4) row x 64 column register tile,
+ * the LSTM cell in the GEMM epilogue, threads from torch's own OpenMP pool.
+ *
+ * Autocast semantics: h_t is rounded to bf16 (it is the bf16 output Y[t], and the next step's
+ * matmul operand); in the backward the gate gradients dG_t are computed in float32 and rounded to
+ * bf16 as the operand of dh_{t-1} = dG_t W_hh and of the weight-gradient GEMMs (run by the caller,
+ * oneDNN bf16 GEMMs with float32 accumulation); dh, dc and the bias gradient stay float32.
+ *
+ * bf16 is stored as uint16_t (the high half of a float32). vdpbf16ps multiplies bf16 pairs: lane i
+ * of the accumulator gets a[2i] b[2i] + a[2i+1] b[2i+1], so a panel row holds, for each of 64
+ * output columns, the weights of two consecutive k interleaved, and the A side broadcasts the pair
+ * (a[k], a[k+1]) as one 32-bit value. An odd K ends with a half pair (the panel's second slot is
+ * zero, the A side broadcasts a[K-1] with a zero high half: no read past a row).
+ *
+ * forward_seq(X, Px, bias|None, Ph, h0, c0, Y, C, G|None, T, B, D, H, nthreads, len|None)
+ *   X (T, B, D) bf16; Px (ceil(H/16), ceil(D/2), 128) and Ph (ceil(H/16), ceil(H/2), 128) bf16
+ *   forward panels (pack_panels); bias (4H) float32 = b_ih + b_hh or None; h0 (B, H) bf16;
+ *   c0 (B, H) float32; Y (T, B, H) bf16 outputs; C (T, B, H) float32 cell states when G is given,
+ *   else (2, B, H) scratch; G (T, B, 4H) float32 activated gates i, f, g, o (saved) or None;
+ *   len (B) int64 lengths or None (as in sequence_kernels.c: finished rows frozen, output 0).
+ * backward_seq(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None)
+ *   dY (T, B, H) bf16; Wq (ceil(H/64), 2H, 128) bf16 backward panels of W_hh
+ *   (pack_backward_panels); G, C float32 as saved; c0 float32; dG (T, B, 4H) bf16 out (the gate
+ *   gradients, rounded: the GEMM operand); DH (B, H) float32 in: dh_n, out: dh_0; DC (B, H)
+ *   float32 in: dc_n, out: dc_0; db (4H) float32 zeros in, out: the bias gradient (from the
+ *   unrounded gate gradients).
+ * pack_panels(W, w_is_f32, H, K, P)
+ *   W (4H, K) float32 or bf16 as nn.LSTM stores it -> P (ceil(H/16), ceil(K/2), 128) bf16:
+ *   P[j][p][(q*16 + u)*2 + s] = bf16(W[q*H + j*16 + u][2p + s]), zero past H and K.
+ * pack_backward_panels(W, w_is_f32, H, P)
+ *   W_hh (4H, H) float32 or bf16 -> P (ceil(H/64), 2H, 128) bf16:
+ *   P[j][p][u*2 + s] = bf16(W[2p + s][j*64 + u]), zero past H.
+ * available() -> bool: this CPU has AVX512-BF16 (and AVX512 F/BW/VL/DQ): the caller falls back
+ *   to the float32 kernels on upcast operands otherwise.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include "kernel_support.h"
+
+#if LSTM_X86
+#define BF16 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512dq,avx512bw,fma")))
+
+/* float32 -> bf16, round to nearest even, NaN kept a (quiet) NaN: the scalar twin of vcvtneps2bf16. */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+BF16 INLINE __m512 load_bf16(__mmask16 m, const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+BF16 INLINE void store_bf16(uint16_t *p, __mmask16 m, __m512 v) {
+    _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+/* The pair (a[k], a[k+1]) as one 32-bit lane value, broadcast to all 16 lanes. */
+BF16 INLINE __m512bh pair(const uint16_t *a, int64_t k) {
+    uint32_t v;
+    memcpy(&v, a + k, 4);
+    return (__m512bh)_mm512_set1_epi32((int)v);
+}
+
+/* The half pair (a[k], 0) for the last k of an odd K. */
+BF16 INLINE __m512bh half_pair(const uint16_t *a, int64_t k) { return (__m512bh)_mm512_set1_epi32((int)a[k]); }
+
+#define TILE_DECL(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0;
+#define TILE_DP(r, LOAD)                                                             \
+    {                                                                                \
+        __m512bh x = LOAD(a##r, 2 * p);                                              \
+        c##r##0 = _mm512_dpbf16_ps(c##r##0, x, b0);                                  \
+        c##r##1 = _mm512_dpbf16_ps(c##r##1, x, b1);                                  \
+        c##r##2 = _mm512_dpbf16_ps(c##r##2, x, b2);                                  \
+        c##r##3 = _mm512_dpbf16_ps(c##r##3, x, b3);                                  \
+    }
+#define DECL4 TILE_DECL(0) TILE_DECL(1) TILE_DECL(2) TILE_DECL(3)
+#define DECL6 DECL4 TILE_DECL(4) TILE_DECL(5)
+#define DP4(L) TILE_DP(0, L) TILE_DP(1, L) TILE_DP(2, L) TILE_DP(3, L)
+#define DP6(L) DP4(L) TILE_DP(4, L) TILE_DP(5, L)
+/* K deep over a panel of 128 bf16 per pair row: full pairs, then the half pair of an odd K. */
+#define PAIRS_K(K, P, DPS)                                                           \
+    {                                                                                \
+        const int64_t np_ = (K) / 2;                                                 \
+        int64_t p = 0;                                                               \
+        for (; p < np_; ++p) {                                                       \
+            const uint16_t *wk = (P) + p * 128;                                      \
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(wk);                          \
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512(wk + 32);                     \
+            __m512bh b2 = (__m512bh)_mm512_loadu_si512(wk + 64);                     \
+            __m512bh b3 = (__m512bh)_mm512_loadu_si512(wk + 96);                     \
+            DPS(pair)                                                                \
+        }                                                                            \
+        if ((K) & 1) {                                                               \
+            const uint16_t *wk = (P) + p * 128;                                      \
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(wk);                          \
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512(wk + 32);                     \
+            __m512bh b2 = (__m512bh)_mm512_loadu_si512(wk + 64);                     \
+            __m512bh b3 = (__m512bh)_mm512_loadu_si512(wk + 96);                     \
+            DPS(half_pair)                                                           \
+        }                                                                            \
+    }
+
+/* ---------------------------------------------------------------- forward */
+typedef struct {
+    const uint16_t *X, *Px;
+    const float *bias;
+    const uint16_t *Ph, *h0;
+    const float *c0;
+    uint16_t *Y;
+    float *C, *G;
+    int64_t T, B, D, H;
+    int nthreads;
+    const uint16_t *zero;   /* max(D, H) + 1 zeros: the A row of tile rows past the batch */
+    const int64_t *len;
+} fwd_args;
+
+/* The LSTM cell for one row and 16 hidden units, from that row's four gate accumulators. */
+BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0, __mmask16 m,
+                          __m512 gi, __m512 gf, __m512 gg, __m512 go, const float *cp, float *c_out) {
+    const int64_t H = a->H, G4 = 4 * H;
+    if (a->bias) {
+        const float *b = a->bias + j0;
+        gi = _mm512_add_ps(gi, _mm512_maskz_loadu_ps(m, b));
+        gf = _mm512_add_ps(gf, _mm512_maskz_loadu_ps(m, b + H));
+        gg = _mm512_add_ps(gg, _mm512_maskz_loadu_ps(m, b + 2 * H));
+        go = _mm512_add_ps(go, _mm512_maskz_loadu_ps(m, b + 3 * H));
+    }
+    __m512 I = v_sigmoid(gi), F = v_sigmoid(gf), Ct = v_tanh(gg), O = v_sigmoid(go);
+    __m512 c_prev = _mm512_maskz_loadu_ps(m, cp + row * H + j0);
+    __m512 c = _mm512_fmadd_ps(F, c_prev, _mm512_mul_ps(I, Ct));
+    __m512 h = _mm512_mul_ps(O, v_tanh(c));
+    if (a->len && t >= a->len[row]) {
+        c = c_prev;
+        h = _mm512_setzero_ps();
+    }
+    _mm512_mask_storeu_ps(c_out + row * H + j0, m, c);
+    store_bf16(a->Y + (t * a->B + row) * H + j0, m, h);
+    if (a->G) {
+        float *g = a->G + (t * a->B + row) * G4 + j0;
+        _mm512_mask_storeu_ps(g, m, I);
+        _mm512_mask_storeu_ps(g + H, m, F);
+        _mm512_mask_storeu_ps(g + 2 * H, m, Ct);
+        _mm512_mask_storeu_ps(g + 3 * H, m, O);
+    }
+}
+
+#define TILE_ROWS(BASE, K)                                                                            \
+    a0 = (BASE) + rb * (K); a1 = n > 1 ? a0 + (K) : zero; a2 = n > 2 ? a0 + 2 * (K) : zero;          \
+    a3 = n > 3 ? a0 + 3 * (K) : zero; a4 = n > 4 ? a0 + 4 * (K) : zero; a5 = n > 5 ? a0 + 5 * (K) : zero;
+
+#define FWD_TILE(MR, DECLS, DPS)                                                                      \
+    BF16 static void fwd_tile##MR(const fwd_args *a, int64_t t, int64_t rb, int64_t jb, const uint16_t *hp, \
+                                  const float *cp, float *c_out) {                                    \
+        const int64_t H = a->H, D = a->D, n = a->B - rb, j0 = jb * 16;                                \
+        const uint16_t *zero = a->zero, *a0, *a1, *a2, *a3, *a4, *a5;                                 \
+        const __mmask16 m = tail_mask(j0, H);                                                         \
+        DECLS                                                                                         \
+        TILE_ROWS(a->X + t * a->B * D, D)                                                             \
+        PAIRS_K(D, a->Px + jb * ((D + 1) / 2) * 128, DPS)                                             \
+        TILE_ROWS(hp, H)                                                                              \
+        PAIRS_K(H, a->Ph + jb * ((H + 1) / 2) * 128, DPS)                                             \
+        (void)a4; (void)a5;                                                                           \
+        fwd_cell(a, t, rb, j0, m, c00, c01, c02, c03, cp, c_out);                                     \
+        if (n > 1) fwd_cell(a, t, rb + 1, j0, m, c10, c11, c12, c13, cp, c_out);                      \
+        if (n > 2) fwd_cell(a, t, rb + 2, j0, m, c20, c21, c22, c23, cp, c_out);                      \
+        if (n > 3) fwd_cell(a, t, rb + 3, j0, m, c30, c31, c32, c33, cp, c_out);                      \
+        FWD_TAIL##MR                                                                                  \
+    }
+#define FWD_TAIL4
+#define FWD_TAIL6                                                                                     \
+    if (n > 4) fwd_cell(a, t, rb + 4, j0, m, c40, c41, c42, c43, cp, c_out);                          \
+    if (n > 5) fwd_cell(a, t, rb + 5, j0, m, c50, c51, c52, c53, cp, c_out);
+FWD_TILE(6, DECL6, DP6)
+FWD_TILE(4, DECL4, DP4)
+
+BF16 static void fwd_worker(void *arg) {
+    const fwd_args *a = (const fwd_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t B = a->B, H = a->H, nb = (H + 15) / 16;
+    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
+    for (int64_t t = 0; t < a->T; ++t) {
+        const uint16_t *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
+        const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H);
+        float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;
+        for (int64_t jb = jlo; jb < jhi; ++jb) {
+            int64_t rb = 0;
+            for (int64_t i = 0; i < n6; ++i, rb += 6) fwd_tile6(a, t, rb, jb, hp, cp, c_out);
+            for (; rb < B; rb += 4) fwd_tile4(a, t, rb, jb, hp, cp, c_out);
+        }
+        barrier(tm);
+    }
+}
+
+/* ---------------------------------------------------------------- backward */
+typedef struct {
+    const uint16_t *dY, *Wq;
+    const float *G, *C, *c0;
+    uint16_t *dG;
+    float *DH, *DC, *db;
+    int64_t T, B, H;
+    int nthreads;
+    const uint16_t *zero;   /* 4H zeros */
+    const int64_t *len;
+} bwd_args;
+
+/* Phase A: gate gradients of step t for units [j0, j0+16) of every row (float32, stored bf16). */
+BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
+    const int64_t B = a->B, H = a->H, G4 = 4 * H, j0 = jb * 16;
+    const __mmask16 m = tail_mask(j0, H);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 sb0 = _mm512_setzero_ps(), sb1 = sb0, sb2 = sb0, sb3 = sb0;
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = b * H + j0;
+        uint16_t *d = a->dG + (t * B + b) * G4 + j0;
+        if (a->len && t >= a->len[b]) {   /* finished row: no gate gradients; dh, dc carried */
+            for (int q = 0; q < 4; ++q) _mm256_mask_storeu_epi16(d + q * H, m, _mm256_setzero_si256());
+            continue;
+        }
+        const float *g = a->G + (t * B + b) * G4 + j0;
+        __m512 dh = _mm512_add_ps(load_bf16(m, a->dY + t * B * H + o), _mm512_maskz_loadu_ps(m, a->DH + o));
+        __m512 dc = _mm512_maskz_loadu_ps(m, a->DC + o);
+        __m512 I = _mm512_maskz_loadu_ps(m, g), F = _mm512_maskz_loadu_ps(m, g + H);
+        __m512 Ct = _mm512_maskz_loadu_ps(m, g + 2 * H), O = _mm512_maskz_loadu_ps(m, g + 3 * H);
+        __m512 c = _mm512_maskz_loadu_ps(m, a->C + t * B * H + o);
+        __m512 cp = _mm512_maskz_loadu_ps(m, t > 0 ? a->C + (t - 1) * B * H + o : a->c0 + o);
+        __m512 tc = v_tanh(c);
+        __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh, O), _mm512_fnmadd_ps(tc, tc, one), dc);
+        __m512 di = _mm512_mul_ps(_mm512_mul_ps(dct, Ct), _mm512_mul_ps(I, _mm512_sub_ps(one, I)));
+        __m512 df = _mm512_mul_ps(_mm512_mul_ps(dct, cp), _mm512_mul_ps(F, _mm512_sub_ps(one, F)));
+        __m512 dg = _mm512_mul_ps(_mm512_mul_ps(dct, I), _mm512_fnmadd_ps(Ct, Ct, one));
+        __m512 dO = _mm512_mul_ps(_mm512_mul_ps(dh, tc), _mm512_mul_ps(O, _mm512_sub_ps(one, O)));
+        store_bf16(d, m, di);
+        store_bf16(d + H, m, df);
+        store_bf16(d + 2 * H, m, dg);
+        store_bf16(d + 3 * H, m, dO);
+        _mm512_mask_storeu_ps(a->DC + o, m, _mm512_mul_ps(dct, F));
+        sb0 = _mm512_add_ps(sb0, di);
+        sb1 = _mm512_add_ps(sb1, df);
+        sb2 = _mm512_add_ps(sb2, dg);
+        sb3 = _mm512_add_ps(sb3, dO);
+    }
+    if (a->db) {
+        float *bq = a->db + j0;
+        _mm512_mask_storeu_ps(bq, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq), sb0));
+        _mm512_mask_storeu_ps(bq + H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + H), sb1));
+        _mm512_mask_storeu_ps(bq + 2 * H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + 2 * H), sb2));
+        _mm512_mask_storeu_ps(bq + 3 * H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + 3 * H), sb3));
+    }
+}
+
+/* Phase B: DH[rows rb.., units n0..n0+64) = dG_t[rows, :] @ W_hh[:, n0..] (bf16 x bf16, float32). */
+BF16 INLINE void bwd_store(const bwd_args *a, int64_t t, int64_t row, int64_t n0, __m512 v0, __m512 v1, __m512 v2,
+                           __m512 v3) {
+    const int64_t H = a->H;
+    if (a->len && t >= a->len[row]) return;
+    float *dh = a->DH + row * H;
+    if (n0 < H) _mm512_mask_storeu_ps(dh + n0, tail_mask(n0, H), v0);
+    if (n0 + 16 < H) _mm512_mask_storeu_ps(dh + n0 + 16, tail_mask(n0 + 16, H), v1);
+    if (n0 + 32 < H) _mm512_mask_storeu_ps(dh + n0 + 32, tail_mask(n0 + 32, H), v2);
+    if (n0 + 48 < H) _mm512_mask_storeu_ps(dh + n0 + 48, tail_mask(n0 + 48, H), v3);
+}
+
+#define BWD_TILE(MR, DECLS, DPS)                                                                      \
+    BF16 static void bwd_tile##MR(const bwd_args *a, int64_t t, int64_t rb, int64_t nb) {             \
+        const int64_t H = a->H, K = 4 * H, n0 = nb * 64, n = a->B - rb;                               \
+        const uint16_t *zero = a->zero;                                                               \
+        const uint16_t *a0 = a->dG + (t * a->B + rb) * K, *a1 = n > 1 ? a0 + K : zero;                \
+        const uint16_t *a2 = n > 2 ? a0 + 2 * K : zero, *a3 = n > 3 ? a0 + 3 * K : zero;              \
+        const uint16_t *a4 = n > 4 ? a0 + 4 * K : zero, *a5 = n > 5 ? a0 + 5 * K : zero;              \
+        (void)a4; (void)a5;                                                                           \
+        DECLS                                                                                         \
+        PAIRS_K(K, a->Wq + nb * (K / 2) * 128, DPS)                                                   \
+        bwd_store(a, t, rb, n0, c00, c01, c02, c03);                                                  \
+        if (n > 1) bwd_store(a, t, rb + 1, n0, c10, c11, c12, c13);                                   \
+        if (n > 2) bwd_store(a, t, rb + 2, n0, c20, c21, c22, c23);                                   \
+        if (n > 3) bwd_store(a, t, rb + 3, n0, c30, c31, c32, c33);                                   \
+        BWD_TAIL##MR                                                                                  \
+    }
+#define BWD_TAIL4
+#define BWD_TAIL6                                                                                     \
+    if (n > 4) bwd_store(a, t, rb + 4, n0, c40, c41, c42, c43);                                       \
+    if (n > 5) bwd_store(a, t, rb + 5, n0, c50, c51, c52, c53);
+BWD_TILE(6, DECL6, DP6)
+BWD_TILE(4, DECL4, DP4)
+
+BF16 static void bwd_worker(void *arg) {
+    const bwd_args *a = (const bwd_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t B = a->B, H = a->H, nb16 = (H + 15) / 16, nb64 = (H + 63) / 64;
+    const int64_t clo = nb16 * tm.tid / tm.nth, chi = nb16 * (tm.tid + 1) / tm.nth;
+    const int64_t glo = nb64 * tm.tid / tm.nth, ghi = nb64 * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
+    for (int64_t t = a->T - 1; t >= 0; --t) {
+        for (int64_t jb = clo; jb < chi; ++jb) bwd_cell(a, t, jb);
+        barrier(tm);
+        for (int64_t nb = glo; nb < ghi; ++nb) {
+            int64_t rb = 0;
+            for (int64_t i = 0; i < n6; ++i, rb += 6) bwd_tile6(a, t, rb, nb);
+            for (; rb < B; rb += 4) bwd_tile4(a, t, rb, nb);
+        }
+        barrier(tm);
+    }
+}
+#endif /* LSTM_X86 */
+
+/* ---------------------------------------------------------------- panel packing */
+/* Element (r, k) of a row-major (rows, K) float32 or bf16 matrix, as bf16. */
+static inline uint16_t elem_bf16(const void *W, int w_is_f32, int64_t r, int64_t k, int64_t K) {
+#if LSTM_X86
+    if (w_is_f32) return f32_to_bf16(((const float *)W)[r * K + k]);
+    return ((const uint16_t *)W)[r * K + k];
+#else
+    (void)W; (void)w_is_f32; (void)r; (void)k; (void)K;
+    return 0;
+#endif
+}
+
+static void pack_panels(const void *W, int w_is_f32, int64_t H, int64_t K, uint16_t *P) {
+    const int64_t nb = (H + 15) / 16, np = (K + 1) / 2;
+    for (int64_t j = 0; j < nb; ++j) {
+        uint16_t *panel = P + j * np * 128;
+        for (int q = 0; q < 4; ++q)
+            for (int64_t u = 0; u < 16; ++u) {
+                const int64_t row = j * 16 + u, col = (q * 16 + u) * 2;
+                for (int64_t k = 0; k < 2 * np; ++k)
+                    panel[(k / 2) * 128 + col + (k & 1)] =
+                        row < H && k < K ? elem_bf16(W, w_is_f32, q * H + row, k, K) : 0;
+            }
+    }
+}
+
+static void pack_backward_panels(const void *W, int w_is_f32, int64_t H, uint16_t *P) {
+    const int64_t nb = (H + 63) / 64, np = 2 * H;   /* 4H rows of W_hh in pairs */
+    for (int64_t j = 0; j < nb; ++j)
+        for (int64_t p = 0; p < np; ++p) {
+            uint16_t *dst = P + (j * np + p) * 128;
+            for (int64_t u = 0; u < 64; ++u) {
+                const int64_t col = j * 64 + u;
+                dst[2 * u] = col < H ? elem_bf16(W, w_is_f32, 2 * p, col, H) : 0;
+                dst[2 * u + 1] = col < H ? elem_bf16(W, w_is_f32, 2 * p + 1, col, H) : 0;
+            }
+        }
+}
+
+/* ---------------------------------------------------------------- Python bindings */
+static int bf16_ok(void) {
+#if LSTM_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
+static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(bf16_ok()); }
+
+#if LSTM_X86
+/* Run a worker on the thread team without the GIL, with ``n`` bf16 zeros at *zero_slot for the
+ * lifetime of the call (the A row of tile rows past the batch). */
+static PyObject *run_with_zero_row(void (*fn)(void *), void *args, const uint16_t **zero_slot, int64_t n, int nthreads) {
+    uint16_t *zero = calloc((size_t)(n > 0 ? n : 1), sizeof(uint16_t));
+    if (!zero) return PyErr_NoMemory();
+    *zero_slot = zero;
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(fn, args, nthreads);
+    Py_END_ALLOW_THREADS
+    free(zero);
+    Py_RETURN_NONE;
+}
+#endif
+
+static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 15) { PyErr_SetString(PyExc_TypeError, "forward_seq takes 15 arguments"); return NULL; }
+    if (!bf16_ok()) { PyErr_SetString(PyExc_RuntimeError, "forward_seq needs AVX512-BF16"); return NULL; }
+#if LSTM_X86
+    void *p[9];
+    if (ptrs(args, 9, p)) return NULL;
+    fwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
+                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), PyLong_AsLongLong(args[12]),
+                  (int)PyLong_AsLong(args[13])};
+    a.len = args[14] == Py_None ? NULL : PyLong_AsVoidPtr(args[14]);
+    if (PyErr_Occurred()) return NULL;
+    return run_with_zero_row(fwd_worker, &a, &a.zero, (a.D > a.H ? a.D : a.H) + 2, a.nthreads);
+#else
+    Py_RETURN_NONE;
+#endif
+}
+
+static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "backward_seq takes 14 arguments"); return NULL; }
+    if (!bf16_ok()) { PyErr_SetString(PyExc_RuntimeError, "backward_seq needs AVX512-BF16"); return NULL; }
+#if LSTM_X86
+    void *p[9];
+    if (ptrs(args, 9, p)) return NULL;
+    bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
+                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
+    a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
+    if (PyErr_Occurred()) return NULL;
+    return run_with_zero_row(bwd_worker, &a, &a.zero, 4 * a.H + 2, a.nthreads);
+#else
+    Py_RETURN_NONE;
+#endif
+}
+
+static PyObject *py_pack_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "pack_panels takes 5 arguments"); return NULL; }
+    const void *W = PyLong_AsVoidPtr(args[0]);
+    int w_is_f32 = PyObject_IsTrue(args[1]);
+    int64_t H = PyLong_AsLongLong(args[2]), K = PyLong_AsLongLong(args[3]);
+    uint16_t *P = PyLong_AsVoidPtr(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pack_panels(W, w_is_f32, H, K, P);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "pack_backward_panels takes 4 arguments"); return NULL; }
+    const void *W = PyLong_AsVoidPtr(args[0]);
+    int w_is_f32 = PyObject_IsTrue(args[1]);
+    int64_t H = PyLong_AsLongLong(args[2]);
+    uint16_t *P = PyLong_AsVoidPtr(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pack_backward_panels(W, w_is_f32, H, P);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX512-BF16 sequence kernels"},
+    {"forward_seq", (PyCFunction)(void (*)(void))py_forward_seq, METH_FASTCALL, "bf16 LSTM forward over all steps"},
+    {"backward_seq", (PyCFunction)(void (*)(void))py_backward_seq, METH_FASTCALL, "bf16 LSTM backward over all steps"},
+    {"pack_panels", (PyCFunction)(void (*)(void))py_pack_panels, METH_FASTCALL, "bf16 forward weight panels"},
+    {"pack_backward_panels", (PyCFunction)(void (*)(void))py_pack_backward_panels, METH_FASTCALL, "bf16 backward weight panels"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bf16_sequence_kernels",
+                                    "Whole-sequence LSTM kernels (bfloat16 operands, float32 accumulation, AVX512-BF16).",
+                                    -1, methods};
+
+PyMODINIT_FUNC PyInit__bf16_sequence_kernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,124 @@
+/* What the CPU kernel files share (included by sequence_kernels.c and bf16_sequence_kernels.c):
+ * torch's OpenMP runtime (libgomp, found among the loaded libraries, so our threads are torch's
+ * own pool), the AVX-512 vector math of the LSTM cell (exp, sigmoid, tanh), tail masks, the
+ * register-tile row split and the Python pointer-argument parser. Every vector function carries
+ * its own target attribute, so a file including this still loads on any x86-64. */
+#ifndef LSTM_FAST_KERNEL_SUPPORT_H
+#define LSTM_FAST_KERNEL_SUPPORT_H
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LSTM_X86 1
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f,avx512dq,fma")))
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define LSTM_X86 0
+#endif
+
+/* ---------------------------------------------------------------- torch's OpenMP runtime */
+typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
+typedef void (*gomp_barrier_t)(void);
+typedef int (*omp_int_t)(void);
+static gomp_parallel_t p_parallel;
+static gomp_barrier_t p_barrier;
+static omp_int_t p_thread_num, p_num_threads;
+
+static void resolve_gomp(void) {
+    static int tried = 0;
+    if (tried) return;
+    tried = 1;
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return;
+    char line[4096], path[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        char *p = strchr(line, '/');
+        if (p && strstr(p, "libgomp")) {
+            size_t n = strcspn(p, "\n");
+            if (n < sizeof path) { memcpy(path, p, n); path[n] = 0; found = 1; }
+        }
+    }
+    fclose(f);
+    if (!found) return;
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!h) return;
+    p_parallel = (gomp_parallel_t)dlsym(h, "GOMP_parallel");
+    p_barrier = (gomp_barrier_t)dlsym(h, "GOMP_barrier");
+    p_thread_num = (omp_int_t)dlsym(h, "omp_get_thread_num");
+    p_num_threads = (omp_int_t)dlsym(h, "omp_get_num_threads");
+    if (!p_parallel || !p_barrier || !p_thread_num || !p_num_threads) p_parallel = NULL;
+}
+
+typedef struct { int tid, nth; } team_t;
+
+static team_t team(int requested) {
+    team_t t = {0, 1};
+    if (requested > 1 && p_parallel) { t.tid = p_thread_num(); t.nth = p_num_threads(); }
+    return t;
+}
+
+static void barrier(team_t t) { if (t.nth > 1) p_barrier(); }
+
+static void run(void (*fn)(void *), void *arg, int nthreads) {
+    if (nthreads > 1 && p_parallel) p_parallel(fn, arg, (unsigned)nthreads, 0);
+    else fn(arg);
+}
+
+static int ptrs(PyObject *const *args, Py_ssize_t n, void **out) {
+    for (Py_ssize_t k = 0; k < n; ++k) {
+        if (args[k] == Py_None) { out[k] = NULL; continue; }
+        out[k] = PyLong_AsVoidPtr(args[k]);
+        if (!out[k] && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+/* How many 6-row tiles to use before 4-row ones: cover B exactly where possible (32 = 4*6 + 2*4),
+ * else as many 6-row tiles as fit, the rest in 4-row tiles. */
+static int64_t six_row_tiles(int64_t B) {
+    for (int64_t a6 = B / 6; a6 >= 0; --a6)
+        if ((B - 6 * a6) % 4 == 0) return a6;
+    return B / 6;
+}
+
+#if LSTM_X86
+/* ---------------------------------------------------------------- vector math */
+AVX512 INLINE __m512 v_exp(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);      /* NaN in x survives: max returns src2 */
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+AVX512 INLINE __m512 v_sigmoid(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+AVX512 INLINE __m512 v_tanh(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = v_exp(_mm512_add_ps(x, x));
+    return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(one, e)));
+}
+
+static inline __mmask16 tail_mask(int64_t j0, int64_t H) {
+    int64_t n = H - j0;
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+}
+#endif /* LSTM_X86 */
+#endif /* LSTM_FAST_KERNEL_SUPPORT_H */

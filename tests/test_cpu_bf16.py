@@ -1,0 +1,167 @@
+"""The native bfloat16 CPU path (lstm_fast/cpu/bf16_sequence.py + bf16_sequence_kernels.c).
+
+Numerics: outputs, state and every gradient are compared with a float64 nn.LSTM on the same
+parameters, and must be as close as nn.LSTM under the same bf16 autocast is (its error measured
+in the same test on the same inputs). Measured on the dev machine, relative errors vs float64:
+ours 2.4-3.4e-3, nn.LSTM-autocast 3.0-4.3e-3 (outputs, dx, dW), biases 0.6-0.9e-3 vs 1.3-2.2e-3;
+the bound below is 1.5x nn.LSTM's error (+ 5e-4 for the bias gradients, which it sums in float32
+like we do, so both are small and noisy). Routing: the native kernels run under CPU autocast bf16
+and for bf16 parameters when the CPU has AVX512-BF16; LSTM_FAST_CPU_BF16 (bf16_sequence.MODE)
+forces either path, and the upcast path is today's float32 kernels on exactly upcast operands.
+"""
+import pytest
+import torch
+from torch import nn
+
+from lstm_fast import FusedLSTM, fused_lstm
+from lstm_fast.cpu import bf16_sequence
+
+native = pytest.mark.skipif(not bf16_sequence.cpu_supported(), reason="CPU without AVX512-BF16")
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Count calls of the native forward (to assert which path ran)."""
+    calls = []
+    real = bf16_sequence.forward
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bf16_sequence, "forward", spy)
+    return calls
+
+
+def _run(module, x, hx, autocast, weight):
+    x = x.clone().requires_grad_()
+    hx = tuple(t.clone().requires_grad_() for t in hx)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, (h, c) = module(x, hx)
+    loss = (y.double() * weight).sum() + h.double().sum() + c.double().sum()
+    grads = torch.autograd.grad(loss, [x, *hx, *module.parameters()])
+    return [y, h, c, *grads]
+
+
+NAMES = ["output", "h_n", "c_n", "dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh"]
+
+
+@native
+@pytest.mark.parametrize("T,B,D,H", [(35, 32, 28, 256), (9, 5, 7, 9), (6, 13, 33, 70), (4, 1, 2, 16)])
+def test_autocast_error_is_nn_lstm_order(T, B, D, H, kernel_calls):
+    torch.manual_seed(T * 1000 + H)
+    ref = nn.LSTM(D, H)
+    ours = FusedLSTM(D, H)
+    ours.load_state_dict(ref.state_dict())
+    exact = nn.LSTM(D, H, dtype=torch.float64)
+    exact.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    x = torch.randn(T, B, D)
+    hx = (0.5 * torch.randn(1, B, H), 0.5 * torch.randn(1, B, H))
+    weight = torch.randn(T, B, H, dtype=torch.float64)
+    got = _run(ours, x, hx, True, weight)
+    assert kernel_calls, "the native bf16 kernels ran"
+    theirs = _run(ref, x, hx, True, weight)
+    want = _run(exact, x.double(), tuple(t.double() for t in hx), False, weight)
+    assert [t.dtype for t in got[:3]] == [torch.bfloat16] * 3
+    assert [t.dtype for t in got[3:]] == [torch.float32] * 7, "gradients in their tensors' dtypes"
+    for name, g, t, w in zip(NAMES, got, theirs, want, strict=True):
+        ours_err, nn_err = _rel(g, w), _rel(t, w)
+        assert torch.isfinite(g).all(), name
+        assert ours_err <= 1.5 * nn_err + (5e-4 if name.startswith("db") else 0), \
+            f"{name}: ours {ours_err:.2e} vs float64, nn.LSTM-autocast {nn_err:.2e}"
+
+
+@native
+def test_bf16_parameters(kernel_calls):
+    """bf16 parameters and input (no autocast): the same kernels; gradients come back in bf16."""
+    torch.manual_seed(1)
+    T, B, D, H = 12, 6, 10, 40
+    ref = nn.LSTM(D, H, num_layers=2)
+    ours = FusedLSTM(D, H, num_layers=2, dtype=torch.bfloat16)
+    ours.load_state_dict({k: v.bfloat16() for k, v in ref.state_dict().items()})
+    exact = nn.LSTM(D, H, num_layers=2, dtype=torch.float64)
+    exact.load_state_dict({k: v.bfloat16().double() for k, v in ref.state_dict().items()})
+    x = torch.randn(T, B, D).bfloat16()
+    hx = (torch.zeros(2, B, H).bfloat16(), torch.zeros(2, B, H).bfloat16())
+    weight = torch.randn(T, B, H, dtype=torch.float64)
+    got = _run(ours, x, hx, False, weight)
+    assert len(kernel_calls) == 2, "both layers ran natively"
+    want = _run(exact, x.double(), tuple(t.double() for t in hx), False, weight)
+    assert all(t.dtype == torch.bfloat16 for t in got)
+    for name, g, w in zip(NAMES[:6] + [n for n, _ in ours.named_parameters()], got, want, strict=True):
+        # bf16 results (outputs and gradients rounded once more): 2-3 bf16 ulps of relative error
+        assert _rel(g, w) < 1e-2, f"{name}: {_rel(g, w):.2e}"
+
+
+@native
+def test_inference_equals_training_forward():
+    """no_grad (nothing saved, two cell-state buffers) gives the training forward's values exactly."""
+    torch.manual_seed(2)
+    m = FusedLSTM(8, 24)
+    x = torch.randn(11, 7, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = m(x)
+        with torch.no_grad():
+            y0, (h0, c0) = m(x)
+    assert torch.equal(y, y0) and torch.equal(h, h0) and torch.equal(c, c0)
+
+
+@native
+def test_variable_lengths_match_each_row_alone():
+    """Masked rows: each row equals the same row run alone at its own length (rows never mix in
+    the kernels, so bitwise), and padding outputs are 0; gradients w.r.t. x match too."""
+    torch.manual_seed(3)
+    T, B, D, H = 9, 5, 6, 20
+    w = [torch.randn(4 * H, D) * 0.3, torch.randn(4 * H, H) * 0.3, torch.randn(4 * H), torch.randn(4 * H)]
+    x = torch.randn(T, B, D).bfloat16().requires_grad_()
+    lengths = torch.tensor([9, 0, 4, 1, 7])
+    bw = [t.bfloat16() for t in w]
+    y, (h, c) = fused_lstm(x, None, *bw, lengths=lengths)
+    y.float().sum().backward()
+    for b, n in enumerate(lengths.tolist()):
+        assert (y[n:, b] == 0).all()
+        if n == 0:
+            assert (h[b] == 0).all() and (c[b] == 0).all() and (x.grad[:, b] == 0).all()
+            continue
+        xb = x.detach()[:n, b:b + 1].clone().requires_grad_()
+        yb, (hb, cb) = fused_lstm(xb, None, *bw)
+        yb.float().sum().backward()
+        assert torch.equal(y[:n, b:b + 1], yb) and torch.equal(h[b], hb[0]) and torch.equal(c[b], cb[0])
+        assert torch.equal(x.grad[:n, b:b + 1], xb.grad) and (x.grad[n:, b] == 0).all()
+
+
+def test_upcast_forced_is_the_float32_kernels_on_upcast_operands(monkeypatch, kernel_calls):
+    """LSTM_FAST_CPU_BF16=upcast: today's path, exactly: the float32 layer on bf16-rounded
+    operands, outputs rounded to bf16."""
+    monkeypatch.setattr(bf16_sequence, "MODE", "upcast")
+    torch.manual_seed(4)
+    m = FusedLSTM(5, 16)
+    x = torch.randn(6, 3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = m(x)
+    up = FusedLSTM(5, 16)
+    up.load_state_dict({k: v.bfloat16().float() for k, v in m.state_dict().items()})
+    y32, (h32, c32) = up(x.bfloat16().float())
+    assert not kernel_calls
+    assert torch.equal(y, y32.bfloat16()) and torch.equal(h, h32.bfloat16()) and torch.equal(c, c32.bfloat16())
+
+
+def test_native_forced_without_avx512_bf16_is_an_error_and_auto_upcasts(monkeypatch, kernel_calls):
+    monkeypatch.setattr(bf16_sequence, "_CPU_HAS_BF16", False)
+    m = FusedLSTM(4, 8)
+    x = torch.randn(3, 2, 4)
+    monkeypatch.setattr(bf16_sequence, "MODE", "native")
+    with pytest.raises(RuntimeError, match="AVX512-BF16"), torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x)
+    monkeypatch.setattr(bf16_sequence, "MODE", "auto")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = m(x)
+    assert y.dtype == torch.bfloat16 and not kernel_calls
+    monkeypatch.setattr(bf16_sequence, "MODE", "fast")
+    with pytest.raises(ValueError, match="LSTM_FAST_CPU_BF16"), torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x)
