@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .cpu import sequence as cpu_sequence, stepwise as cpu_stepwise
 from .backends import resolve_backend
+from .functional import check_lengths
 
 
 def _implementation(backend, x, w_hh, lengths):
@@ -47,6 +48,7 @@ def _saved_shapes(x, w_hh, backend):
 def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                  b_hh: Optional[Tensor], lengths: Optional[Tensor], backend: str
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    lengths = None if lengths is None else check_lengths(lengths, x.shape[0], x.shape[1])   # values, now real
     impl, takes_lengths = _implementation(backend, x, w_hh, lengths)
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh) + ((lengths,) if takes_lengths else ())
     Y, h_n, c_n, (G, C) = impl.forward_saving(*args)
@@ -67,6 +69,7 @@ def lstm_backward(dY: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[T
                   c0: Tensor, w_ih: Tensor, w_hh: Tensor, Y: Tensor, G: Tensor, C: Tensor,
                   lengths: Optional[Tensor], backend: str, needs: list[bool]
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    lengths = None if lengths is None else check_lengths(lengths, x.shape[0], x.shape[1])
     impl, takes_lengths = _implementation(backend, x, w_hh, lengths)
     extra = (lengths,) if takes_lengths else ()
     grads = impl.backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C), needs, *extra)

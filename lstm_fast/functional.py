@@ -42,20 +42,31 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, l
     """
     check_backend_name(backend)
     h0, c0 = check_lstm_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    if lengths is not None:
-        lengths = check_lengths(lengths, input.shape[0], input.shape[1])
     return lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, backend, lengths)
 
 
-def check_lengths(lengths, T, B):
-    """Validate per-row lengths; return them as a CPU int64 tensor."""
+def check_lengths(lengths, T, B, values=True):
+    """The one validation of per-row lengths, used by every path (:func:`lstm_layer` calls it, so
+    the CPU kernels, the Triton kernels and the segment loop all get the same): returns a
+    contiguous CPU int64 tensor. The C kernels read int64, so narrower integers (int32, int16,
+    uint8) are converted here, never reinterpreted; a list or a tensor on any device is accepted.
+
+    Raises ValueError for anything but a 1-D integer tensor of B entries (bool, float and complex
+    lengths included: a mask or a fraction is not a length) and RuntimeError for values outside
+    [0, T]. ``values=False`` skips the range check, which reads the values: under torch.compile
+    the custom op checks them when it runs."""
     if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.numel() != B or lengths.is_floating_point() or lengths.is_complex():
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"lengths must be a 1-D integer tensor of {B} entries (one per batch row), "
+                             f"got {type(lengths).__name__}") from None
+    if (lengths.dim() != 1 or lengths.numel() != B or lengths.dtype == torch.bool or lengths.is_floating_point()
+            or lengths.is_complex()):
         raise ValueError(f"lengths must be a 1-D integer tensor of {B} entries (one per batch row), "
                          f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
     lengths = lengths.to("cpu", torch.int64).contiguous()
-    if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+    if values and B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
         raise RuntimeError(f"lengths must lie in [0, {T}] (the sequence length), got "
                            f"min {int(lengths.min())}, max {int(lengths.max())}")
     return lengths
@@ -65,6 +76,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
     """Dispatch an already checked layer to its implementation. ``lengths``: checked per-row
     lengths or None; implementations without masking run the batch in segments instead.
     Under torch.compile the layer is one custom op (:mod:`lstm_fast.custom_ops`): no graph break."""
+    if lengths is not None:
+        lengths = check_lengths(lengths, x.shape[0], x.shape[1], values=not torch.compiler.is_compiling())
     if torch.compiler.is_compiling():
         return _compiled_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
     device = x.device.type

@@ -127,6 +127,8 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     if n[0]:
         dx = linear(dG2, w_ih.t()).view(T, B, D)
     if n[3]:
+        if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
+            x = x.masked_fill((torch.arange(T).unsqueeze(1) >= lengths.unsqueeze(0)).unsqueeze(-1), 0)
         dw_ih = _input_weight_grad(dG, x.contiguous(), nt)
     if n[4]:   # dW_hh = dG^T [h_0; Y[:-1]]: the two row blocks are read in place, not concatenated
         h0c = h0.contiguous()
