@@ -23,6 +23,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .backends import check_backend_name
 from .functional import lstm_layer
+from .onnx_export import onnx_direction
+from .projection import fold_first_step
 
 
 class FusedLSTM(nn.LSTM):
@@ -143,10 +145,16 @@ class FusedLSTM(nn.LSTM):
 
     def _run_direction(self, x, h0, c0, weights, lengths):
         w_ih, w_hh, b_ih, b_hh, w_hr = weights
+        if torch.onnx.is_in_onnx_export():      # one ONNX LSTM node, see lstm_fast.onnx_export
+            return onnx_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
         if w_hr is None:
             y, (h, c) = lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, self.backend, lengths)
             return y, h, c
         # Projection: recur on u_t = o_t * tanh(c_t) with W_hh @ W_hr, project all steps at once.
+        if torch.compiler.is_exporting():       # one call over all steps, see lstm_fast.projection
+            x_f, h0_f, w_ih_f, w_hh_f = fold_first_step(x, h0, c0, w_ih, w_hh, w_hr)
+            u, (u_last, c_last) = lstm_layer(x_f, h0_f, c0, w_ih_f, w_hh_f, b_ih, b_hh, self.backend, lengths)
+            return u @ w_hr.t(), u_last @ w_hr.t(), c_last
         w_eff = w_hh @ w_hr
         lengths_rest = None if lengths is None else lengths - 1
         # First step with the caller's (projected) h_0 and the original W_hh.
