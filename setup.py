@@ -37,7 +37,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "hypothesis"],
+        # onnx, onnxscript, onnxruntime: tests/test_export.py exports to ONNX and runs the file.
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime"],
     },
     ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq],
     entry_points={"console_scripts": ["lstm-fast=lstm_fast.cli:main"]},
