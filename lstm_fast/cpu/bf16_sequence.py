@@ -28,8 +28,12 @@ from ..fused_function import apply_layer, final_hidden, needs_autograd
 try:
     from . import _bf16_sequence_kernels
     _CPU_HAS_BF16 = bool(_bf16_sequence_kernels.available())
+    _CPU_HAS_AMX = _CPU_HAS_BF16 and bool(_bf16_sequence_kernels.amx_available())
 except ImportError:              # built without a C compiler
-    _bf16_sequence_kernels, _CPU_HAS_BF16 = None, False
+    _bf16_sequence_kernels, _CPU_HAS_BF16, _CPU_HAS_AMX = None, False, False
+
+#: Whether the AMX tile variants run where the CPU has AMX-BF16 (env LSTM_FAST_CPU_AMX=0: never).
+USE_AMX = os.environ.get("LSTM_FAST_CPU_AMX", "1") != "0"
 
 MODES = ("auto", "native", "upcast")
 #: Which path bf16 CPU layers take: "auto", "native" or "upcast" (see the module docstring).
@@ -58,23 +62,36 @@ def _is_f32(w):
     return w.dtype == torch.float32
 
 
-def pack_panels(w):
-    """W (4H, K) float32 or bf16 -> bf16 forward panels (ceil(H/16), ceil(K/2), 128): panel j,
-    pair row p holds, for gates i, f, g, o of units j*16.., W[., 2p] and W[., 2p+1] interleaved."""
+def _up(n, m):
+    return -(-n // m) * m
+
+
+def use_amx() -> bool:
+    """Whether the AMX tile variants run (CPU with AMX-BF16 and :data:`USE_AMX`)."""
+    return _CPU_HAS_AMX and USE_AMX
+
+
+def pack_panels(w, k_pad=None):
+    """W (4H, K) float32 or bf16 -> bf16 forward panels (ceil(H/16), ceil(k_pad/2), 128): panel j,
+    pair row p holds, for gates i, f, g, o of units j*16.., W[., 2p] and W[., 2p+1] interleaved;
+    zero past H and K (``k_pad``: K rounded up, 32 for the AMX tiles)."""
     G4, K = w.shape
     H = G4 // 4
+    k_pad = K if k_pad is None else k_pad
     w = w.detach().contiguous()
-    P = workspace.empty(((H + 15) // 16, (K + 1) // 2, 128), _BF16)
-    _bf16_sequence_kernels.pack_panels(w.data_ptr(), _is_f32(w), H, K, P.data_ptr())
+    P = workspace.empty(((H + 15) // 16, (k_pad + 1) // 2, 128), _BF16)
+    _bf16_sequence_kernels.pack_panels(w.data_ptr(), _is_f32(w), H, K, k_pad, P.data_ptr())
     return P
 
 
-def pack_backward_panels(w_hh):
-    """W_hh (4H, H) -> bf16 backward panels (ceil(H/64), 2H, 128): 64 columns of rows 2p, 2p+1."""
+def pack_backward_panels(w_hh, k_pad=None):
+    """W_hh (4H, H) -> bf16 backward panels (ceil(H/64), k_pad/2, 128): 64 columns of rows 2p,
+    2p+1 (zero rows past 4H up to ``k_pad``, default 4H)."""
     H = w_hh.shape[1]
+    k_pad = 4 * H if k_pad is None else k_pad
     w_hh = w_hh.detach().contiguous()
-    P = workspace.empty(((H + 63) // 64, 2 * H, 128), _BF16)
-    _bf16_sequence_kernels.pack_backward_panels(w_hh.data_ptr(), _is_f32(w_hh), H, P.data_ptr())
+    P = workspace.empty(((H + 63) // 64, k_pad // 2, 128), _BF16)
+    _bf16_sequence_kernels.pack_backward_panels(w_hh.data_ptr(), _is_f32(w_hh), H, k_pad, P.data_ptr())
     return P
 
 
@@ -87,8 +104,12 @@ def float_bias(b_ih, b_hh):
 
 
 def prepare(w_ih, w_hh, b_ih, b_hh):
-    """What the forward kernel reads: bf16 panels of W_ih and W_hh and the float32 summed bias.
-    Prepared on every call (one pass over the weights), never cached, as in :mod:`.sequence`."""
+    """What the forward kernel reads: bf16 panels of W_ih and W_hh and the float32 summed bias
+    (K padded to 32 for the AMX variant). Prepared on every call (one pass over the weights),
+    never cached, as in :mod:`.sequence`."""
+    if use_amx():
+        return (pack_panels(w_ih, _up(w_ih.shape[1], 32)), pack_panels(w_hh, _up(w_hh.shape[1], 32)),
+                float_bias(b_ih, b_hh))
     return pack_panels(w_ih), pack_panels(w_hh), float_bias(b_ih, b_hh)
 
 
@@ -102,6 +123,19 @@ def forward(x, h0, c0, prepared, save, lengths=None):
     Y = workspace.empty((T, B, H), _BF16)
     G = workspace.empty((T, B, 4 * H), torch.float32) if save else None
     C = workspace.empty((T if save else 2, B, H), torch.float32)
+    if use_amx():   # operands in zero-padded buffers: 16-row, 32-column tiles
+        Bp, Dp, Hp = _up(B, 16), _up(D, 32), _up(H, 32)
+        if (Bp, Dp) != (B, D):
+            xp = workspace.zeros((T, Bp, Dp), _BF16)
+            xp[:, :B, :D] = x
+            x = xp
+        hb = workspace.zeros((2, Bp, Hp), _BF16)
+        hb[1, :B, :H] = h0
+        _bf16_sequence_kernels.forward_seq_amx(
+            x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(), hb.data_ptr(),
+            c0.data_ptr(), Y.data_ptr(), C.data_ptr(), None if G is None else G.data_ptr(), T, B, D, H,
+            torch.get_num_threads(), None if lengths is None else lengths.data_ptr(), Bp, Dp, Hp)
+        return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
     _bf16_sequence_kernels.forward_seq(
         x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(), h0.data_ptr(),
         c0.data_ptr(), Y.data_ptr(), C.data_ptr(), None if G is None else G.data_ptr(), T, B, D, H,
@@ -123,17 +157,28 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     T, B, H = C.shape
     D = x.shape[2]
     nt = torch.get_num_threads()
-    dG = workspace.empty((T, B, 4 * H), _BF16)
     dY = workspace.zeros((T, B, H), _BF16) if dY is None else dY.to(_BF16).contiguous()
     DH = torch.zeros(B, H) if dh_n is None else dh_n.float().contiguous().clone()
     DC = torch.zeros(B, H) if dc_n is None else dc_n.float().contiguous().clone()
     db = torch.zeros(4 * H) if n[5] or n[6] else None
-    c0f, panels = c0.float().contiguous(), pack_backward_panels(w_hh)   # held for the call
-    _bf16_sequence_kernels.backward_seq(
-        dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0f.data_ptr(),
-        dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(), T, B, H, nt,
-        None if lengths is None else lengths.data_ptr())
-    dG2 = dG.view(T * B, 4 * H)
+    c0f = c0.float().contiguous()
+    if use_amx():   # dG in a zero-padded (T, Bp, Kp) buffer: 16-row, 32-column tiles
+        Bp, Kp = _up(B, 16), _up(4 * H, 32)
+        dG = workspace.zeros((T, Bp, Kp), _BF16) if (Bp, Kp) != (B, 4 * H) else workspace.empty((T, B, 4 * H), _BF16)
+        panels = pack_backward_panels(w_hh, Kp)   # held for the call
+        _bf16_sequence_kernels.backward_seq_amx(
+            dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0f.data_ptr(),
+            dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(), T, B, H, nt,
+            None if lengths is None else lengths.data_ptr(), Bp, Kp)
+        dG = dG[:, :B, :4 * H]
+    else:
+        dG = workspace.empty((T, B, 4 * H), _BF16)
+        panels = pack_backward_panels(w_hh)
+        _bf16_sequence_kernels.backward_seq(
+            dY.data_ptr(), panels.data_ptr(), G.data_ptr(), C.data_ptr(), c0f.data_ptr(),
+            dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), None if db is None else db.data_ptr(), T, B, H, nt,
+            None if lengths is None else lengths.data_ptr())
+    dG2 = dG.reshape(T * B, 4 * H)
     dx = dw_ih = dw_hh = None
     if n[0]:      # bf16 GEMMs (oneDNN, float32 accumulation), as autocast runs them
         dx = torch.mm(dG2, w_ih.detach().to(_BF16)).view(T, B, D).to(x.dtype)

@@ -43,6 +43,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "kernel_support.h"
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if LSTM_X86
 #define BF16 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512dq,avx512bw,fma")))
@@ -122,6 +126,10 @@ typedef struct {
     int nthreads;
     const uint16_t *zero;   /* max(D, H) + 1 zeros: the A row of tile rows past the batch */
     const int64_t *len;
+    /* AMX only: X padded to (T, Bp, Dp), h operand buffers Hb (2, Bp, Hp) (h_{t-1} in
+     * Hb[(t + 1) & 1]), zero padded; Bp a multiple of 16, Dp and Hp of 32. */
+    uint16_t *Hb;
+    int64_t Bp, Dp, Hp;
 } fwd_args;
 
 /* The LSTM cell for one row and 16 hidden units, from that row's four gate accumulators. */
@@ -145,6 +153,7 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
     }
     _mm512_mask_storeu_ps(c_out + row * H + j0, m, c);
     store_bf16(a->Y + (t * a->B + row) * H + j0, m, h);
+    if (a->Hb) store_bf16(a->Hb + ((t & 1) * a->Bp + row) * a->Hp + j0, m, h);
     if (a->G) {
         float *g = a->G + (t * a->B + row) * G4 + j0;
         _mm512_mask_storeu_ps(g, m, I);
@@ -211,6 +220,7 @@ typedef struct {
     int nthreads;
     const uint16_t *zero;   /* 4H zeros */
     const int64_t *len;
+    int64_t Bp, Kp;         /* dG is (T, Bp, Kp): B, 4H here; padded to 16 rows, 32 columns for AMX */
 } bwd_args;
 
 /* Phase A: gate gradients of step t for units [j0, j0+16) of every row (float32, stored bf16). */
@@ -221,7 +231,7 @@ BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
     __m512 sb0 = _mm512_setzero_ps(), sb1 = sb0, sb2 = sb0, sb3 = sb0;
     for (int64_t b = 0; b < B; ++b) {
         const int64_t o = b * H + j0;
-        uint16_t *d = a->dG + (t * B + b) * G4 + j0;
+        uint16_t *d = a->dG + (t * a->Bp + b) * a->Kp + j0;
         if (a->len && t >= a->len[b]) {   /* finished row: no gate gradients; dh, dc carried */
             for (int q = 0; q < 4; ++q) _mm256_mask_storeu_epi16(d + q * H, m, _mm256_setzero_si256());
             continue;
@@ -310,6 +320,107 @@ BF16 static void bwd_worker(void *arg) {
         barrier(tm);
     }
 }
+
+/* ---------------------------------------------------------------- AMX (tile) variants */
+/* Where the CPU has AMX-BF16 (Intel Sapphire Rapids and later), the same recurrences with the
+ * GEMMs on tile registers: TDPBF16PS multiplies a 16 x 32 bf16 A tile by a 16 pair-row x 16 column
+ * B tile into a 16 x 16 float32 C tile (8192 multiply-adds per instruction; vdpbf16ps does 32).
+ * The weight panels above are already in AMX's B layout: pair row p of a panel holds 64 columns
+ * x 2 bf16 (256 bytes), so the B tile of gate (or column block) q is 16 pair rows of 64 bytes at
+ * offset q * 64, stride 256. A tiles are 16 batch rows x 32 k of X, h or dG, so those operands
+ * live in zero-padded buffers (rows to Bp = 16n, k to 32n). Tiles 0-3 accumulate the four gates
+ * (forward) or four 16-column blocks of dh (backward); tile 4 is A; tiles 5-7 take B in turn. The
+ * accumulators go through a per-thread 4 KB scratch to the same epilogues as above. */
+#define AMX __attribute__((target("avx512f,avx512bf16,avx512vl,avx512dq,avx512bw,fma,amx-tile,amx-bf16")))
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+AMX static void amx_configure(void) {
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; ++i) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
+    _tile_loadconfig(&cfg);
+}
+
+/* C tiles 0-3 += A (16 rows at A, row stride lda bytes, 32 k per step, nk steps) x the four B
+ * tiles of each step's 16 pair rows of panel P (256 bytes per pair row). */
+#define AMX_KLOOP(A, LDA, P, NK)                                                                      \
+    for (int64_t kb = 0; kb < (NK); ++kb) {                                                           \
+        const char *pb = (const char *)(P) + kb * 16 * 256;                                           \
+        _tile_loadd(4, (const char *)(A) + kb * 64, (LDA));                                           \
+        _tile_loadd(5, pb, 256);                                                                      \
+        _tile_dpbf16ps(0, 4, 5);                                                                      \
+        _tile_loadd(6, pb + 64, 256);                                                                 \
+        _tile_dpbf16ps(1, 4, 6);                                                                      \
+        _tile_loadd(7, pb + 128, 256);                                                                \
+        _tile_dpbf16ps(2, 4, 7);                                                                      \
+        _tile_loadd(5, pb + 192, 256);                                                                \
+        _tile_dpbf16ps(3, 4, 5);                                                                      \
+    }
+#define AMX_STORE4(SCR)                                                                               \
+    _tile_stored(0, (SCR), 64); _tile_stored(1, (SCR) + 256, 64);                                     \
+    _tile_stored(2, (SCR) + 512, 64); _tile_stored(3, (SCR) + 768, 64);
+
+AMX static void fwd_worker_amx(void *arg) {
+    const fwd_args *a = (const fwd_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t B = a->B, H = a->H, Bp = a->Bp, Dp = a->Dp, Hp = a->Hp, nb = (H + 15) / 16;
+    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
+    float scr[1024] __attribute__((aligned(64)));
+    amx_configure();
+    for (int64_t t = 0; t < a->T; ++t) {
+        const uint16_t *hp = a->Hb + ((t + 1) & 1) * Bp * Hp;
+        const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H);
+        float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;
+        for (int64_t jb = jlo; jb < jhi; ++jb) {
+            const int64_t j0 = jb * 16;
+            const __mmask16 m = tail_mask(j0, H);
+            for (int64_t rb = 0; rb < B; rb += 16) {
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                AMX_KLOOP(a->X + (t * Bp + rb) * Dp, Dp * 2, a->Px + jb * (Dp / 2) * 128, Dp / 32)
+                AMX_KLOOP(hp + rb * Hp, Hp * 2, a->Ph + jb * (Hp / 2) * 128, Hp / 32)
+                AMX_STORE4(scr)
+                const int64_t n = B - rb < 16 ? B - rb : 16;
+                for (int64_t r = 0; r < n; ++r)
+                    fwd_cell(a, t, rb + r, j0, m, _mm512_load_ps(scr + r * 16), _mm512_load_ps(scr + 256 + r * 16),
+                             _mm512_load_ps(scr + 512 + r * 16), _mm512_load_ps(scr + 768 + r * 16), cp, c_out);
+            }
+        }
+        barrier(tm);
+    }
+    _tile_release();
+}
+
+AMX static void bwd_worker_amx(void *arg) {
+    const bwd_args *a = (const bwd_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t B = a->B, H = a->H, Bp = a->Bp, Kp = a->Kp, nb16 = (H + 15) / 16, nb64 = (H + 63) / 64;
+    const int64_t clo = nb16 * tm.tid / tm.nth, chi = nb16 * (tm.tid + 1) / tm.nth;
+    const int64_t glo = nb64 * tm.tid / tm.nth, ghi = nb64 * (tm.tid + 1) / tm.nth;
+    float scr[1024] __attribute__((aligned(64)));
+    amx_configure();
+    for (int64_t t = a->T - 1; t >= 0; --t) {
+        for (int64_t jb = clo; jb < chi; ++jb) bwd_cell(a, t, jb);
+        barrier(tm);
+        for (int64_t nb = glo; nb < ghi; ++nb)
+            for (int64_t rb = 0; rb < B; rb += 16) {
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                AMX_KLOOP(a->dG + (t * Bp + rb) * Kp, Kp * 2, a->Wq + nb * (Kp / 2) * 128, Kp / 32)
+                AMX_STORE4(scr)
+                const int64_t n = B - rb < 16 ? B - rb : 16;
+                for (int64_t r = 0; r < n; ++r)
+                    bwd_store(a, t, rb + r, nb * 64, _mm512_load_ps(scr + r * 16), _mm512_load_ps(scr + 256 + r * 16),
+                              _mm512_load_ps(scr + 512 + r * 16), _mm512_load_ps(scr + 768 + r * 16));
+            }
+        barrier(tm);
+    }
+    _tile_release();
+}
 #endif /* LSTM_X86 */
 
 /* ---------------------------------------------------------------- panel packing */
@@ -324,8 +435,8 @@ static inline uint16_t elem_bf16(const void *W, int w_is_f32, int64_t r, int64_t
 #endif
 }
 
-static void pack_panels(const void *W, int w_is_f32, int64_t H, int64_t K, uint16_t *P) {
-    const int64_t nb = (H + 15) / 16, np = (K + 1) / 2;
+static void pack_panels(const void *W, int w_is_f32, int64_t H, int64_t K, int64_t Kpad, uint16_t *P) {
+    const int64_t nb = (H + 15) / 16, np = (Kpad + 1) / 2;
     for (int64_t j = 0; j < nb; ++j) {
         uint16_t *panel = P + j * np * 128;
         for (int q = 0; q < 4; ++q)
@@ -338,15 +449,15 @@ static void pack_panels(const void *W, int w_is_f32, int64_t H, int64_t K, uint1
     }
 }
 
-static void pack_backward_panels(const void *W, int w_is_f32, int64_t H, uint16_t *P) {
-    const int64_t nb = (H + 63) / 64, np = 2 * H;   /* 4H rows of W_hh in pairs */
+static void pack_backward_panels(const void *W, int w_is_f32, int64_t H, int64_t Kpad, uint16_t *P) {
+    const int64_t nb = (H + 63) / 64, np = Kpad / 2;   /* 4H rows of W_hh (zero rows to Kpad) in pairs */
     for (int64_t j = 0; j < nb; ++j)
         for (int64_t p = 0; p < np; ++p) {
             uint16_t *dst = P + (j * np + p) * 128;
             for (int64_t u = 0; u < 64; ++u) {
                 const int64_t col = j * 64 + u;
-                dst[2 * u] = col < H ? elem_bf16(W, w_is_f32, 2 * p, col, H) : 0;
-                dst[2 * u + 1] = col < H ? elem_bf16(W, w_is_f32, 2 * p + 1, col, H) : 0;
+                dst[2 * u] = col < H && 2 * p < 4 * H ? elem_bf16(W, w_is_f32, 2 * p, col, H) : 0;
+                dst[2 * u + 1] = col < H && 2 * p + 1 < 4 * H ? elem_bf16(W, w_is_f32, 2 * p + 1, col, H) : 0;
             }
         }
 }
@@ -364,6 +475,26 @@ static int bf16_ok(void) {
 }
 
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(bf16_ok()); }
+
+/* AMX-BF16 and AMX-TILE in CPUID leaf 7, and the kernel's permission for the tile state
+ * (ARCH_REQ_XCOMP_PERM for XTILEDATA: process-wide, granted once; oneDNN asks the same). */
+static int amx_ok(void) {
+#if LSTM_X86 && defined(__linux__)
+    static int state = -1;
+    if (state >= 0) return state;
+    state = 0;
+    if (!bf16_ok()) return state;
+    unsigned eax, ebx, ecx, edx;
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    if (!((edx >> 22) & 1) || !((edx >> 24) & 1)) return state;
+    state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    return state;
+#else
+    return 0;
+#endif
+}
+
+static PyObject *py_amx_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(amx_ok()); }
 
 #if LSTM_X86
 /* Run a worker on the thread team without the GIL, with ``n`` bf16 zeros at *zero_slot for the
@@ -398,6 +529,57 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
 #endif
 }
 
+/* forward_seq_amx(Xp, Px, bias|None, Ph, Hb, c0, Y, C, G|None, T, B, D, H, nthreads, len|None, Bp, Dp, Hp):
+ * forward_seq's arguments with X padded to (T, Bp, Dp) and h0 in Hb[1] of Hb (2, Bp, Hp). */
+static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 18) { PyErr_SetString(PyExc_TypeError, "forward_seq_amx takes 18 arguments"); return NULL; }
+    if (!amx_ok()) { PyErr_SetString(PyExc_RuntimeError, "forward_seq_amx needs AMX-BF16"); return NULL; }
+#if LSTM_X86
+    void *p[9];
+    if (ptrs(args, 9, p)) return NULL;
+    fwd_args a = {p[0], p[1], p[2], p[3], NULL, p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
+                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), PyLong_AsLongLong(args[12]),
+                  (int)PyLong_AsLong(args[13])};
+    a.Hb = p[4];
+    a.len = args[14] == Py_None ? NULL : PyLong_AsVoidPtr(args[14]);
+    a.Bp = PyLong_AsLongLong(args[15]);
+    a.Dp = PyLong_AsLongLong(args[16]);
+    a.Hp = PyLong_AsLongLong(args[17]);
+    if (PyErr_Occurred()) return NULL;
+    if (a.Bp % 16 || a.Bp < a.B || a.Dp % 32 || a.Dp < a.D || a.Hp % 32 || a.Hp < a.H) {
+        PyErr_SetString(PyExc_ValueError, "forward_seq_amx: bad padding");
+        return NULL;
+    }
+    return run_with_zero_row(fwd_worker_amx, &a, &a.zero, 1, a.nthreads);
+#else
+    Py_RETURN_NONE;
+#endif
+}
+
+/* backward_seq_amx(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None, Bp, Kp):
+ * backward_seq's arguments with dG (T, Bp, Kp) zero padded and Wq packed to Kp rows. */
+static PyObject *py_backward_seq_amx(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 16) { PyErr_SetString(PyExc_TypeError, "backward_seq_amx takes 16 arguments"); return NULL; }
+    if (!amx_ok()) { PyErr_SetString(PyExc_RuntimeError, "backward_seq_amx needs AMX-BF16"); return NULL; }
+#if LSTM_X86
+    void *p[9];
+    if (ptrs(args, 9, p)) return NULL;
+    bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
+                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
+    a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
+    a.Bp = PyLong_AsLongLong(args[14]);
+    a.Kp = PyLong_AsLongLong(args[15]);
+    if (PyErr_Occurred()) return NULL;
+    if (a.Bp % 16 || a.Bp < a.B || a.Kp % 32 || a.Kp < 4 * a.H) {
+        PyErr_SetString(PyExc_ValueError, "backward_seq_amx: bad padding");
+        return NULL;
+    }
+    return run_with_zero_row(bwd_worker_amx, &a, &a.zero, 1, a.nthreads);
+#else
+    Py_RETURN_NONE;
+#endif
+}
+
 static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "backward_seq takes 14 arguments"); return NULL; }
     if (!bf16_ok()) { PyErr_SetString(PyExc_RuntimeError, "backward_seq needs AVX512-BF16"); return NULL; }
@@ -407,6 +589,8 @@ static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize
     bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
                   PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
     a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
+    a.Bp = a.B;
+    a.Kp = 4 * a.H;
     if (PyErr_Occurred()) return NULL;
     return run_with_zero_row(bwd_worker, &a, &a.zero, 4 * a.H + 2, a.nthreads);
 #else
@@ -415,33 +599,36 @@ static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize
 }
 
 static PyObject *py_pack_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "pack_panels takes 5 arguments"); return NULL; }
+    if (nargs != 6) { PyErr_SetString(PyExc_TypeError, "pack_panels takes 6 arguments"); return NULL; }
     const void *W = PyLong_AsVoidPtr(args[0]);
     int w_is_f32 = PyObject_IsTrue(args[1]);
-    int64_t H = PyLong_AsLongLong(args[2]), K = PyLong_AsLongLong(args[3]);
-    uint16_t *P = PyLong_AsVoidPtr(args[4]);
+    int64_t H = PyLong_AsLongLong(args[2]), K = PyLong_AsLongLong(args[3]), Kpad = PyLong_AsLongLong(args[4]);
+    uint16_t *P = PyLong_AsVoidPtr(args[5]);
     if (PyErr_Occurred()) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    pack_panels(W, w_is_f32, H, K, P);
+    pack_panels(W, w_is_f32, H, K, Kpad, P);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "pack_backward_panels takes 4 arguments"); return NULL; }
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "pack_backward_panels takes 5 arguments"); return NULL; }
     const void *W = PyLong_AsVoidPtr(args[0]);
     int w_is_f32 = PyObject_IsTrue(args[1]);
-    int64_t H = PyLong_AsLongLong(args[2]);
-    uint16_t *P = PyLong_AsVoidPtr(args[3]);
+    int64_t H = PyLong_AsLongLong(args[2]), Kpad = PyLong_AsLongLong(args[3]);
+    uint16_t *P = PyLong_AsVoidPtr(args[4]);
     if (PyErr_Occurred()) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    pack_backward_panels(W, w_is_f32, H, P);
+    pack_backward_panels(W, w_is_f32, H, Kpad, P);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX512-BF16 sequence kernels"},
+    {"amx_available", py_amx_available, METH_NOARGS, "whether this CPU (and kernel) runs the AMX-BF16 variants"},
+    {"forward_seq_amx", (PyCFunction)(void (*)(void))py_forward_seq_amx, METH_FASTCALL, "bf16 LSTM forward on AMX tiles"},
+    {"backward_seq_amx", (PyCFunction)(void (*)(void))py_backward_seq_amx, METH_FASTCALL, "bf16 LSTM backward on AMX tiles"},
     {"forward_seq", (PyCFunction)(void (*)(void))py_forward_seq, METH_FASTCALL, "bf16 LSTM forward over all steps"},
     {"backward_seq", (PyCFunction)(void (*)(void))py_backward_seq, METH_FASTCALL, "bf16 LSTM backward over all steps"},
     {"pack_panels", (PyCFunction)(void (*)(void))py_pack_panels, METH_FASTCALL, "bf16 forward weight panels"},
