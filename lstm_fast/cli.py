@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .train import MODELS, TrainConfig
+from .train import MODELS, PRECISIONS, TrainConfig
 
 
 def _train(a):
@@ -11,7 +11,8 @@ def _train(a):
     cfg = TrainConfig(model=a.model, hidden=a.hidden, layers=a.layers, bidirectional=a.bidirectional,
                       batch_size=a.batch_size, num_steps=a.num_steps, lr=a.lr, clip=a.clip,
                       epochs=a.epochs, max_tokens=a.max_tokens, token=a.token, random_iter=a.random_iter,
-                      seed=a.seed, data=a.data or "", device=a.device)
+                      seed=a.seed, data=a.data or "", device=a.device,
+                      precision=a.precision)
     r = train(cfg, out_dir=a.out, resume=a.resume, progress=not a.no_progress)
     if r["rank"] != 0:
         return
@@ -90,6 +91,8 @@ def build_parser():
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--data", help="a UTF-8 text file to train on instead of the bundled Time Machine")
     t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    t.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="bf16: mixed precision under torch.autocast (bf16 matmuls, float32 parameters)")
     t.add_argument("--out", help="output folder (default runs/<timestamp>)")
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -35,6 +35,7 @@ from .module import FusedLSTM
 
 CHECKPOINT_FORMAT = "lstm-fast-checkpoint-v1"
 MODELS = ("fused", "torch", "scratch")
+PRECISIONS = ("fp32", "bf16")   # bf16: mixed precision (autocast), parameters and optimizer stay float32
 
 
 @dataclass
@@ -54,8 +55,11 @@ class TrainConfig:
     seed: int = 0
     data: str = ""          # "" = the bundled Time Machine
     device: str = "auto"
+    precision: str = "fp32"  # "bf16": the model runs under torch.autocast(dtype=torch.bfloat16)
 
     def validate(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.model not in MODELS:
             raise ValueError(f"--model must be one of {MODELS}, got {self.model!r}")
         for name in ("hidden", "layers", "batch_size", "num_steps", "epochs"):
@@ -257,8 +261,9 @@ def train_epoch(net, loader, loss_fn, opt, device, cfg, forward=None, shard=(0, 
         else:
             state = tuple(s.detach() for s in state)
         y = Y.T.reshape(-1)
-        y_hat, state = forward(X, state)
-        loss = loss_fn(y_hat, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            y_hat, state = forward(X, state)
+            loss = loss_fn(y_hat, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(params, cfg.clip)

@@ -165,3 +165,16 @@ def test_native_forced_without_avx512_bf16_is_an_error_and_auto_upcasts(monkeypa
     monkeypatch.setattr(bf16_sequence, "MODE", "fast")
     with pytest.raises(ValueError, match="LSTM_FAST_CPU_BF16"), torch.autocast("cpu", dtype=torch.bfloat16):
         m(x)
+
+
+def test_train_precision_bf16(tmp_path, kernel_calls):
+    """``lstm-fast train --precision bf16``: the model runs under CPU autocast (our bf16 kernels
+    where the CPU has them), perplexity falls; a bad value is refused, naming the flag."""
+    from lstm_fast.train import TrainConfig, train
+    cfg = TrainConfig(epochs=5, hidden=32, batch_size=8, num_steps=10, max_tokens=3000, precision="bf16")
+    r = train(cfg, out_dir=tmp_path, progress=False, log=lambda *_: None)
+    ppl = [h["perplexity"] for h in r["history"]]
+    assert ppl[-1] < ppl[0] * 0.8, ppl
+    assert bool(kernel_calls) == bf16_sequence.use_native()
+    with pytest.raises(ValueError, match="--precision"):
+        TrainConfig(precision="fp16").validate()
