@@ -23,7 +23,8 @@ Why not ``nn.LSTM.forward`` (which exports through ``aten.lstm``): with torch 2.
 onnxscript 0.7 its translation writes the example's sequence length into a Reshape, so a file
 exported with a dynamic length fails in onnxruntime at any other length, and its projection
 export gives a file onnxruntime rejects. Under ``torch.export.export`` (no ONNX) nothing here
-runs: the layers stay lstm_fast's custom ops. The TorchScript exporter (``dynamo=False``) gets
+runs: the layers stay lstm_fast's custom ops (:mod:`lstm_fast.onnx_translation` translates
+those when such a program is exported to ONNX). The TorchScript exporter (``dynamo=False``) gets
 ``aten.lstm`` per direction instead, which it turns into the same ``LSTM`` node.
 
 Not exported: a PackedSequence (``pack_padded_sequence`` does not export, for nn.LSTM either).

@@ -158,3 +158,62 @@ def test_compile_needs_allow_rnn_exactly_as_nn_lstm():
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     assert isinstance(model.rnn, FusedLSTM) and type(reference.rnn) is nn.LSTM
+
+
+class _LayerWithLengths(nn.Module):
+    """One layer through the custom op itself, with per-row lengths: what a captured program holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(5, 8)
+
+    def forward(self, x, lengths):
+        B = x.size(1)
+        h0 = x.new_zeros(B, 8)
+        y, h, c, _, _ = torch.ops.lstm_fast.lstm_forward(x, h0, h0, self.lstm.weight_ih_l0, self.lstm.weight_hh_l0,
+                                                         self.lstm.bias_ih_l0, self.lstm.bias_hh_l0, lengths, "cpu")
+        return y, h, c
+
+
+@pytest.mark.parametrize("case", ["model", "lengths"])
+def test_onnx_translation_table_for_captured_programs(case):
+    """A torch.export program holds lstm_fast's custom op (no ONNX flag while it was captured);
+    custom_translation_table() turns each into one ONNX LSTM node, per-row lengths included."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from lstm_fast.onnx_translation import custom_translation_table
+    torch.manual_seed(5)
+    T, B = Dim("T", min=1, max=64), Dim("B", max=64)
+    if case == "model":
+        kw = dict(num_layers=2, bidirectional=True)
+        reference, model = _models(5, **kw)
+        program = torch.export.export(model, _inputs(kw, 7, 3, False), dynamic_shapes=({0: T, 1: B},))
+        sizes = ((7, 3), (1, 1), (12, 5))
+    else:
+        model = _LayerWithLengths()
+        program = torch.export.export(model, (torch.randn(7, 3, 5), torch.tensor([7, 2, 5])),
+                                      dynamic_shapes=({0: T, 1: B}, {0: B}))
+        sizes = ((7, 3), (9, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=custom_translation_table())
+    ops = Counter((node.domain or "ai.onnx", node.op_type) for node in onnx_program.model_proto.graph.node)
+    assert ops[("ai.onnx", "LSTM")] == (4 if case == "model" else 1) and {d for d, _ in ops} == {"ai.onnx"}, ops
+    session = ort.InferenceSession(onnx_program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for T_, B_ in sizes:
+        x = torch.randn(T_, B_, 5)
+        if case == "model":
+            feeds, want = (x,), reference(x)
+        else:   # nn.LSTM on the packed batch: output zero past each length, state at each row's length
+            lengths = torch.randint(1, T_ + 1, (B_,))
+            lengths[0] = T_
+            feeds = (x, lengths)
+            y, (h, c) = model.lstm(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            y = torch.nn.utils.rnn.pad_packed_sequence(y, total_length=T_)[0]
+            want = (y, h[0], c[0])
+        got = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), feeds, strict=True)})
+        with torch.no_grad():
+            for g, w in zip(got, torch.utils._pytree.tree_leaves(want), strict=True):
+                torch.testing.assert_close(torch.from_numpy(g), w.detach(), rtol=1e-5, atol=1e-5)
