@@ -6,8 +6,8 @@ flag does hold the op: a ``torch.export.export`` program passed to ``torch.onnx.
 exporter's own fallback to ``strict=True`` capture (dynamo reads ``is_in_onnx_export()`` as
 False). For those, pass this table::
 
-    torch.onnx.export(program, dynamo=True,
-                      custom_translation_table=lstm_fast.onnx_translation.custom_translation_table())
+    from lstm_fast.onnx_translation import custom_translation_table
+    torch.onnx.export(program, dynamo=True, custom_translation_table=custom_translation_table())
 
 Each op becomes one ONNX ``LSTM`` node (gates reordered from nn.LSTM's i, f, g, o to ONNX's
 i, o, f, c; per-row lengths as ``sequence_lens``). The op's last two outputs are the tensors its
