@@ -2,6 +2,7 @@
 ``bench`` the implementations."""
 import argparse
 import sys
+from dataclasses import fields
 
 from .train import MODELS, PRECISIONS, TrainConfig
 
@@ -13,7 +14,7 @@ def _train(a):
                       epochs=a.epochs, max_tokens=a.max_tokens, token=a.token, random_iter=a.random_iter,
                       seed=a.seed, data=a.data or "", device=a.device,
                       precision=a.precision)
-    r = train(cfg, out_dir=a.out, resume=a.resume, progress=not a.no_progress)
+    r = train(cfg, out_dir=a.out, resume=a.resume, progress=not a.no_progress, given=getattr(a, "given", None))
     if r["rank"] != 0:
         return
     print(f"perplexity {r['perplexity']:.1f}, {r['tokens_per_sec']:.1f} tokens/sec on {r['device']}")
@@ -70,7 +71,9 @@ def _bench(a):
         plot(rows, a.plot)
 
 
-def build_parser():
+def build_parser(explicit_only=False):
+    """The CLI. ``explicit_only``: train's flags default to nothing, so parsing tells which flags
+    the user actually gave (what --resume may apply or must refuse)."""
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="lstm-fast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -97,6 +100,9 @@ def build_parser():
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
+    if explicit_only:
+        for action in t._actions:
+            action.default = argparse.SUPPRESS
     g = sub.add_parser("generate", help="continue a prefix with a trained checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g.add_argument("--checkpoint", required=True, help="checkpoint.pt or the run folder holding it")
@@ -121,6 +127,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        flags = vars(build_parser(explicit_only=True).parse_args(argv))
+        names = {f.name for f in fields(TrainConfig)}
+        args.given = sorted(names & set(flags))
     try:
         args.func(args)
     except (ValueError, RuntimeError) as e:

@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -183,12 +183,22 @@ def atomic_write_bytes(path: Path, data: bytes):
         raise
 
 
-def save_checkpoint(path, net, opt, vocab, cfg, epoch, history):
+def save_checkpoint(path, net, opt, vocab, cfg, epoch, history, loader=None):
+    """Everything a resumed run needs to continue exactly as an uninterrupted one would: weights,
+    optimizer, config, history, and the random states (the loader's offsets, torch's dropout)."""
     buf = io.BytesIO()
+    rng = {"torch": torch.get_rng_state()}
+    if loader is not None:
+        rng["loader"] = loader.rng.getstate()
     torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch,
                 "model": net.state_dict(), "optimizer": opt.state_dict(),
-                "vocab": vocab.state_dict(), "history": history}, buf)
+                "vocab": vocab.state_dict(), "history": history, "rng": rng}, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _as_tuples(x):
+    """A random.Random state as getstate() gives it (tuples), from however it was stored."""
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def load_checkpoint(path):
@@ -207,6 +217,49 @@ def load_checkpoint(path):
     known = {f.name for f in fields(TrainConfig)}
     ckpt["config"] = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
     return ckpt
+
+
+# Flags a resumed run may change; every other setting is the saved run's (a different model,
+# data or batching would not be a continuation of it).
+RESUMABLE = ("epochs", "lr", "clip", "device", "precision")
+
+
+def resume_config(saved: TrainConfig, requested: TrainConfig, given, done: int) -> TrainConfig:
+    """The config a resumed run continues with: the saved one, with the ``given`` settings of
+    ``requested`` that may change (:data:`RESUMABLE`). A given setting that cannot change and
+    differs from the saved one is an error, never silently dropped. ``given``: the names the user
+    set explicitly (None: all of them). Without a given ``epochs`` the run continues to the saved
+    target, so resuming a finished run trains nothing."""
+    names = [f.name for f in fields(TrainConfig)] if given is None else list(given)
+    cfg = replace(saved)
+    fixed = []
+    for name in names:
+        want = getattr(requested, name)
+        if name in RESUMABLE:
+            setattr(cfg, name, want)
+        elif want != getattr(saved, name):
+            fixed.append(f"--{name.replace('_', '-')} (saved {getattr(saved, name)!r}, given {want!r})")
+    if fixed:
+        raise ValueError("--resume continues the saved run, whose settings cannot change: " + ", ".join(fixed)
+                         + f"; only {', '.join('--' + n for n in RESUMABLE)} may. Start a new run (--out) instead")
+    if cfg.epochs < done:
+        raise ValueError(f"--epochs {cfg.epochs}: the checkpoint has already trained {done} epochs")
+    return cfg
+
+
+class TrainingDiverged(ValueError):
+    """The mean loss of an epoch is not finite: the weights are ruined and must not be saved."""
+
+
+def check_out_dir(out_dir: Path, resuming_from=None):
+    """Refuse an output path that is a file, or a folder holding another saved run (writing there
+    would replace that run's checkpoint)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the checkpoint, metrics and plot")
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists() and (resuming_from is None or ckpt.resolve() != Path(resuming_from).resolve()):
+        raise ValueError(f"--out {out_dir} already holds a saved run (checkpoint.pt); continue it with "
+                         f"--resume {out_dir} or choose another folder")
 
 
 def write_metrics(out_dir: Path, history):
@@ -275,7 +328,11 @@ def train_epoch(net, loader, loss_fn, opt, device, cfg, forward=None, shard=(0, 
         both = torch.stack((total, torch.tensor(float(tokens), device=device)))
         dist.all_reduce(both)
         total, tokens = both[0], int(both[1].item())
-    ppl = math.exp(total.item() / max(tokens, 1))
+    mean_loss = total.item() / max(tokens, 1)
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(f"training diverged: the mean loss is {mean_loss}; lower --lr (now {cfg.lr}) "
+                               f"or --clip (now {cfg.clip})")
+    ppl = math.exp(mean_loss) if mean_loss < 709.0 else math.inf   # math.exp overflows past ~709.78
     return ppl, tokens / (time.perf_counter() - start)
 
 
@@ -302,17 +359,23 @@ def ranks_max_param_difference(net):
     return max(float((g - gathered[0]).abs().max()) for g in gathered)
 
 
-def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True):
+def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True, given=None):
     """Run (or resume) the experiment; returns a dict with the final perplexity, tokens/sec, the
-    two continuations and the output folder."""
+    two continuations and the output folder.
+
+    ``resume``: a run folder or checkpoint; the run continues exactly where it stopped (weights,
+    optimizer, random states), with ``cfg``'s settings applied as :func:`resume_config` says
+    (``given``: the names the user set; None: all of ``cfg``). It writes to ``out_dir`` when
+    given (the saved run stays as it was), else back into the run's folder."""
     start_epoch, history, ckpt = 0, [], None
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        epochs = cfg.epochs
-        cfg = ckpt["config"]
-        cfg.epochs = max(epochs, cfg.epochs) if epochs else cfg.epochs
-        out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         start_epoch, history = ckpt["epoch"], list(ckpt["history"])
+        cfg = resume_config(ckpt["config"], cfg, given, start_epoch)
+        saved = Path(resume) / "checkpoint.pt" if Path(resume).is_dir() else Path(resume)
+        out_dir = saved.parent if out_dir is None else out_dir
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), None if resume is None else saved)
     cfg.validate()
     device = resolve_device(cfg.device)
     rank, world, device = init_distributed(device)
@@ -334,6 +397,13 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        for group in opt.param_groups:   # the saved optimizer state carries the saved lr
+            group["lr"] = cfg.lr
+        rng = ckpt.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "loader" in rng:
+            loader.rng.setstate(_as_tuples(rng["loader"]))
     forward = None
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -357,6 +427,7 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
     elapsed = sum(r["tokens"] / r["tokens_per_sec"] for r in history if r["tokens_per_sec"] > 0)
     total_tokens = sum(r["tokens"] for r in history)
     tokens_per_epoch = len(loader) * cfg.batch_size * cfg.num_steps
+    diverged = False
     try:
         for epoch in range(start_epoch, cfg.epochs):
             ppl, speed = train_epoch(net, loader, loss_fn, opt, device, cfg, forward, (rank, world))
@@ -369,16 +440,20 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, log=print, progress=True)
                 bar.update(1)
             if (epoch + 1) % 10 == 0 and writer:
                 log(f"epoch {epoch + 1}: perplexity {ppl:.2f}; {gen('time traveller')}")
-                save_checkpoint(out_dir / "checkpoint.pt", net, opt, vocab, cfg, epoch + 1, history)
+                save_checkpoint(out_dir / "checkpoint.pt", net, opt, vocab, cfg, epoch + 1, history, loader)
                 write_metrics(out_dir, history)
+    except TrainingDiverged as e:
+        diverged = True     # the weights are NaN/Inf: keep the last good checkpoint, if any
+        kept = f"; the last good checkpoint in {out_dir} is kept" if (out_dir / "checkpoint.pt").exists() else ""
+        raise TrainingDiverged(f"{e} (epoch {len(history) + 1}){kept}") from None
     except KeyboardInterrupt:
         log(f"interrupted: saving the {len(history)} finished epochs to {out_dir}")
         raise
     finally:
         if bar is not None:
             bar.close()
-        if history and writer:
-            save_checkpoint(out_dir / "checkpoint.pt", net, opt, vocab, cfg, history[-1]["epoch"], history)
+        if len(history) > start_epoch and writer and not diverged:   # something new to save
+            save_checkpoint(out_dir / "checkpoint.pt", net, opt, vocab, cfg, history[-1]["epoch"], history, loader)
             write_metrics(out_dir, history)
             plot_perplexity(out_dir, history)
     ppl = history[-1]["perplexity"]

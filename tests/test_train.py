@@ -144,3 +144,93 @@ def test_distributed_batch_must_split_evenly(tmp_path, monkeypatch):
     monkeypatch.setattr(dist, "get_world_size", lambda: 3)
     with pytest.raises(ValueError, match="divisible"):
         train(TrainConfig(epochs=1, **SMALL), out_dir=tmp_path, progress=False, log=lambda *_: None)
+
+
+TINY = ["--hidden", "16", "--batch-size", "8", "--num-steps", "10", "--max-tokens", "2000", "--no-progress"]
+
+
+def test_huge_learning_rate_is_no_traceback(tmp_path, capsys):
+    """--lr 1e3 makes the loss enormous: math.exp must not overflow into a traceback."""
+    rc = cli.main(["train", "--lr", "1e3", "--epochs", "2", "--out", str(tmp_path)] + TINY)
+    err = capsys.readouterr().err
+    assert rc in (0, 2) and "Traceback" not in err
+    if rc == 2:
+        assert "diverged" in err and "--lr" in err
+
+
+def test_diverged_training_keeps_the_saved_run(tmp_path, monkeypatch, capsys):
+    """A non-finite loss stops the run with a clear error, and the last good checkpoint is not
+    replaced by NaN weights."""
+    from lstm_fast import train as train_mod
+    assert cli.main(["train", "--epochs", "10", "--out", str(tmp_path)] + TINY) == 0
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    real = train_mod.train_epoch
+
+    def poisoned(net, *a, **k):
+        with torch.no_grad():
+            next(net.parameters()).fill_(float("nan"))
+        return real(net, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_epoch", poisoned)
+    assert cli.main(["train", "--resume", str(tmp_path), "--epochs", "12"] + TINY[-1:]) == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and "--lr" in err and "Traceback" not in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_continues_exactly_as_one_run(tmp_path):
+    """2 epochs, then --resume to 5, gives bitwise the weights and perplexities of 5 epochs in one
+    run: the saved weights, optimizer and random states (the loader's offsets) are really restored."""
+    cfg = dict(SMALL, hidden=16, max_tokens=2000)
+    whole = train(TrainConfig(epochs=5, **cfg), out_dir=tmp_path / "whole", progress=False, log=lambda *_: None)
+    train(TrainConfig(epochs=2, **cfg), out_dir=tmp_path / "split", progress=False, log=lambda *_: None)
+    resumed = train(TrainConfig(epochs=5, **cfg), resume=tmp_path / "split", progress=False, log=lambda *_: None)
+    assert [h["perplexity"] for h in resumed["history"]] == [h["perplexity"] for h in whole["history"]]
+    a, b = load_checkpoint(tmp_path / "whole")["model"], load_checkpoint(tmp_path / "split")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_honours_changeable_flags_and_refuses_the_rest(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert cli.main(["train", "--epochs", "2", "--lr", "0.5", "--out", run] + TINY) == 0
+    capsys.readouterr()
+    # no --epochs: continue to the saved target (2), not to the default 500
+    assert cli.main(["train", "--resume", run, "--no-progress"]) == 0
+    assert load_checkpoint(run)["epoch"] == 2 and load_checkpoint(run)["config"].lr == 0.5
+    # changeable flags are applied
+    assert cli.main(["train", "--resume", run, "--epochs", "3", "--lr", "0.25", "--clip", "2", "--no-progress"]) == 0
+    ck = load_checkpoint(run)
+    assert ck["epoch"] == 3 and ck["config"].lr == 0.25 and ck["config"].clip == 2.0
+    assert ck["optimizer"]["param_groups"][0]["lr"] == 0.25
+    capsys.readouterr()
+    # the rest are refused, naming the flag; the run is untouched
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    for argv, flag in ((["--hidden", "32"], "--hidden"), (["--model", "torch"], "--model"),
+                       (["--batch-size", "4"], "--batch-size"), (["--epochs", "1"], "--epochs")):
+        assert cli.main(["train", "--resume", run, "--no-progress"] + argv) == 2
+        assert flag in capsys.readouterr().err
+    # the same value as saved is not a change
+    assert cli.main(["train", "--resume", run, "--hidden", "16", "--no-progress"]) == 0
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_into_another_folder_leaves_the_saved_run(tmp_path):
+    train(TrainConfig(epochs=2, **SMALL), out_dir=tmp_path / "a", progress=False, log=lambda *_: None)
+    before = (tmp_path / "a" / "checkpoint.pt").read_bytes()
+    assert cli.main(["train", "--resume", str(tmp_path / "a"), "--epochs", "3", "--out", str(tmp_path / "b"),
+                     "--no-progress"]) == 0
+    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == before
+    assert load_checkpoint(tmp_path / "b")["epoch"] == 3
+
+
+def test_out_must_be_a_folder_without_another_run(tmp_path, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("mine")
+    assert cli.main(["train", "--epochs", "1", "--out", str(f)] + TINY) == 2
+    assert "--out" in capsys.readouterr().err and f.read_text() == "mine"
+    assert cli.main(["train", "--epochs", "1", "--out", str(tmp_path / "run")] + TINY) == 0
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["train", "--epochs", "1", "--seed", "3", "--out", str(tmp_path / "run")] + TINY) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
