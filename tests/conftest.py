@@ -6,8 +6,9 @@ does not), so the Triton kernels run on CPU tensors through Triton's interpreter
 test run. The sm_90 compile test clears it in the subprocess it starts.
 
 ``poison_empty`` replaces ``torch.empty``/``torch.empty_like`` for floating dtypes with NaN-filled
-tensors while a test runs, so an output element an implementation forgets to write shows up as NaN
-instead of passing by luck on recycled memory.
+tensors while a test runs, and fills every buffer the CPU workspace pool hands out (fresh or
+reused) with NaN, so an output element an implementation forgets to write shows up as NaN instead
+of passing by luck on recycled memory.
 """
 import os
 import zlib
@@ -46,6 +47,19 @@ def poison_empty(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", empty)
     monkeypatch.setattr(torch, "empty_like", empty_like)
+
+    # Reused pool buffers too: a buffer handed out again holds the last call's numbers, which
+    # would hide an element a kernel forgets to write just as recycled memory does.
+    from lstm_fast.cpu import workspace
+    real_pool_empty = workspace.empty
+
+    def pool_empty(shape, dtype=torch.float32):
+        t = real_pool_empty(shape, dtype)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(workspace, "empty", pool_empty)
 
 
 def tolerances(dtype):
