@@ -51,21 +51,30 @@
 #if LSTM_X86
 #define BF16 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512dq,avx512bw,fma")))
 
-/* float32 -> bf16, round to nearest even, NaN kept a (quiet) NaN: the scalar twin of vcvtneps2bf16. */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 BF16 INLINE __m512 load_bf16(__mmask16 m, const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
 BF16 INLINE void store_bf16(uint16_t *p, __mmask16 m, __m512 v) {
     _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+/* 1 / d by vrcp14ps and one Newton step (~23 bits, a few cycles) instead of vdivps (16+ cycles
+ * per zmm on Intel: five per cell element made the division the largest cost of the epilogue).
+ * d is clamped below 1e30 so an infinite exp gives ~0 instead of inf * 0. */
+BF16 INLINE __m512 v_recip(__m512 d) {
+    d = _mm512_min_ps(_mm512_set1_ps(1e30f), d);      /* NaN in d survives: min returns src2 */
+    __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
+BF16 INLINE __m512 v_sigmoid_fast(__m512 x) {
+    return v_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+BF16 INLINE __m512 v_tanh_fast(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), v_recip(_mm512_add_ps(one, v_exp(_mm512_add_ps(x, x)))), one);
 }
 
 /* The pair (a[k], a[k+1]) as one 32-bit lane value, broadcast to all 16 lanes. */
@@ -143,10 +152,10 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
         gg = _mm512_add_ps(gg, _mm512_maskz_loadu_ps(m, b + 2 * H));
         go = _mm512_add_ps(go, _mm512_maskz_loadu_ps(m, b + 3 * H));
     }
-    __m512 I = v_sigmoid(gi), F = v_sigmoid(gf), Ct = v_tanh(gg), O = v_sigmoid(go);
+    __m512 I = v_sigmoid_fast(gi), F = v_sigmoid_fast(gf), Ct = v_tanh_fast(gg), O = v_sigmoid_fast(go);
     __m512 c_prev = _mm512_maskz_loadu_ps(m, cp + row * H + j0);
     __m512 c = _mm512_fmadd_ps(F, c_prev, _mm512_mul_ps(I, Ct));
-    __m512 h = _mm512_mul_ps(O, v_tanh(c));
+    __m512 h = _mm512_mul_ps(O, v_tanh_fast(c));
     if (a->len && t >= a->len[row]) {
         c = c_prev;
         h = _mm512_setzero_ps();
@@ -243,7 +252,7 @@ BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
         __m512 Ct = _mm512_maskz_loadu_ps(m, g + 2 * H), O = _mm512_maskz_loadu_ps(m, g + 3 * H);
         __m512 c = _mm512_maskz_loadu_ps(m, a->C + t * B * H + o);
         __m512 cp = _mm512_maskz_loadu_ps(m, t > 0 ? a->C + (t - 1) * B * H + o : a->c0 + o);
-        __m512 tc = v_tanh(c);
+        __m512 tc = v_tanh_fast(c);
         __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh, O), _mm512_fnmadd_ps(tc, tc, one), dc);
         __m512 di = _mm512_mul_ps(_mm512_mul_ps(dct, Ct), _mm512_mul_ps(I, _mm512_sub_ps(one, I)));
         __m512 df = _mm512_mul_ps(_mm512_mul_ps(dct, cp), _mm512_mul_ps(F, _mm512_sub_ps(one, F)));
@@ -424,42 +433,66 @@ AMX static void bwd_worker_amx(void *arg) {
 #endif /* LSTM_X86 */
 
 /* ---------------------------------------------------------------- panel packing */
-/* Element (r, k) of a row-major (rows, K) float32 or bf16 matrix, as bf16. */
-static inline uint16_t elem_bf16(const void *W, int w_is_f32, int64_t r, int64_t k, int64_t K) {
+/* Row r of a row-major (rows, K) float32 or bf16 matrix as K bf16 in dst (round to nearest even). */
 #if LSTM_X86
-    if (w_is_f32) return f32_to_bf16(((const float *)W)[r * K + k]);
-    return ((const uint16_t *)W)[r * K + k];
-#else
-    (void)W; (void)w_is_f32; (void)r; (void)k; (void)K;
-    return 0;
-#endif
-}
-
-static void pack_panels(const void *W, int w_is_f32, int64_t H, int64_t K, int64_t Kpad, uint16_t *P) {
-    const int64_t nb = (H + 15) / 16, np = (Kpad + 1) / 2;
-    for (int64_t j = 0; j < nb; ++j) {
-        uint16_t *panel = P + j * np * 128;
-        for (int q = 0; q < 4; ++q)
-            for (int64_t u = 0; u < 16; ++u) {
-                const int64_t row = j * 16 + u, col = (q * 16 + u) * 2;
-                for (int64_t k = 0; k < 2 * np; ++k)
-                    panel[(k / 2) * 128 + col + (k & 1)] =
-                        row < H && k < K ? elem_bf16(W, w_is_f32, q * H + row, k, K) : 0;
-            }
+BF16 static void row_to_bf16(const void *W, int w_is_f32, int64_t r, int64_t K, uint16_t *dst) {
+    if (!w_is_f32) { memcpy(dst, (const uint16_t *)W + r * K, (size_t)K * 2); return; }
+    const float *src = (const float *)W + r * K;
+    for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 m = tail_mask(k, K);
+        store_bf16(dst + k, m, _mm512_maskz_loadu_ps(m, src + k));
     }
 }
+#else
+static void row_to_bf16(const void *W, int w_is_f32, int64_t r, int64_t K, uint16_t *dst) {
+    (void)W; (void)w_is_f32; (void)r; (void)K; (void)dst;
+}
+#endif
 
-static void pack_backward_panels(const void *W, int w_is_f32, int64_t H, int64_t Kpad, uint16_t *P) {
-    const int64_t nb = (H + 63) / 64, np = Kpad / 2;   /* 4H rows of W_hh (zero rows to Kpad) in pairs */
+/* Each source row converted once, then scattered as 32-bit pairs: P32[j][p][q*16 + u] = the
+ * pair (W[q*H + j*16 + u][2p], [2p + 1]); rows past H and k past K are zero. */
+static int pack_panels(const void *W, int w_is_f32, int64_t H, int64_t K, int64_t Kpad, uint16_t *P) {
+    const int64_t nb = (H + 15) / 16, np = (Kpad + 1) / 2;
+    uint16_t *row = calloc((size_t)(2 * np), sizeof(uint16_t));
+    if (!row) return -1;
+    uint32_t *P32 = (uint32_t *)P;
     for (int64_t j = 0; j < nb; ++j)
-        for (int64_t p = 0; p < np; ++p) {
-            uint16_t *dst = P + (j * np + p) * 128;
-            for (int64_t u = 0; u < 64; ++u) {
-                const int64_t col = j * 64 + u;
-                dst[2 * u] = col < H && 2 * p < 4 * H ? elem_bf16(W, w_is_f32, 2 * p, col, H) : 0;
-                dst[2 * u + 1] = col < H && 2 * p + 1 < 4 * H ? elem_bf16(W, w_is_f32, 2 * p + 1, col, H) : 0;
+        for (int q = 0; q < 4; ++q)
+            for (int64_t u = 0; u < 16; ++u) {
+                uint32_t *dst = P32 + j * np * 64 + q * 16 + u;
+                if (j * 16 + u < H) {
+                    row_to_bf16(W, w_is_f32, q * H + j * 16 + u, K, row);
+                    for (int64_t p = 0; p < np; ++p) {
+                        uint32_t v;
+                        memcpy(&v, row + 2 * p, 4);
+                        dst[p * 64] = v;
+                    }
+                } else {
+                    for (int64_t p = 0; p < np; ++p) dst[p * 64] = 0;
+                }
             }
+    free(row);
+    return 0;
+}
+
+/* P32[j][p][u] = the pair (W[2p][j*64 + u], W[2p + 1][j*64 + u]); zero past H and past 4H rows. */
+static int pack_backward_panels(const void *W, int w_is_f32, int64_t H, int64_t Kpad, uint16_t *P) {
+    const int64_t nb = (H + 63) / 64, np = Kpad / 2;   /* 4H rows of W_hh (zero rows to Kpad) in pairs */
+    uint16_t *r0 = calloc((size_t)(2 * (nb * 64)), sizeof(uint16_t));
+    if (!r0) return -1;
+    uint16_t *r1 = r0 + nb * 64;
+    uint32_t *P32 = (uint32_t *)P;
+    for (int64_t p = 0; p < np; ++p) {
+        if (2 * p < 4 * H) row_to_bf16(W, w_is_f32, 2 * p, H, r0); else memset(r0, 0, (size_t)H * 2);
+        if (2 * p + 1 < 4 * H) row_to_bf16(W, w_is_f32, 2 * p + 1, H, r1); else memset(r1, 0, (size_t)H * 2);
+        for (int64_t j = 0; j < nb; ++j) {
+            uint32_t *dst = P32 + (j * np + p) * 64;
+            for (int64_t u = 0; u < 64; ++u)
+                dst[u] = (uint32_t)r0[j * 64 + u] | (uint32_t)r1[j * 64 + u] << 16;   /* zeros past H */
         }
+    }
+    free(r0);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- Python bindings */
@@ -605,9 +638,11 @@ static PyObject *py_pack_panels(PyObject *self, PyObject *const *args, Py_ssize_
     int64_t H = PyLong_AsLongLong(args[2]), K = PyLong_AsLongLong(args[3]), Kpad = PyLong_AsLongLong(args[4]);
     uint16_t *P = PyLong_AsVoidPtr(args[5]);
     if (PyErr_Occurred()) return NULL;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    pack_panels(W, w_is_f32, H, K, Kpad, P);
+    rc = pack_panels(W, w_is_f32, H, K, Kpad, P);
     Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -618,9 +653,11 @@ static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, 
     int64_t H = PyLong_AsLongLong(args[2]), Kpad = PyLong_AsLongLong(args[3]);
     uint16_t *P = PyLong_AsVoidPtr(args[4]);
     if (PyErr_Occurred()) return NULL;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    pack_backward_panels(W, w_is_f32, H, Kpad, P);
+    rc = pack_backward_panels(W, w_is_f32, H, Kpad, P);
     Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
