@@ -19,7 +19,9 @@ everything that referred to the old module still holds:
 * a bare ``nn.LSTM`` passed as ``model`` is converted the same way and returned.
 
 Only modules whose type is exactly ``nn.LSTM`` are converted. A user subclass of ``nn.LSTM`` may
-override ``forward`` or keep extra state, so it is left as it is (and so is a ``FusedLSTM``).
+override ``forward`` or keep extra state, and a parametrized LSTM (``weight_norm``, ...) is a
+generated subclass, so those are left as they are, with a warning naming them (a ``FusedLSTM``
+is left as it is silently).
 """
 import warnings
 
@@ -49,9 +51,16 @@ def convert(model, backend="auto"):
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
     check_backend_name(backend)
-    for module in model.modules():      # each module once, even when shared by several parents
+    skipped = []
+    for name, module in model.named_modules():      # each module once, even when shared by several parents
         if type(module) is nn.LSTM:
             _convert_lstm(module, backend)
+        elif isinstance(module, nn.LSTM) and not isinstance(module, FusedLSTM):
+            skipped.append(f"{name or '(model)'} ({type(module).__name__})")
+    if skipped:
+        warnings.warn("convert: left these nn.LSTM subclasses as they are (their forward or state may be "
+                      "their own; a parametrized LSTM, e.g. weight_norm, is one too): " + ", ".join(skipped),
+                      stacklevel=2)
     return model
 
 

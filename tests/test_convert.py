@@ -135,14 +135,16 @@ def test_hooks_and_aliases_follow_the_converted_module():
     assert seen == ["pre", FusedLSTM]
 
 
-def test_subclasses_of_lstm_are_left_alone():
+def test_subclasses_of_lstm_are_left_alone_with_a_warning():
     class MyLSTM(nn.LSTM):
         def forward(self, x, hx=None):
             return super().forward(x * 2, hx)
 
-    model = nn.Sequential(MyLSTM(3, 4))
-    convert(model)
-    assert type(model[0]) is MyLSTM
+    model = nn.Sequential(MyLSTM(3, 4), nn.LSTM(4, 4), FusedLSTM(4, 2))
+    with pytest.warns(UserWarning, match=r"0 \(MyLSTM\)") as record:
+        convert(model)
+    assert len(record) == 1 and "FusedLSTM" not in str(record[0].message)
+    assert type(model[0]) is MyLSTM and type(model[1]) is FusedLSTM
 
 
 def test_state_dict_round_trips_with_an_unconverted_model():
