@@ -3,15 +3,23 @@ pytest-benchmark suites: tokens/sec (B*T per second) of the d2l scratch LSTM, nn
 CUDA, oneDNN on CPU) and FusedLSTM, in inference (no grad) and training (forward + backward of
 every gradient) mode.
 
-Timing: a warm-up call, then repeated calls timed with ``perf_counter`` around a device
-synchronize (CUDA work is asynchronous), and the median. Inputs are fresh random tensors, never
-zeros. Rows carry the environment (device, torch/triton versions, date) when written out.
+Timing (:func:`measure_set`): the implementations compared are measured in the same process,
+interleaved: after a warm-up call each, every round times a few calls of each implementation in
+turn (the order rotating between rounds), so drift and noise on a shared machine fall on all of
+them alike. A row reports the median seconds per call over the rounds and the interquartile range
+(q1, q3); tokens/sec comes from the median. Calls are timed with ``perf_counter`` around a device
+synchronize (CUDA work is asynchronous). Inputs are fresh random tensors, never zeros. Written
+results carry the command that wrote them, the git commit and the machine (:func:`write_json`).
 """
 import datetime
 import json
 import platform
+import shlex
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import torch
@@ -46,9 +54,11 @@ class Row:
     T: int
     D: int
     H: int
-    seconds: float
-    tokens_per_sec: float
-    repeats: int
+    seconds: float             # median seconds per call over the rounds
+    tokens_per_sec: float      # B*T / seconds
+    repeats: int               # rounds
+    q1_seconds: float = None   # interquartile range of the per-round seconds per call
+    q3_seconds: float = None
 
 
 class ScratchLayer(nn.Module):
@@ -103,20 +113,62 @@ def make_call(impl, B, T, D, H, mode, device="cpu", dtype=torch.float32):
     return synced
 
 
-def measure(impl, B, T, D, H, mode, device="cpu", dtype=torch.float32, budget_s=1.0, max_repeats=50):
-    """Median seconds per call and tokens/sec for one implementation, shape and mode."""
-    call = make_call(impl, B, T, D, H, mode, device, dtype)
-    call()                                  # warm-up: compilation, allocator, handles
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-        if times[0] > budget_s:             # one call already exceeds the budget: one is enough
+def quartiles(values):
+    """(q1, median, q3) of a list of numbers (inclusive method; one value gives it thrice)."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def time_interleaved(calls, budget_s=1.0, rounds=7, clock=time.perf_counter):
+    """Seconds per call of each of ``calls`` (name -> no-argument function), measured in turn.
+
+    Each function is called once to warm up; one more call each sizes the rounds: every round
+    runs ``k`` calls of each function (k from the budget, at least 1), rotating which goes first.
+    Returns name -> list of per-round seconds per call. Stops early once the budget is spent and
+    at least 3 rounds are done."""
+    names = list(calls)
+    for name in names:
+        calls[name]()                       # warm-up: compilation, allocator, handles
+    probe = {}
+    for name in names:
+        t0 = clock()
+        calls[name]()
+        probe[name] = clock() - t0
+    per_round = max(budget_s / rounds, 1e-9)
+    k = max(1, int(per_round / max(sum(probe.values()), 1e-9)))
+    out = {name: [] for name in names}
+    start = clock()
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = clock()
+            for _ in range(k):
+                calls[name]()
+            out[name].append((clock() - t0) / k)
+        if r >= 2 and clock() - start > budget_s:
             break
-    sec = statistics.median(times)
-    return Row(impl, str(device), mode, str(dtype).replace("torch.", ""), B, T, D, H, sec, B * T / sec, len(times))
+    return out
+
+
+def measure_set(impls, B, T, D, H, mode, device="cpu", dtype=torch.float32, budget_s=1.0, rounds=7,
+                clock=time.perf_counter):
+    """Rows for several implementations at one shape and mode, timed interleaved
+    (:func:`time_interleaved`): median and IQR of the seconds per call."""
+    calls = {impl: make_call(impl, B, T, D, H, mode, device, dtype) for impl in impls}
+    times = time_interleaved(calls, budget_s * len(impls), rounds, clock)
+    rows = []
+    for impl in impls:
+        q1, med, q3 = quartiles(times[impl])
+        rows.append(Row(impl, str(device), mode, str(dtype).replace("torch.", ""), B, T, D, H, med, B * T / med,
+                        len(times[impl]), q1, q3))
+    return rows
+
+
+def measure(impl, B, T, D, H, mode, device="cpu", dtype=torch.float32, budget_s=1.0, max_repeats=7):
+    """One implementation's row (see :func:`measure_set`); ``max_repeats``: the most rounds."""
+    return measure_set([impl], B, T, D, H, mode, device, dtype, budget_s, rounds=max_repeats)[0]
 
 
 def environment(device="cpu"):
@@ -153,10 +205,33 @@ def device_slug(env, device):
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-").replace("--", "-")
 
 
-def write_json(path, env, rows, extra=None):
-    """Write results atomically (a temporary file renamed into place)."""
+def git_commit(root=None):
+    """The checkout's commit and the tracked files that differ from it (measurements made with
+    uncommitted changes say so), or None outside a git checkout."""
+    root = root or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"sha": sha, "modified": sorted(line[3:] for line in dirty)}
+
+
+def invocation():
+    """The command line that is running, as a user would type it."""
+    prog = Path(sys.argv[0]).name
+    head = ["lstm-fast"] if prog in ("lstm-fast", "__main__.py") else ["python", sys.argv[0]]
+    return shlex.join(head + sys.argv[1:])
+
+
+def write_json(path, env, rows, extra=None, command=None):
+    """Write results atomically (a temporary file renamed into place), with the command that
+    wrote them (``command``, default this process's), the git commit and the machine (``env``)."""
     from .train import atomic_write_bytes
-    doc = {"environment": env, "rows": [asdict(r) if isinstance(r, Row) else r for r in rows], **(extra or {})}
+    doc = {"environment": env, "command": command or invocation(), "commit": git_commit(),
+           "rows": [asdict(r) if isinstance(r, Row) else r for r in rows], **(extra or {})}
     atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
 
 
@@ -172,15 +247,27 @@ def with_ratios(rows):
     return rows
 
 
+def tokens_per_sec_iqr(row):
+    """(low, high) tokens/sec at the row's quartiles of seconds per call, or None if not recorded."""
+    r = asdict(row) if isinstance(row, Row) else row
+    if r.get("q1_seconds") is None or r.get("q3_seconds") is None:
+        return None
+    n = r["B"] * r["T"]
+    return n / r["q3_seconds"], n / r["q1_seconds"]
+
+
 def format_table(rows):
     rows = with_ratios(rows)
-    head = f"{'implementation':<16}{'device':<8}{'mode':<11}{'dtype':<10}{'shape (B,T,D,H)':<22}{'tokens/sec':>14}{'vs nn.LSTM':>12}"
+    head = (f"{'implementation':<16}{'device':<8}{'mode':<11}{'dtype':<10}{'shape (B,T,D,H)':<22}{'tokens/sec':>14}"
+            f"{'IQR':>22}{'vs nn.LSTM':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r['ratio_vs_torch']:.2f}x" if r["ratio_vs_torch"] else "-"
         shape = f"{r['B']},{r['T']},{r['D']},{r['H']}"
+        iqr = tokens_per_sec_iqr(r)
+        spread = f"{iqr[0]:,.0f}-{iqr[1]:,.0f}" if iqr else "-"
         lines.append(f"{r['implementation']:<16}{r['device']:<8}{r['mode']:<11}{r['dtype']:<10}{shape:<22}"
-                     f"{r['tokens_per_sec']:>14,.0f}{ratio:>12}")
+                     f"{r['tokens_per_sec']:>14,.0f}{spread:>22}{ratio:>12}")
     return "\n".join(lines)
 
 

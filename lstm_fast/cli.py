@@ -1,6 +1,7 @@
 """``lstm-fast`` (also ``python -m lstm_fast``): ``train`` the d2l experiment, ``generate`` text,
 ``bench`` the implementations."""
 import argparse
+import shlex
 import sys
 from dataclasses import fields
 
@@ -45,7 +46,7 @@ def _generate(a):
 def _bench(a):
     import torch
 
-    from .bench import IMPLEMENTATIONS, MODES, environment, format_table, measure, plot, shape_set, write_json
+    from .bench import IMPLEMENTATIONS, MODES, environment, format_table, measure_set, plot, shape_set, write_json
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if a.device != "all":
         if a.device == "cuda" and "cuda" not in devices:
@@ -61,12 +62,11 @@ def _bench(a):
     rows = []
     for device in devices:
         for (B, T, D, H) in shapes:
-            for mode in MODES:
-                for impl in impls:
-                    rows.append(measure(impl, B, T, D, H, mode, device, budget_s=a.budget))
+            for mode in MODES:   # the implementations interleaved, round by round
+                rows.extend(measure_set(impls, B, T, D, H, mode, device, budget_s=a.budget, rounds=a.rounds))
     print(format_table(rows))
     if a.json:
-        write_json(a.json, environment(devices[-1]), rows)
+        write_json(a.json, environment(devices[-1]), rows, command=shlex.join(["lstm-fast", *a.argv]))
     if a.plot:
         plot(rows, a.plot)
 
@@ -118,7 +118,8 @@ def build_parser(explicit_only=False):
     b.add_argument("--shapes", default="d2l", choices=("tiny", "d2l", "cpu", "grid"),
                    help="d2l: B32 T35 D28 H256; cpu: d2l and B64 T100 D128 H512; grid: B x H x T")
     b.add_argument("--impl", default="scratch,torch,fused", help="comma-separated implementations")
-    b.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per measurement")
+    b.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per implementation and case")
+    b.add_argument("--rounds", type=int, default=7, help="rounds of interleaved timing (median and IQR over them)")
     b.add_argument("--json", help="also write the rows (and the environment) as JSON here")
     b.add_argument("--plot", help="also draw a bar chart (PNG) here")
     b.set_defaults(func=_bench)
@@ -127,6 +128,7 @@ def build_parser(explicit_only=False):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # recorded with results (lstm-fast bench --json)
     if args.command == "train":
         flags = vars(build_parser(explicit_only=True).parse_args(argv))
         names = {f.name for f in fields(TrainConfig)}

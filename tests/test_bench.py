@@ -5,15 +5,65 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lstm_fast import cli
-from lstm_fast.bench import measure, with_ratios
+import pytest
+
+from lstm_fast import bench, cli
+from lstm_fast.bench import measure, quartiles, time_interleaved, with_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_measure_reports_tokens_per_second():
+class FakeClock:
+    """A clock that only moves when a fake call says it took some time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_interleaved_timing_alternates_and_reports_per_call_seconds():
+    clock, order = FakeClock(), []
+    cost = {"a": 0.5, "b": 1.5}
+
+    def make(name):
+        def call():
+            order.append(name)
+            clock.now += cost[name]
+        return call
+
+    times = time_interleaved({"a": make("a"), "b": make("b")}, budget_s=100.0, rounds=5, clock=clock)
+    assert times == {"a": [0.5] * 5, "b": [1.5] * 5}
+    k = int(100.0 / 5 / 2.0)              # calls per round: the round budget over one call of each
+    timed = order[4:]                     # after one warm-up and one probe call each
+    blocks = [timed[i * k][0] for i in range(len(timed) // k)]
+    assert blocks == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"], "implementations must alternate"
+
+
+def test_measure_set_reports_median_and_iqr(monkeypatch):
+    """Per-round durations 1..7 ms: the row's median is 4 ms, its quartiles 2.5 and 5.5 ms, and
+    tokens/sec comes from the median."""
+    clock, calls = FakeClock(), {"n": 0}
+    durations = [0.010, 0.010] + [0.001 * d for d in (3, 1, 7, 2, 6, 4, 5)]
+
+    def fake_make_call(impl, B, T, D, H, mode, device, dtype):
+        def call():
+            clock.now += durations[min(calls["n"], len(durations) - 1)]
+            calls["n"] += 1
+        return call
+
+    monkeypatch.setattr(bench, "make_call", fake_make_call)
+    (row,) = bench.measure_set(["fused"], 4, 5, 2, 3, "training", budget_s=0.1, rounds=7, clock=clock)
+    assert row.repeats == 7
+    assert row.seconds == pytest.approx(0.004) and row.tokens_per_sec == pytest.approx(20 / 0.004)
+    assert (row.q1_seconds, row.q3_seconds) == (pytest.approx(0.0025), pytest.approx(0.0055))
+    assert quartiles([2.0]) == (2.0, 2.0, 2.0)
+
+
+def test_measure_runs_the_real_implementation():
     r = measure("fused", 2, 3, 4, 5, "training", budget_s=0.05, max_repeats=3)
-    assert r.tokens_per_sec > 0 and abs(r.tokens_per_sec - 6 / r.seconds) < 1e-6 * r.tokens_per_sec
+    assert r.implementation == "fused" and r.repeats >= 3 and r.q1_seconds <= r.seconds <= r.q3_seconds
 
 
 def test_ratios_are_per_shape_and_mode():
@@ -30,6 +80,9 @@ def test_bench_cli_json_and_plot(tmp_path, capsys):
     doc = json.loads((tmp_path / "r.json").read_text())
     assert {r["implementation"] for r in doc["rows"]} == {"scratch", "torch", "fused"}
     assert doc["environment"]["torch"] and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert doc["command"].startswith("lstm-fast bench --device cpu --shapes tiny") and doc["commit"]["sha"] == head
+    assert all(r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"] for r in doc["rows"])
 
 
 def test_gpu_check_smoke(tmp_path):
@@ -55,7 +108,67 @@ def test_gpu_check_skips_larger_shapes_after_a_slow_call(tmp_path):
 
 
 def test_readme_results_are_generated_from_the_json():
-    """The README's results section is what benchmarks/readme_table.py makes of the committed JSON."""
+    """The README's measured numbers are what benchmarks/readme_table.py makes of the committed JSON."""
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), "--check"],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_every_results_file_is_evidence():
+    """Each committed results file names the command that wrote it (one the README shows), the
+    commit and the machine, and every row has a median and an interquartile range."""
+    readme = (ROOT / "README.md").read_text()
+    files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    assert files
+    for f in files:
+        doc = json.loads(f.read_text())
+        assert doc["environment"]["device_name"] and doc["environment"]["date"], f.name
+        assert len(doc["commit"]["sha"]) == 40, f.name
+        prog = " ".join(doc["command"].split()[:3 if doc["command"].startswith("python") else 2])
+        assert prog in readme, f"{f.name}: the README does not name {prog!r}"
+        for r in doc["rows"]:
+            if doc.get("kind") == "default-run":
+                assert r["wall_seconds"] > 0
+            else:
+                assert r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"], f.name
+
+
+def test_readme_check_catches_a_hand_edited_number(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_table
+    text = (ROOT / "README.md").read_text()
+    assert readme_table.updated_readme(text) == text
+    start, end = readme_table.markers("results")
+    section = text.split(start, 1)[1].split(end, 1)[0]
+    digit = next(i for i, ch in enumerate(section) if ch.isdigit() and ch != "9")
+    tampered = text.replace(section, section[:digit] + "9" + section[digit + 1:])
+    assert readme_table.updated_readme(tampered) != tampered
+
+
+def test_record_results_script_writes_evidence(tmp_path):
+    """benchmarks/record_results.py (tiny shapes): packed and epoch files with median and IQR per
+    row, the command, the commit; readme_table renders them."""
+    script = ROOT / "benchmarks" / "record_results.py"
+    for kind in ("packed", "epoch"):
+        p = subprocess.run([sys.executable, str(script), kind, "--tiny", "--budget", "0.02", "--rounds", "3",
+                            "--out", str(tmp_path / "benchmarks" / "results")], capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+    docs = {json.loads(f.read_text())["kind"]: json.loads(f.read_text()) for f in (tmp_path / "benchmarks" / "results").glob("*.json")}
+    assert set(docs) == {"packed", "epoch"}
+    assert {(r["implementation"], r["packed"]) for r in docs["packed"]["rows"]} == {
+        (i, p) for i in ("nn.LSTM", "FusedLSTM") for p in (False, True)}
+    assert len(docs["epoch"]["rows"]) == 2
+    for doc in docs.values():
+        assert doc["command"].startswith("python ") and "record_results.py" in doc["command"] and doc["commit"]
+        assert all(r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"] and r["rounds"] == 3 for r in doc["rows"])
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_table
+    old_root = readme_table.ROOT
+    readme_table.ROOT = tmp_path
+    try:
+        packed, epoch = readme_table.render_packed(), readme_table.render_epoch()
+    finally:
+        readme_table.ROOT = old_root
+    assert "packed / padded" in packed and "FusedLSTM" in packed and "record_results.py packed" in packed
+    assert "Ours over d2l's" in epoch

@@ -1,0 +1,129 @@
+"""Measure what the README states beyond the throughput table, and write it to benchmarks/results/.
+
+    python benchmarks/record_results.py packed       # packed vs padded batches, nn.LSTM and FusedLSTM
+    python benchmarks/record_results.py epoch        # one d2l training epoch: train_ch8 + nn.LSTM vs ours
+    python benchmarks/record_results.py default-run  # `lstm-fast train` with its defaults, end to end
+
+Each writes ``benchmarks/results/<kind>-<machine>.json``: the rows (median and interquartile range
+per row), the command, the git commit and the machine; ``benchmarks/readme_table.py`` turns them
+into the README's text. Run them under ``flock /tmp/lstm-bench.lock`` on a shared machine. The
+cases compared are interleaved round by round in one process (:func:`lstm_fast.bench.time_interleaved`),
+so noise falls on all of them alike.
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from lstm_fast import FusedLSTM  # noqa: E402
+from lstm_fast.bench import CPU_SHAPES, device_slug, environment, quartiles, time_interleaved, write_json  # noqa: E402
+
+
+def _summary(seconds, tokens):
+    q1, med, q3 = quartiles(seconds)
+    return {"seconds": med, "q1_seconds": q1, "q3_seconds": q3, "rounds": len(seconds), "tokens_per_sec": tokens / med}
+
+
+def packed(device, budget, rounds, shapes):
+    """Training (forward + backward) on a batch with lengths uniform in [T/2, T], given as a
+    PackedSequence and as the same batch padded; tokens/sec counts B*T for both."""
+    rows = []
+    for B, T, D, H in shapes:
+        torch.manual_seed(0)
+        x = torch.randn(T, B, D, device=device, requires_grad=True)
+        lengths = torch.randint(max(1, T // 2), T + 1, (B,))
+        calls = {}
+        for impl, cls in (("nn.LSTM", nn.LSTM), ("FusedLSTM", FusedLSTM)):
+            layer = cls(D, H, device=device)
+            for is_packed in (False, True):
+                def call(layer=layer, is_packed=is_packed):
+                    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if is_packed else x
+                    out, _ = layer(inp)
+                    (out.data if is_packed else out).sum().backward()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                calls[(impl, is_packed)] = call
+        times = time_interleaved(calls, budget * len(calls), rounds)
+        for (impl, is_packed), secs in times.items():
+            rows.append({"implementation": impl, "packed": is_packed, "device": device, "B": B, "T": T, "D": D,
+                         "H": H, **_summary(secs, B * T)})
+    return rows
+
+
+def epoch(device, budget, rounds, hidden):
+    """One epoch on the bundled text at the d2l settings: d2l's train_ch8 loop with nn.LSTM
+    (benchmarks/d2l_reference_loop.py) against ``lstm-fast train``'s epoch with FusedLSTM."""
+    from d2l_reference_loop import d2l_setup, train_epoch_ch8
+    from lstm_fast.data import SeqDataLoader, load_corpus
+    from lstm_fast.train import TrainConfig, build_model, train_epoch
+    corpus, vocab = load_corpus(max_tokens=10000)
+    net_d, _, loss_d, opt_d = d2l_setup(device, hidden=hidden)
+    loader_d = SeqDataLoader(corpus, 32, 35, seed=0)
+    cfg = TrainConfig(model="fused", hidden=hidden)
+    net_f = build_model(cfg, len(vocab), device)
+    loader_f = SeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, seed=0)
+    opt_f = torch.optim.SGD(net_f.parameters(), lr=cfg.lr)
+    tokens = len(loader_f) * cfg.batch_size * cfg.num_steps
+    calls = {"d2l train_ch8 + nn.LSTM": lambda: train_epoch_ch8(net_d, loader_d, loss_d, opt_d, device),
+             "lstm-fast train + FusedLSTM": lambda: train_epoch(net_f, loader_f, nn.CrossEntropyLoss(), opt_f,
+                                                                torch.device(device), cfg)}
+    times = time_interleaved(calls, budget * len(calls), rounds)
+    return [{"implementation": name, "device": device, "hidden": hidden, "tokens": tokens,
+             **_summary(secs, tokens)} for name, secs in times.items()]
+
+
+def default_run(device, runs):
+    """``lstm-fast train`` with every default (d2l's recipe, 500 epochs), ``runs`` times: wall
+    seconds, final perplexity and the closing continuations of each run."""
+    from lstm_fast.train import TrainConfig, train
+    rows = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            r = train(TrainConfig(device=device), out_dir=Path(out) / "run", progress=False, log=lambda *_: None)
+            wall = time.perf_counter() - t0
+        rows.append({"wall_seconds": wall, "perplexity": r["perplexity"], "tokens_per_sec": r["tokens_per_sec"],
+                     "epochs": len(r["history"]), "time traveller": r["time traveller"], "traveller": r["traveller"]})
+    q1, med, q3 = quartiles([row["wall_seconds"] for row in rows])
+    return rows, {"median_wall_seconds": med, "q1_wall_seconds": q1, "q3_wall_seconds": q3}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("kind", choices=("packed", "epoch", "default-run"))
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--budget", type=float, default=3.0, help="seconds of timing per case compared")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--runs", type=int, default=3, help="default-run: how many complete runs")
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes, to check the script (not for the README)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON file")
+    a = ap.parse_args(argv)
+    env = environment(a.device)
+    extra = {"kind": a.kind}
+    if a.kind == "packed":
+        rows = packed(a.device, a.budget, a.rounds, [(2, 6, 3, 5)] if a.tiny else CPU_SHAPES)
+    elif a.kind == "epoch":
+        rows = epoch(a.device, a.budget, a.rounds, 16 if a.tiny else 256)
+    else:
+        if a.tiny:
+            raise SystemExit("default-run has no tiny form: it is the default run")
+        rows, stats = default_run(a.device, a.runs)
+        extra.update(stats)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{a.kind}-{device_slug(env, a.device)}.json"
+    write_json(path, env, rows, extra)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
