@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .backends import check_backend_name
 from .functional import lstm_layer
-from .onnx_export import onnx_direction
+from .onnx_export import onnx_layers
 from .projection import fold_first_step
 
 
@@ -126,6 +126,8 @@ class FusedLSTM(nn.LSTM):
 
     def _run_layers(self, x, hx, lengths):
         """All layers and directions on time-first ``x`` (T, B, D); returns (output, h_n, c_n)."""
+        if torch.onnx.is_in_onnx_export():      # one ONNX LSTM node per layer, see lstm_fast.onnx_export
+            return onnx_layers(self, x, hx, lengths)
         num_directions = 2 if self.bidirectional else 1
         h_all, c_all = [], []
         layer_input = x
@@ -145,8 +147,6 @@ class FusedLSTM(nn.LSTM):
 
     def _run_direction(self, x, h0, c0, weights, lengths):
         w_ih, w_hh, b_ih, b_hh, w_hr = weights
-        if torch.onnx.is_in_onnx_export():      # one ONNX LSTM node, see lstm_fast.onnx_export
-            return onnx_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
         if w_hr is None:
             y, (h, c) = lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, self.backend, lengths)
             return y, h, c

@@ -17,7 +17,12 @@ def fold_first_step(x, h0, c0, w_ih, w_hh, w_hr):
     """Return ``(x', h0', w_ih', w_hh')`` for one plain LSTM call whose outputs are u_t (T, B, H) and
     whose final state is (u_T, c_T). x (T, B, D) time first, h0 (B, P), c0 (B, H); every row
     starts at t = 0, so per-row lengths still apply to the folded call unchanged."""
-    T = x.size(0)
-    first = (torch.arange(T, device=x.device) == 0).to(x.dtype).view(T, 1, 1)
-    x_folded = torch.cat((x, h0.unsqueeze(0) * first), 2)
+    x_folded = torch.cat((x, h0.unsqueeze(0) * first_step_mask(x.size(0), x)), 2)
     return x_folded, h0.new_zeros(c0.shape), torch.cat((w_ih, w_hh), 1), w_hh @ w_hr
+
+
+def first_step_mask(T, like, reverse=False):
+    """(T, 1, 1) tensor in ``like``'s dtype and device: 1 at a direction's first step (t = 0, or
+    t = T - 1 for the reverse direction run on the forward-ordered input), 0 elsewhere."""
+    first = T - 1 if reverse else 0
+    return (torch.arange(T, device=like.device) == first).to(like.dtype).view(T, 1, 1)

@@ -68,8 +68,7 @@ def test_onnx_export_is_standard_lstm_and_matches_in_onnxruntime(kw, with_hx):
                                     dynamic_shapes=_dynamic_shapes(kw, with_hx))
     graph = program.model_proto.graph
     ops = Counter((node.domain or "ai.onnx", node.op_type) for node in graph.node)
-    directions = 2 if kw.get("bidirectional") else 1
-    assert ops[("ai.onnx", "LSTM")] == kw.get("num_layers", 1) * directions, ops
+    assert ops[("ai.onnx", "LSTM")] == kw.get("num_layers", 1), ops       # one node per layer
     assert {domain for domain, _ in ops} == {"ai.onnx"}, ops     # standard operators only, no custom op
     assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][:2] == (
         ["B", "T"] if kw.get("batch_first") else ["T", "B"])
@@ -86,7 +85,7 @@ def test_onnx_export_is_standard_lstm_and_matches_in_onnxruntime(kw, with_hx):
 
 def test_onnx_torchscript_exporter_also_gives_lstm():
     """The older exporter (dynamo=False) traces with TorchScript; FusedLSTM gives it aten.lstm per
-    direction, which it writes as the same LSTM node (projection included)."""
+    layer, which it writes as the same LSTM node (projection included)."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     import io
@@ -100,7 +99,7 @@ def test_onnx_torchscript_exporter_also_gives_lstm():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, args, buffer, dynamo=False, input_names=["x", "h0", "c0"])
     proto = onnx.load_from_string(buffer.getvalue())
-    assert Counter(node.op_type for node in proto.graph.node)["LSTM"] == 2
+    assert Counter(node.op_type for node in proto.graph.node)["LSTM"] == 1
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args, strict=True)})
     with torch.no_grad():
