@@ -182,11 +182,16 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     dx = dw_ih = dw_hh = None
     if n[0]:      # bf16 GEMMs (oneDNN, float32 accumulation), as autocast runs them
         dx = torch.mm(dG2, w_ih.detach().to(_BF16)).view(T, B, D).to(x.dtype)
-    if n[3]:
-        dw_ih = torch.mm(dG2.t(), x.reshape(T * B, D).to(_BF16)).to(w_ih.dtype)
-    if n[4]:      # dW_hh = dG^T [h_0; Y[:-1]]
-        hprev = torch.cat((h0.to(_BF16).unsqueeze(0), Y[:-1])).view(T * B, H)
-        dw_hh = torch.mm(dG2.t(), hprev).to(w_hh.dtype)
+    if n[3] or n[4]:   # [dW_ih | dW_hh]^T = [X | h_prev]^T dG in one GEMM, both operands row-major
+        xc, hc = x.to(_BF16).contiguous(), h0.to(_BF16).contiguous()
+        xht = workspace.empty((D + H, T * B), _BF16)
+        _bf16_sequence_kernels.xh_transposed(xc.data_ptr(), hc.data_ptr(), Y.data_ptr(), xht.data_ptr(),
+                                             T * B, B, D, H, nt)
+        dwt = torch.mm(xht, dG2)
+        if n[3]:
+            dw_ih = torch.empty(4 * H, D, dtype=w_ih.dtype).copy_(dwt[:D].t())
+        if n[4]:
+            dw_hh = torch.empty(4 * H, H, dtype=w_hh.dtype).copy_(dwt[D:].t())
     return (dx, DH.to(h0.dtype) if n[1] else None, DC.to(c0.dtype) if n[2] else None, dw_ih, dw_hh,
             db if n[5] else None, db if n[6] else None)
 

@@ -375,31 +375,69 @@ AMX static void amx_configure(void) {
     _tile_stored(0, (SCR), 64); _tile_stored(1, (SCR) + 256, 64);                                     \
     _tile_stored(2, (SCR) + 512, 64); _tile_stored(3, (SCR) + 768, 64);
 
+/* The cell of a block whose gates are in scratch, run a few rows at a time between the tile
+ * instructions of the next block, so the vector units work while the tile unit multiplies
+ * (the cell is most of the forward's time; run after the GEMM it left the tile unit idle). */
+typedef struct {
+    const float *scr, *cp;
+    float *c_out;
+    int64_t t, rb, j0, n, next;
+    __mmask16 m;
+} pending_cell;
+
+AMX INLINE void cell_rows(const fwd_args *a, pending_cell *p, int64_t upto) {
+    const int64_t end = upto < p->n ? upto : p->n;
+    for (; p->next < end; ++p->next) {
+        const float *g = p->scr + p->next * 16;
+        fwd_cell(a, p->t, p->rb + p->next, p->j0, p->m, _mm512_load_ps(g), _mm512_load_ps(g + 256),
+                 _mm512_load_ps(g + 512), _mm512_load_ps(g + 768), p->cp, p->c_out);
+    }
+}
+
+/* AMX_KLOOP with ``rows`` rows of the pending cell after each k step. */
+#define AMX_KLOOP_CELL(A, LDA, P, NK, rows)                                                           \
+    for (int64_t kb = 0; kb < (NK); ++kb) {                                                           \
+        const char *pb = (const char *)(P) + kb * 16 * 256;                                           \
+        _tile_loadd(4, (const char *)(A) + kb * 64, (LDA));                                           \
+        _tile_loadd(5, pb, 256);                                                                      \
+        _tile_dpbf16ps(0, 4, 5);                                                                      \
+        _tile_loadd(6, pb + 64, 256);                                                                 \
+        _tile_dpbf16ps(1, 4, 6);                                                                      \
+        _tile_loadd(7, pb + 128, 256);                                                                \
+        _tile_dpbf16ps(2, 4, 7);                                                                      \
+        _tile_loadd(5, pb + 192, 256);                                                                \
+        _tile_dpbf16ps(3, 4, 5);                                                                      \
+        cell_rows(a, &pend, pend.next + (rows));                                                      \
+    }
+
 AMX static void fwd_worker_amx(void *arg) {
     const fwd_args *a = (const fwd_args *)arg;
     team_t tm = team(a->nthreads);
     const int64_t B = a->B, H = a->H, Bp = a->Bp, Dp = a->Dp, Hp = a->Hp, nb = (H + 15) / 16;
     const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
-    float scr[1024] __attribute__((aligned(64)));
+    const int64_t nk = Dp / 32 + Hp / 32, per_k = (16 + nk - 1) / nk;   /* cell rows per k step */
+    float scr[2][1024] __attribute__((aligned(64)));
     amx_configure();
     for (int64_t t = 0; t < a->T; ++t) {
         const uint16_t *hp = a->Hb + ((t + 1) & 1) * Bp * Hp;
         const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H);
         float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;
+        pending_cell pend = {scr[0], cp, c_out, t, 0, 0, 0, 0, 0};   /* nothing pending (n = 0) */
+        int cur = 0;
         for (int64_t jb = jlo; jb < jhi; ++jb) {
             const int64_t j0 = jb * 16;
-            const __mmask16 m = tail_mask(j0, H);
             for (int64_t rb = 0; rb < B; rb += 16) {
                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-                AMX_KLOOP(a->X + (t * Bp + rb) * Dp, Dp * 2, a->Px + jb * (Dp / 2) * 128, Dp / 32)
-                AMX_KLOOP(hp + rb * Hp, Hp * 2, a->Ph + jb * (Hp / 2) * 128, Hp / 32)
-                AMX_STORE4(scr)
-                const int64_t n = B - rb < 16 ? B - rb : 16;
-                for (int64_t r = 0; r < n; ++r)
-                    fwd_cell(a, t, rb + r, j0, m, _mm512_load_ps(scr + r * 16), _mm512_load_ps(scr + 256 + r * 16),
-                             _mm512_load_ps(scr + 512 + r * 16), _mm512_load_ps(scr + 768 + r * 16), cp, c_out);
+                AMX_KLOOP_CELL(a->X + (t * Bp + rb) * Dp, Dp * 2, a->Px + jb * (Dp / 2) * 128, Dp / 32, per_k)
+                AMX_KLOOP_CELL(hp + rb * Hp, Hp * 2, a->Ph + jb * (Hp / 2) * 128, Hp / 32, per_k)
+                cell_rows(a, &pend, 16);
+                AMX_STORE4(scr[cur])
+                pending_cell next = {scr[cur], cp, c_out, t, rb, j0, B - rb < 16 ? B - rb : 16, 0, tail_mask(j0, H)};
+                pend = next;
+                cur ^= 1;
             }
         }
+        cell_rows(a, &pend, 16);
         barrier(tm);
     }
     _tile_release();
@@ -493,6 +531,36 @@ static int pack_backward_panels(const void *W, int w_is_f32, int64_t H, int64_t 
     }
     free(r0);
     return 0;
+}
+
+/* ---------------------------------------------------------------- operand transpose */
+/* XHt (D + H, R) bf16 = [X | h_prev]^T for the weight gradients, R = T*B rows: row r of X (D
+ * values), and h_prev[r] = h0[r] for r < B, Y[r - B] after. oneDNN runs dW^T = XHt @ dG (both
+ * row-major) at AMX speed, while dG^T @ XH (a transposed bf16 operand) ran ~4x slower. Blocked by
+ * 32 x 32 so reads and writes both stay within a few cache lines; threads split the rows r. */
+typedef struct {
+    const uint16_t *X, *h0, *Y;
+    uint16_t *out;
+    int64_t R, B, D, H;
+    int nthreads;
+} xt_args;
+
+static void xt_worker(void *arg) {
+    const xt_args *a = (const xt_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t nblk = (a->R + 31) / 32, K = a->D + a->H;
+    const int64_t lo = nblk * tm.tid / tm.nth * 32, hi = nblk * (tm.tid + 1) / tm.nth * 32;
+    for (int64_t r0 = lo; r0 < hi && r0 < a->R; r0 += 32) {
+        const int64_t r1 = r0 + 32 < a->R ? r0 + 32 : a->R;
+        for (int64_t k0 = 0; k0 < K; k0 += 32) {
+            const int64_t k1 = k0 + 32 < K ? k0 + 32 : K;
+            for (int64_t r = r0; r < r1; ++r) {
+                const uint16_t *xr = a->X + r * a->D;
+                const uint16_t *hr = r < a->B ? a->h0 + r * a->H : a->Y + (r - a->B) * a->H;
+                for (int64_t k = k0; k < k1; ++k) a->out[k * a->R + r] = k < a->D ? xr[k] : hr[k - a->D];
+            }
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- Python bindings */
@@ -661,7 +729,23 @@ static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, 
     Py_RETURN_NONE;
 }
 
+/* xh_transposed(X, h0, Y, out, R, B, D, H, nthreads): out (D + H, R) = [X | h_prev]^T. */
+static PyObject *py_xh_transposed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "xh_transposed takes 9 arguments"); return NULL; }
+    void *p[4];
+    if (ptrs(args, 4, p)) return NULL;
+    xt_args a = {p[0], p[1], p[2], p[3], PyLong_AsLongLong(args[4]), PyLong_AsLongLong(args[5]),
+                 PyLong_AsLongLong(args[6]), PyLong_AsLongLong(args[7]), (int)PyLong_AsLong(args[8])};
+    if (PyErr_Occurred()) return NULL;
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(xt_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"xh_transposed", (PyCFunction)(void (*)(void))py_xh_transposed, METH_FASTCALL, "[X | h_prev]^T in bf16"},
     {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX512-BF16 sequence kernels"},
     {"amx_available", py_amx_available, METH_NOARGS, "whether this CPU (and kernel) runs the AMX-BF16 variants"},
     {"forward_seq_amx", (PyCFunction)(void (*)(void))py_forward_seq_amx, METH_FASTCALL, "bf16 LSTM forward on AMX tiles"},
