@@ -24,10 +24,12 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, l
         weight_ih: (4H, D), gate rows in nn.LSTM order i, f, g, o.
         weight_hh: (4H, H).
         bias_ih, bias_hh: (4H,) or None.
-        lengths: optional (B,) integer tensor of per-row sequence lengths in [0, T]: from step
-            lengths[b] on, row b's state stays frozen and its output is 0, so h_n, c_n are each
-            row's state at its own length (a padded variable-length batch at padded speed: the CPU
-            and Triton kernels mask finished rows instead of dropping them).
+        lengths: optional (B,) per-row sequence lengths in [0, T], an integer tensor of any integer
+            dtype on any device, or a list (see :func:`check_lengths`): from step lengths[b] on,
+            row b's state stays frozen and its output is 0, so h_n, c_n are each row's state at
+            its own length (a padded variable-length batch at padded speed: the CPU and Triton
+            kernels mask finished rows instead of dropping them). What the input holds past a
+            row's length (zeros, NaN, Inf) changes no output and no gradient.
         backend: ``"auto"`` (Triton on CUDA tensors, the CPU implementation otherwise), ``"cpu"``
             or ``"triton"``. A backend that cannot run raises RuntimeError.
 
@@ -36,9 +38,10 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, l
         Differentiable in every tensor argument.
 
     Raises:
-        ValueError: input not 3-D, integer input, dtype differing from the weights', bad backend.
-        RuntimeError: mismatched sizes, devices or hx dtype, zero-length sequence, an
-            unavailable backend.
+        ValueError: input not 3-D, integer input, dtype differing from the weights', bad backend,
+            lengths not a 1-D integer tensor of B entries (bool and float lengths included).
+        RuntimeError: mismatched sizes, devices or hx dtype, zero-length sequence, lengths
+            outside [0, T], an unavailable backend.
     """
     check_backend_name(backend)
     h0, c0 = check_lstm_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
@@ -78,6 +81,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
     Under torch.compile the layer is one custom op (:mod:`lstm_fast.custom_ops`): no graph break."""
     if lengths is not None:
         lengths = check_lengths(lengths, x.shape[0], x.shape[1], values=not torch.compiler.is_compiling())
+        x = _zero_padding(x, lengths)
     if torch.compiler.is_compiling():
         return _compiled_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
     device = x.device.type
@@ -113,6 +117,14 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
         return lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     from .triton_function import lstm_triton  # resolve_backend checked the kernels import
     return lstm_triton(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+
+def _zero_padding(x, lengths):
+    """``x`` with the positions past each row's length set to 0: they never affect the result,
+    but an implementation summing over all steps (the input-weight gradient, dgates^T x) would
+    turn NaN/Inf there into NaN (0 * NaN). One masked copy of x, on every path."""
+    pad = torch.arange(x.shape[0], device=x.device).unsqueeze(1) >= lengths.to(x.device).unsqueeze(0)
+    return x.masked_fill(pad.unsqueeze(-1), 0)
 
 
 def _compiled_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths):

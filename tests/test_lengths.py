@@ -132,3 +132,21 @@ def test_triton_path_uses_the_same_validation(dtype):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="lengths"):
         _layer(x, params, hx, torch.tensor(LENS) > 2, backend="triton")
+
+
+def test_non_finite_padding_under_autocast():
+    """The same under bf16 autocast (the CPU's bf16 path): padding changes nothing."""
+    params, hx = _setup(torch.float32)
+    pad = _padding_mask(LENS).unsqueeze(-1).expand(T, B, D)
+    x = torch.randn(T, B, D)
+    out = []
+    for value in (0.0, float("nan")):
+        xv = x.masked_fill(pad, value).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, (h, c) = fused_lstm(xv, hx, *params, lengths=torch.tensor(LENS))
+        g = torch.autograd.grad(y.float().sum() + c.float().sum(), [xv, *params])
+        out.append([y, h, c, *g])
+    for name, a, b in zip(["output", "h_n", "c_n", "grad input", "grad w_ih", "grad w_hh", "grad b_ih", "grad b_hh"],
+                          out[1], out[0], strict=True):
+        assert torch.isfinite(a).all(), f"{name}: non-finite values leaked from the padding"
+        assert torch.equal(a, b), name
