@@ -13,7 +13,9 @@ over all steps in the caller.
 import triton
 import triton.language as tl
 
-from .lstm_config import dot_precision, pick_config
+from .lstm_bwd_hidden_split import lstm_bwd_hidden_split
+from .lstm_config import pick_plan
+from .lstm_fwd import hidden_split_driver, sm_count
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -31,25 +33,26 @@ def _lstm_bwd_kernel(
     rmask = rows < B
     for s in range(T):
         t = T - 1 - s
+        t64 = tl.cast(t, tl.int64)              # t * stride passes 2^31 at large T*B*4H
         # Phase 1: gate gradients of step t, tile by tile over H.
         for j0 in range(0, H, BLOCK_H):
             cols = j0 + tl.arange(0, BLOCK_H)
             m = rmask[:, None] & (cols < H)[None, :]
-            dh = tl.load(DY + t * stride_dy_t + rows[:, None] * stride_dy_b + cols[None, :], mask=m, other=0.0).to(ACC)
+            dh = tl.load(DY + t64 * stride_dy_t + rows[:, None] * stride_dy_b + cols[None, :], mask=m, other=0.0).to(ACC)
             dh += tl.load(DH + rows[:, None] * stride_dh + cols[None, :], mask=m, other=0.0)
             dc_ptr = DC + rows[:, None] * stride_dc + cols[None, :]
             dc = tl.load(dc_ptr, mask=m, other=0.0)
-            g_ptr = G + t * stride_g_t + rows[:, None] * stride_g_b + cols[None, :]
+            g_ptr = G + t64 * stride_g_t + rows[:, None] * stride_g_b + cols[None, :]
             I = tl.load(g_ptr, mask=m, other=0.0)
             F = tl.load(g_ptr + H, mask=m, other=0.0)
             C_tilda = tl.load(g_ptr + 2 * H, mask=m, other=0.0)
             O = tl.load(g_ptr + 3 * H, mask=m, other=0.0)
             c_off = rows[:, None] * stride_c_b + cols[None, :]
-            c = tl.load(C + (t + 1) * stride_c_t + c_off, mask=m, other=0.0)
-            c_prev = tl.load(C + t * stride_c_t + c_off, mask=m, other=0.0)
+            c = tl.load(C + (t64 + 1) * stride_c_t + c_off, mask=m, other=0.0)
+            c_prev = tl.load(C + t64 * stride_c_t + c_off, mask=m, other=0.0)
             tc = 2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0                  # tanh(c_t)
             dct = dc + dh * O * (1.0 - tc * tc)
-            dg_ptr = DG + t * stride_dg_t + rows[:, None] * stride_dg_b + cols[None, :]
+            dg_ptr = DG + t64 * stride_dg_t + rows[:, None] * stride_dg_b + cols[None, :]
             tl.store(dg_ptr, dct * C_tilda * I * (1.0 - I), mask=m)
             tl.store(dg_ptr + H, dct * c_prev * F * (1.0 - F), mask=m)
             tl.store(dg_ptr + 2 * H, dct * I * (1.0 - C_tilda * C_tilda), mask=m)
@@ -64,16 +67,18 @@ def _lstm_bwd_kernel(
             for k0 in range(0, 4 * H, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 kmask = ks < 4 * H
-                dg = tl.load(DG + t * stride_dg_t + rows[:, None] * stride_dg_b + ks[None, :],
+                dg = tl.load(DG + t64 * stride_dg_t + rows[:, None] * stride_dg_b + ks[None, :],
                              mask=rmask[:, None] & kmask[None, :], other=0.0).to(W.dtype.element_ty)
-                w = tl.load(W + ks[:, None] * stride_w + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
+                w = tl.load(W + ks[:, None] * stride_w + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0,
+                            eviction_policy="evict_last")
                 acc += tl.dot(dg, w, input_precision=DOT_PRECISION)
             tl.store(DH + rows[:, None] * stride_dh + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
         tl.debug_barrier()
 
 
 def lstm_bwd(dY, dh_n, dc_n, w_hh, G, C):
-    """Launch the backward kernel.
+    """Launch the backward: hidden-split or batch-tiled, as :func:`.lstm_config.pick_plan` picks
+    for the backward (its own on-chip limit; the saved tensors are the same for both paths).
 
     Args:
         dY: (T, B, H) gradient of the outputs (or None); dh_n, dc_n: (B, H) or None.
@@ -96,8 +101,11 @@ def lstm_bwd(dY, dh_n, dc_n, w_hh, G, C):
     DC = dc_n.to(acc).clone().contiguous() if dc_n is not None else torch.zeros(B, H, dtype=acc, device=dev)
     DG = torch.empty(T, B, 4 * H, dtype=acc, device=dev)
     if B > 0:
-        precision = dot_precision(w_hh.dtype, w_hh.device.type)
-        cfg = pick_config(B, H, w_hh.dtype, precision)
+        plan = pick_plan(B, H, w_hh.dtype, G.device.type, sm_count(G.device), square=R == H, direction="bwd")
+        if plan.path == "hidden_split":
+            return lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, plan.config, plan.precision,
+                                         hidden_split_driver(G.device))
+        cfg, precision = plan.config, plan.precision
         w = w_hh.contiguous()
         _lstm_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
             dY, w, G, C, DG, DH, DC, T, B, H, R,

@@ -1,4 +1,15 @@
-"""Tile choice for the LSTM kernels: a small table keyed by (batch, hidden, dtype, dot precision),
+"""Which kernel path runs a layer, and its tiles.
+
+Two paths (see :func:`pick_plan`):
+
+* ``"hidden_split"`` (:mod:`.lstm_fwd_hidden_split`, :mod:`.lstm_bwd_hidden_split`): W_hh split by
+  hidden units across up to SM-count programs and kept on chip for all T; chosen wherever a
+  program's slice fits the on-chip budget and the grid fits the SMs (small and medium batches);
+* ``"batch_tiled"`` (:mod:`.lstm_fwd`, :mod:`.lstm_bwd`): each program owns a block of batch rows
+  and streams W_hh from L2 every step; everything else (large batches, very large H, the
+  projected first step where W_hh is not square).
+
+The batch-tiled tiles come from a small table keyed by (batch, hidden, dtype, dot precision),
 cached per key.
 
 Every entry was chosen from sm_90 compiles (registers and spills from triton's cuobjdump) with
@@ -12,7 +23,7 @@ from dataclasses import dataclass
 # (block_b, block_h, block_k, num_warps): spill-free on sm_90 for both kernels.
 _TABLE = {
     # fp32 with exact ("ieee") dots: FMA-based tl.dot holds more per thread; smaller K tile.
-    ("fp32-ieee", "small_b"): (16, 32, 16, 4),
+    ("fp32-ieee", "small_b"): (16, 32, 16, 8),   # 4 warps spilled 24 B once offsets were 64-bit
     ("fp32-ieee", "large_b"): (32, 32, 32, 8),
     # fp32 with tf32 tensor-core dots, and the 2-byte dtypes.
     ("fp32-tf32", "small_b"): (16, 64, 32, 8),
@@ -73,11 +84,141 @@ def all_configs():
     return list(seen)
 
 
-def dot_precision(dtype, device_type):
-    """tf32 for float32 on CUDA when cuDNN's LSTM would use it too (torch.backends.cudnn.allow_tf32,
-    on by default), so FusedLSTM matches nn.LSTM's numerics and speed class; exact otherwise."""
+def cudnn_rnn_allows_tf32():
+    """Whether cuDNN's LSTM would use TF32 for float32 now. Reads the fp32_precision API where this
+    torch has it (cudnn.rnn, then cudnn, then the generic setting; "none" inherits) and the legacy
+    ``cudnn.allow_tf32`` only when none of them decides, tolerating the RuntimeError torch raises
+    on a legacy read after the new API was used. Never sets anything."""
     import torch
 
-    if dtype == torch.float32 and device_type == "cuda" and torch.backends.cudnn.allow_tf32:
+    cudnn = torch.backends.cudnn
+    for holder in (getattr(cudnn, "rnn", None), cudnn, torch.backends):
+        precision = getattr(holder, "fp32_precision", None) if holder is not None else None
+        if precision in ("tf32", "ieee"):
+            return precision == "tf32"
+    try:
+        return bool(cudnn.allow_tf32)
+    except RuntimeError:   # mixed legacy/new API state: torch's own default is TF32 for cuDNN
+        return True
+
+
+def dot_precision(dtype, device_type):
+    """tf32 for float32 on CUDA when cuDNN's LSTM would use it too (:func:`cudnn_rnn_allows_tf32`),
+    so FusedLSTM matches nn.LSTM's numerics and speed class; exact otherwise."""
+    import torch
+
+    if dtype == torch.float32 and device_type == "cuda" and cudnn_rnn_allows_tf32():
         return "tf32"
     return "ieee"
+
+
+# ---------------------------------------------------------------- hidden-split partition
+HS_MAX_BATCH = 64                 # batch rows per hidden-split program (the dot's N)
+HS_MAX_UNITS = 64                 # hidden units per program
+# On-chip bytes a hidden-split program may use: its stationary W_hh slice (4*HS x KP; Triton
+# keeps a loop-invariant dot operand in shared memory, loaded once) plus the per-step operand
+# (h_{t-1}^T, or one gate of dG_{t+1}^T: KP x BB). 216 KB of the H100's 227 KB per block. Exact fp32 dots ("ieee") run on FMA units with both operands in registers, so their
+# budget is what 4-8 warps hold without spilling. Both chosen from sm_90 compiles
+# (benchmarks/sm90_report.py: no spills, shared memory within the limit).
+SMEM_BUDGET = 216 * 1024
+FMA_BUDGET = 48 * 1024
+# The backward's stationary operand is W_hh's column slice as the A operand of mma.sync (HMMA),
+# which lives in registers beside one gate's [KP, BB] tile of dG: what compiled without spills on
+# sm_90 (benchmarks/sm90_report.py) is at most 128 KB of the two for 16-bit (8 warps) and 48 KB
+# for tf32. Exact fp32 dots spilled even at 16 KB, so an "ieee" float32 backward is batch-tiled.
+BWD_BUDGET = {2: 128 * 1024, 4: 48 * 1024, 8: 1 << 40}
+H100_SM_COUNT = 132               # what the interpreter and the sm_90 report assume
+
+forced_path = None                # tests: "hidden_split" or "batch_tiled" overrides pick_plan
+forced_driver = None              # tests: "step" or "persistent" overrides the hidden-split driver
+
+
+@dataclass(frozen=True)
+class HiddenSplitConfig:
+    hs: int           # hidden units per program (4*hs gate rows: the dot's M)
+    bb: int           # batch rows per program (the dot's N, >= 16)
+    kp: int           # H padded to a power of two (the dot's K)
+    num_warps: int = 4
+
+    def grid(self, B, H):
+        return (-(-H // self.hs), -(-B // self.bb))
+
+    def on_chip_bytes(self, itemsize):
+        """Stationary W_hh slice plus the per-step operand (see SMEM_BUDGET)."""
+        return (4 * self.hs * self.kp + self.kp * self.bb) * itemsize
+
+
+def _pow2(n, lo=16):
+    p = lo
+    while p < n:
+        p *= 2
+    return p
+
+
+def _hidden_split_config(B, H, itemsize, sm_count, precision, direction="fwd", unlimited=False):
+    """The smallest slice (most programs) whose on-chip footprint fits with the grid within
+    ``sm_count``; None when there is none (or W_hh would not stay on chip)."""
+    kp = _pow2(H)
+    bb = _pow2(min(B, HS_MAX_BATCH))
+    n_b = -(-B // bb)
+    fma = precision == "ieee" and itemsize == 4
+    if direction == "bwd" and fma and not unlimited:
+        return None
+    hs = 16 if itemsize == 2 else 4   # 4*hs = 64 rows: wgmma's M for 16-bit; 16: tl.dot's minimum
+    while hs <= HS_MAX_UNITS:
+        w_bytes = 4 * hs * kp * itemsize
+        if direction == "bwd":
+            cfg = HiddenSplitConfig(hs, bb, kp, num_warps=4 if w_bytes <= 16 * 1024 else 8)
+            fits = w_bytes + kp * bb * itemsize <= BWD_BUDGET[itemsize]
+        else:
+            cfg = HiddenSplitConfig(hs, bb, kp, num_warps=4 if w_bytes <= 32 * 1024 else 8)
+            fits = cfg.on_chip_bytes(itemsize) <= (FMA_BUDGET if fma else SMEM_BUDGET)
+        if -(-H // hs) * n_b <= sm_count and (fits or unlimited):
+            return cfg
+        hs *= 2
+    return None
+
+
+@dataclass(frozen=True)
+class LSTMPlan:
+    path: str                     # "hidden_split" or "batch_tiled"
+    config: object                # HiddenSplitConfig or LSTMKernelConfig
+    precision: str                # tl.dot input_precision: "ieee" or "tf32"
+
+
+def pick_plan(B, H, dtype, device_type, sm_count=H100_SM_COUNT, square=True, direction="fwd") -> LSTMPlan:
+    """The path and tiles for one layer: hidden-split wherever a program's slice of W_hh fits on
+    chip (``SMEM_BUDGET``) with the grid within ``sm_count`` programs (all co-resident) and W_hh
+    is square; batch-tiled otherwise. ``direction`` "fwd" or "bwd": each has its own on-chip limit,
+    and both read and write the same saved tensors, so they may take different paths. float64 (interpreter only) is batch-tiled unless forced
+    (``forced_path``, for tests, also lifts the on-chip budget)."""
+    import torch
+
+    precision = dot_precision(dtype, device_type)
+    hs = None
+    if square and forced_path != "batch_tiled" and (dtype != torch.float64 or forced_path):
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        hs = _hidden_split_config(B, H, itemsize, sm_count, precision, direction, unlimited=forced_path is not None)
+    if hs is not None:
+        return LSTMPlan("hidden_split", hs, precision)
+    return LSTMPlan("batch_tiled", pick_config(B, H, dtype, precision), precision)
+
+
+def all_plans():
+    """Every hidden-split (direction, config, dtype, precision) pick_plan can return on an H100 for
+    the grid's and the published shapes' batch sizes, at each H in {256, 512, 768, 1024}, with the
+    first B that picks it, for the sm_90 report."""
+    import torch
+
+    seen = {}
+    for dtype, precisions in ((torch.bfloat16, ("ieee",)), (torch.float16, ("ieee",)),
+                              (torch.float32, ("ieee", "tf32"))):
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        for B in (1, 8, 16, 32, 64, 128, 512):
+            for H in (256, 512, 768, 1024):
+                for precision in precisions:
+                    for direction in ("fwd", "bwd"):
+                        cfg = _hidden_split_config(B, H, itemsize, H100_SM_COUNT, precision, direction)
+                        if cfg is not None:
+                            seen.setdefault((direction, cfg, dtype, precision, H), B)
+    return [(direction, cfg, dtype, precision, B, H) for (direction, cfg, dtype, precision, H), B in seen.items()]

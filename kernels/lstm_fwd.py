@@ -15,7 +15,9 @@ barrier separates steps: h_t is read back by other warps of the same program at 
 import triton
 import triton.language as tl
 
-from .lstm_config import dot_precision, pick_config
+from . import lstm_config
+from .lstm_config import H100_SM_COUNT, pick_plan
+from .lstm_fwd_hidden_split import lstm_fwd_hidden_split
 
 
 @triton.jit
@@ -42,11 +44,12 @@ def _lstm_fwd_kernel(
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     for t in range(T):
+        t64 = tl.cast(t, tl.int64)              # t * stride passes 2^31 at large T*B*4H
         # h_{t-1}: the caller's h_0 at t = 0, else this program's own output row block of step t-1.
         if t == 0:
             hp = H0 + rows[:, None] * stride_h0
         else:
-            hp = Y + (t - 1) * stride_y_t + rows[:, None] * stride_y_b
+            hp = Y + (t64 - 1) * stride_y_t + rows[:, None] * stride_y_b
         for j0 in range(0, H, BLOCK_H):
             cols = j0 + tl.arange(0, BLOCK_H)
             cmask = cols < H
@@ -60,25 +63,25 @@ def _lstm_fwd_kernel(
                 h = tl.load(hp + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0).to(W.dtype.element_ty)
                 wmask = kmask[:, None] & cmask[None, :]
                 w_ptr = W + cols[None, :] * stride_w + ks[:, None]          # W_hh^T tile [BLOCK_K, BLOCK_H]
-                acc_i += tl.dot(h, tl.load(w_ptr, mask=wmask, other=0.0), input_precision=DOT_PRECISION)
-                acc_f += tl.dot(h, tl.load(w_ptr + H * stride_w, mask=wmask, other=0.0), input_precision=DOT_PRECISION)
-                acc_g += tl.dot(h, tl.load(w_ptr + 2 * H * stride_w, mask=wmask, other=0.0), input_precision=DOT_PRECISION)
-                acc_o += tl.dot(h, tl.load(w_ptr + 3 * H * stride_w, mask=wmask, other=0.0), input_precision=DOT_PRECISION)
+                acc_i += tl.dot(h, tl.load(w_ptr, mask=wmask, other=0.0, eviction_policy="evict_last"), input_precision=DOT_PRECISION)
+                acc_f += tl.dot(h, tl.load(w_ptr + H * stride_w, mask=wmask, other=0.0, eviction_policy="evict_last"), input_precision=DOT_PRECISION)
+                acc_g += tl.dot(h, tl.load(w_ptr + 2 * H * stride_w, mask=wmask, other=0.0, eviction_policy="evict_last"), input_precision=DOT_PRECISION)
+                acc_o += tl.dot(h, tl.load(w_ptr + 3 * H * stride_w, mask=wmask, other=0.0, eviction_policy="evict_last"), input_precision=DOT_PRECISION)
             m = rmask[:, None] & cmask[None, :]
-            xg = XG + t * stride_xg_t + rows[:, None] * stride_xg_b + cols[None, :]
+            xg = XG + t64 * stride_xg_t + rows[:, None] * stride_xg_b + cols[None, :]
             I = _sigmoid(acc_i + tl.load(xg, mask=m, other=0.0).to(ACC))
             F = _sigmoid(acc_f + tl.load(xg + H, mask=m, other=0.0).to(ACC))
             C_tilda = _tanh(acc_g + tl.load(xg + 2 * H, mask=m, other=0.0).to(ACC))
             O = _sigmoid(acc_o + tl.load(xg + 3 * H, mask=m, other=0.0).to(ACC))
             c_off = rows[:, None] * stride_c_b + cols[None, :]
-            c_prev = tl.load(C + t * stride_c_t + c_off, mask=m, other=0.0)      # C[0] holds c_0
+            c_prev = tl.load(C + t64 * stride_c_t + c_off, mask=m, other=0.0)      # C[0] holds c_0
             c = F * c_prev + I * C_tilda
             h_new = O * _tanh(c)
-            tl.store(C + (t + 1) * stride_c_t + c_off, c, mask=m)
-            tl.store(Y + t * stride_y_t + rows[:, None] * stride_y_b + cols[None, :],
+            tl.store(C + (t64 + 1) * stride_c_t + c_off, c, mask=m)
+            tl.store(Y + t64 * stride_y_t + rows[:, None] * stride_y_b + cols[None, :],
                      h_new.to(Y.dtype.element_ty), mask=m)
             if SAVE_GATES:
-                g_ptr = G + t * stride_g_t + rows[:, None] * stride_g_b + cols[None, :]
+                g_ptr = G + t64 * stride_g_t + rows[:, None] * stride_g_b + cols[None, :]
                 tl.store(g_ptr, I, mask=m)
                 tl.store(g_ptr + H, F, mask=m)
                 tl.store(g_ptr + 2 * H, C_tilda, mask=m)
@@ -86,8 +89,29 @@ def _lstm_fwd_kernel(
         tl.debug_barrier()
 
 
+def sm_count(device):
+    """Programs that can be co-resident: the GPU's SM count (one program per SM); the H100's
+    under the interpreter, so the dispatcher picks the partition a real launch would."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return H100_SM_COUNT
+
+
+def hidden_split_driver(device):
+    """"persistent" (one launch, grid barrier) on a GPU; "step" (one launch per step) under the
+    interpreter, which runs programs one after another; ``lstm_config.forced_driver`` overrides."""
+    import os
+
+    if lstm_config.forced_driver:
+        return lstm_config.forced_driver
+    return "step" if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" else "persistent"
+
+
 def lstm_fwd(xg, h0, c0, w_hh, save_gates=True):
-    """Launch the forward kernel.
+    """Launch the forward: the hidden-split path or the batch-tiled kernel, whichever
+    :func:`.lstm_config.pick_plan` picks.
 
     Args:
         xg: (T, B, 4H) input projection incl. both biases (any float dtype).
@@ -112,8 +136,11 @@ def lstm_fwd(xg, h0, c0, w_hh, save_gates=True):
     G = torch.empty(T, B, 4 * H, dtype=acc, device=xg.device) if save_gates else None
     if B == 0:
         return Y, C, G
-    precision = dot_precision(w_hh.dtype, w_hh.device.type)
-    cfg = pick_config(B, H, w_hh.dtype, precision)
+    plan = pick_plan(B, H, w_hh.dtype, xg.device.type, sm_count(xg.device), square=R == H)
+    if plan.path == "hidden_split":
+        return lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, plan.config, plan.precision,
+                                     hidden_split_driver(xg.device))
+    cfg, precision = plan.config, plan.precision
     grid = (triton.cdiv(B, cfg.block_b),)
     Gp = G if G is not None else C  # placeholder pointer when gates are not saved
     _lstm_fwd_kernel[grid](

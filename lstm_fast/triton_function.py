@@ -22,19 +22,36 @@ def _input_projection(x, w_ih, b_ih, b_hh):
     return xg.view(T, B, -1)
 
 
+def _finished(lengths, T, device):
+    """(T, B, 1) bool: True at steps t >= lengths[b] (padding)."""
+    return (torch.arange(T, device=device)[:, None] >= lengths.to(device)[None, :]).unsqueeze(-1)
+
+
+def _zero_padding(x, lengths):
+    """x with padded positions set to 0, so NaN/Inf there reaches neither the gates nor dW_ih."""
+    return x.masked_fill(_finished(lengths, x.shape[0], x.device), 0)
+
+
 def _freeze_finished_rows(xg, lengths):
     """Variable lengths without touching the kernels: at steps t >= lengths[b], row b's forget
-    pre-activation is +inf and its input and output pre-activations -inf, so F = 1, I = 0, O = 0
-    exactly. The cell state is carried unchanged, the output is 0, and in the backward the same
-    saved gates make every gate gradient 0 and carry dc through (masking inside the kernel cost a
-    stack frame on sm_90)."""
+    pre-activation is +inf, its input and output pre-activations -inf and its candidate 0, so
+    F = 1, I = 0, O = 0 and C_tilda = 0 exactly. The cell state is carried unchanged, the output is
+    0, and in the backward the same saved gates make every gate gradient 0 and carry dc through.
+    Every value written here is finite or an exact saturation, whatever the padding held."""
     T, B, G4 = xg.shape
     H = G4 // 4
-    finished = (torch.arange(T, device=xg.device)[:, None] >= lengths.to(xg.device)[None, :]).unsqueeze(-1)
+    finished = _finished(lengths, T, xg.device)
     xg[:, :, :H].masked_fill_(finished, float("-inf"))          # I
     xg[:, :, H: 2 * H].masked_fill_(finished, float("inf"))     # F
+    xg[:, :, 2 * H: 3 * H].masked_fill_(finished, 0.0)          # C_tilda
     xg[:, :, 3 * H:].masked_fill_(finished, float("-inf"))      # O
     return xg
+
+
+def _gemm_dtype(x, acc):
+    """Operand dtype of the input/weight-gradient GEMMs: 16-bit operands stay 16-bit (fp32
+    accumulation inside cuBLAS, as cuDNN does), float32/float64 in the accumulation dtype."""
+    return x.dtype if x.dtype in (torch.float16, torch.bfloat16) else acc
 
 
 def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
@@ -42,6 +59,8 @@ def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     ``lengths``: per-row lengths (finished rows frozen, output 0; see _freeze_finished_rows)."""
     from .kernels import lstm_fwd
 
+    if lengths is not None:
+        x = _zero_padding(x, lengths)
     xg = _input_projection(x, w_ih, b_ih, b_hh)
     if lengths is not None:
         xg = _freeze_finished_rows(xg, lengths)
@@ -69,18 +88,21 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     if dh_direct is not None:
         dh0 = dh0 + dh_direct.to(dh0.dtype)
     T, B, D = x.shape
+    if lengths is not None and n[3]:
+        x = _zero_padding(x, lengths)
     acc = DG.dtype
-    dG2 = DG.view(T * B, -1)
+    gd = _gemm_dtype(x, acc)
+    dG2 = DG.view(T * B, -1).to(gd)
     dx = dw_ih = dw_hh = db = None
     if n[0]:
-        dx = (dG2 @ w_ih.to(acc)).view(T, B, D).to(x.dtype)
+        dx = (dG2 @ w_ih.to(gd)).view(T, B, D).to(x.dtype)
     if n[3]:
-        dw_ih = (dG2.t() @ x.reshape(T * B, D).to(acc)).to(w_ih.dtype)
+        dw_ih = (dG2.t() @ x.reshape(T * B, D).to(gd)).to(w_ih.dtype)
     if n[4]:
         h_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
-        dw_hh = (dG2.t() @ h_prev.reshape(T * B, -1).to(acc)).to(w_hh.dtype)
+        dw_hh = (dG2.t() @ h_prev.reshape(T * B, -1).to(gd)).to(w_hh.dtype)
     if n[5] or n[6]:
-        db = dG2.sum(0).to(w_hh.dtype)
+        db = DG.view(T * B, -1).sum(0).to(w_hh.dtype)
     return (dx, dh0.to(h0.dtype) if n[1] else None, dc0.to(x.dtype) if n[2] else None,
             dw_ih, dw_hh, db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 
@@ -92,6 +114,8 @@ def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
         return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     from .kernels import lstm_fwd
 
+    if lengths is not None:
+        x = _zero_padding(x, lengths)
     xg = _input_projection(x, w_ih, b_ih, b_hh)
     if lengths is not None:
         xg = _freeze_finished_rows(xg, lengths)

@@ -103,3 +103,24 @@ def check_lengths_against_nn_lstm(lens, dtype, device, backend):
     gr = torch.autograd.grad(ref_loss, [x, *hx, *ref.parameters()])
     for name, a, b in zip(["input", "h_0", "c_0"] + [n for n, _ in ref.named_parameters()], g, gr, strict=True):
         assert_close(a, b, dtype, f"grad {name}")
+
+
+@pytest.fixture
+def cudnn_tf32():
+    """``cudnn_tf32(enabled)`` sets whether cuDNN's RNN (and so our dot precision) uses TF32, through
+    the fp32_precision API where torch has it (the legacy flag otherwise), and restores it after
+    the test."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    new_api = rnn is not None and hasattr(rnn, "fp32_precision")
+    saved = rnn.fp32_precision if new_api else torch.backends.cudnn.allow_tf32
+
+    def set_(enabled):
+        if new_api:
+            rnn.fp32_precision = "tf32" if enabled else "ieee"
+        else:
+            torch.backends.cudnn.allow_tf32 = enabled
+    yield set_
+    if new_api:
+        rnn.fp32_precision = saved
+    else:
+        torch.backends.cudnn.allow_tf32 = saved

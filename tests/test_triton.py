@@ -47,9 +47,9 @@ def _run(fn, T, B, D, H, dtype, ref_params, with_hx=True):
 @pytest.mark.parametrize("T,B,D,H", SHAPES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
-def test_triton_matches_nn_lstm_and_cpu(T, B, D, H, dtype, bias, with_hx):
+def test_triton_matches_nn_lstm_and_cpu(T, B, D, H, dtype, bias, with_hx, cudnn_tf32):
     if CUDA and dtype == torch.float32:
-        torch.backends.cudnn.allow_tf32 = False   # exact comparison; tf32 has its own GPU test
+        cudnn_tf32(False)   # exact comparison; tf32 has its own GPU test
     ref = nn.LSTM(D, H, bias=bias, dtype=dtype, device=DEV)
     ref_params = list(ref.parameters())
 
@@ -115,38 +115,44 @@ def test_triton_module(kw, packed):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("lens", [[5, 2, 5, 1, 3], [3, 0, 1, 3, 2], [1] * 17], ids=["unsorted", "with-zero", "B17-T1"])
-def test_triton_lengths_masked_in_the_kernels(lens, dtype):
+def test_triton_lengths_masked_in_the_kernels(lens, dtype, cudnn_tf32):
     """Variable lengths inside the Triton kernels (finished rows masked), checked row by row."""
     if CUDA and dtype == torch.float32:
-        torch.backends.cudnn.allow_tf32 = False
+        cudnn_tf32(False)
     check_lengths_against_nn_lstm(lens, dtype, DEV, "triton")
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), ("tf32", 5e-4), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)],
-                         ids=["fp32", "tf32", "bf16", "fp16"])
-@pytest.mark.parametrize("T,B,D,H", [(35, 32, 28, 256), (7, 3, 64, 130), (4, 100, 512, 512)], ids=["d2l", "odd", "wide"])
-def test_gpu_relative_error(T, B, D, H, dtype, tol):
-    """On CUDA, fresh inputs (outputs poisoned by conftest): ||out - ref|| / ||ref|| against float64."""
-    torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+@pytest.mark.parametrize("dtype", [torch.float32, "tf32", torch.bfloat16, torch.float16], ids=["fp32", "tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("T,B,D,H", [(35, 32, 28, 256), (7, 3, 64, 130), (4, 100, 512, 512), (6, 8, 96, 768)],
+                         ids=["d2l", "odd", "wide", "H768"])
+def test_gpu_relative_error(T, B, D, H, dtype, cudnn_tf32):
+    """On CUDA, fresh inputs (outputs poisoned by conftest): ||out - ref|| / ||ref|| against float64,
+    for FusedLSTM and for cuDNN (nn.LSTM) in the same precision. Ours must be within 3x cuDNN's own
+    error (plus a floor at float32 round-off), so the bound tracks the precision actually used
+    instead of sitting at a fixed number near tf32's noise."""
+    cudnn_tf32(dtype == "tf32")
     dt = torch.float32 if dtype == "tf32" else dtype
-    try:
-        ref = nn.LSTM(D, H, dtype=torch.float64, device="cuda")
-        x = torch.randn(T, B, D, dtype=torch.float64, device="cuda", requires_grad=True)
-        yr, (hr, cr) = ref(x)
-        w = torch.randn_like(yr)
-        gr = torch.autograd.grad((yr * w).sum() + hr.sum() + cr.sum(), [x] + list(ref.parameters()))
-        m = FusedLSTM(D, H, dtype=dt, device="cuda")
+    ref = nn.LSTM(D, H, dtype=torch.float64, device="cuda")
+    x = torch.randn(T, B, D, dtype=torch.float64, device="cuda", requires_grad=True)
+    yr, (hr, cr) = ref(x)
+    w = torch.randn_like(yr)
+    gr = torch.autograd.grad((yr * w).sum() + hr.sum() + cr.sum(), [x] + list(ref.parameters()))
+
+    def run(cls):
+        m = cls(D, H, dtype=dt, device="cuda")
         m.load_state_dict({k: v.to(dt) for k, v in ref.state_dict().items()})
         x2 = x.detach().to(dt).requires_grad_()
         y, (h, c) = m(x2)
-        g = torch.autograd.grad((y * w.to(dt)).sum() + h.sum() + c.sum(), [x2] + list(m.parameters()))
-        for name, a, b in [("output", y, yr), ("h_n", h, hr), ("c_n", c, cr)] + list(zip(["grad x", "w_ih", "w_hh", "b_ih", "b_hh"], g, gr, strict=True)):
-            assert not torch.isnan(a).any(), f"{name}: NaN"
-            err = ((a.double() - b).norm() / b.norm()).item()
-            assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
-    finally:
-        torch.backends.cudnn.allow_tf32 = True
+        return [y, h, c, *torch.autograd.grad((y * w.to(dt)).sum() + h.sum() + c.sum(), [x2] + list(m.parameters()))]
+
+    names = ["output", "h_n", "c_n", "grad x", "w_ih", "w_hh", "b_ih", "b_hh"]
+    ours, cudnn = run(FusedLSTM), run(nn.LSTM)
+    for name, a, c, b in zip(names, ours, cudnn, [yr, hr, cr, *gr], strict=True):
+        assert not torch.isnan(a).any(), f"{name}: NaN"
+        err = ((a.double() - b).norm() / b.norm()).item()
+        err_cudnn = ((c.double() - b).norm() / b.norm()).item()
+        assert err <= 3 * err_cudnn + 1e-6, f"{name}: relative error {err:.2e} > 3 x cuDNN's {err_cudnn:.2e}"
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -169,7 +175,8 @@ def test_gpu_autocast(ac):
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_gpu_bitwise_deterministic():
-    """No atomics in the kernels: two runs give bitwise identical outputs and gradients."""
+    """A fixed reduction order (the hidden-split barrier's atomics only count arrivals, they never
+    add data): two runs give bitwise identical outputs and gradients."""
     m = FusedLSTM(16, 48, num_layers=2, device="cuda")
     x = torch.randn(12, 5, 16, device="cuda", requires_grad=True)
 

@@ -1,0 +1,211 @@
+"""Hidden-split forward: the recurrent weight stays on chip, the hidden units are split across
+programs.
+
+Shape legend: B batch, T steps, H hidden, HS hidden units per program, BB batch rows per program,
+KP = H padded to a power of two; gates i, f, g, o (d2l: I, F, C_tilda, O).
+
+Why: the batch-tiled kernel (:mod:`.lstm_fwd`) gives each program a block of batch rows and all
+of H, so at small B only a few SMs work and each re-reads all of W_hh from L2 every step. Here
+program (n, m) owns hidden units [n*HS, (n+1)*HS) of all four gates and batch rows
+[m*BB, (m+1)*BB): its slice of W_hh, the 4*HS rows [i | f | g | o] of those units (4*HS x H), is
+loaded once before the time loop and stays on chip for all T, and its c stays in registers. Per
+step it loads h_{t-1} (B x H, from L2), computes ``W_slice @ h^T`` as one dot with the gate rows
+as M (4*HS >= 64 for 16-bit: Hopper's wgmma), adds the precomputed input projection XG[t]
+(prefetched before the barrier wait), runs the cell, writes its slice of h_t and meets the other
+programs of its batch block at a grid barrier (:func:`.grid_sync.grid_barrier`).
+
+Two drivers share one step body (:func:`_hs_fwd_cell`):
+
+* ``_hs_fwd_persistent_kernel``: one launch walks T, with the grid barrier between steps. Needs
+  every program co-resident (the dispatcher keeps the grid <= the SM count).
+* ``_hs_fwd_step_kernel``: one launch per step, the kernel boundary is the barrier. Runs under
+  Triton's interpreter with the real multi-program partition (which would deadlock the persistent
+  driver there), and is a GPU fallback that CUDA graphs can capture.
+
+Hidden states live in one buffer HB (T+1, B, H) with HB[0] = h_0: step t reads HB[t], writes
+HB[t+1] (the output is HB[1:], and the backward's h_{t-1} is HB[:-1] with no concatenation).
+Time offsets are 64-bit: t * stride passes 2^31 at large B*H*T.
+"""
+import triton
+import triton.language as tl
+
+from .grid_sync import grid_barrier, sigmoid, split_gates, tanh
+
+
+@triton.jit
+def _load_w_rows(W, stride_w, H, pid_h, HS: tl.constexpr, KP: tl.constexpr):
+    """This program's 4*HS gate rows of W_hh (4H, H): [4*HS, KP], zero past H."""
+    r = tl.arange(0, 4 * HS)
+    unit = pid_h * HS + r % HS
+    row = (r // HS) * H + unit
+    ks = tl.arange(0, KP)
+    return tl.load(W + row[:, None] * stride_w + ks[None, :], mask=(unit < H)[:, None] & (ks < H)[None, :], other=0.0,
+                   eviction_policy="evict_last")
+
+
+@triton.jit
+def _load_xg(XG_t, stride_xg_b, H, units, rows, m):
+    """XG[t] for this program's units and rows, one [HS, BB] tile per gate."""
+    p = XG_t + rows[None, :] * stride_xg_b + units[:, None]
+    return (tl.load(p, mask=m, other=0.0), tl.load(p + H, mask=m, other=0.0),
+            tl.load(p + 2 * H, mask=m, other=0.0), tl.load(p + 3 * H, mask=m, other=0.0))
+
+
+@triton.jit
+def _hs_fwd_cell(Wt, HB_t, stride_hb_b, xi, xf, xg, xo, c_prev, rows, rmask, H,
+                 DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr):
+    """One step for one program: gate pre-activations ``W_slice @ h_{t-1}^T + XG[t]``, the cell.
+    Returns I, F, C_tilda, O, c_t, h_t, each [HS, BB] in the accumulation dtype of c_prev."""
+    ACC = c_prev.dtype
+    ks = tl.arange(0, KP)
+    h = tl.load(HB_t + rows[None, :] * stride_hb_b + ks[:, None], mask=(ks < H)[:, None] & rmask[None, :],
+                other=0.0, cache_modifier=".cg")                                  # h_{t-1}^T [KP, BB], from L2
+    acc = tl.dot(Wt, h.to(Wt.dtype), tl.zeros((4 * HS, BB), dtype=ACC), input_precision=DOT_PRECISION)
+    a_i, a_f, a_g, a_o = split_gates(acc, HS, BB)
+    I = sigmoid(a_i + xi.to(ACC))
+    F = sigmoid(a_f + xf.to(ACC))
+    C_tilda = tanh(a_g + xg.to(ACC))
+    O = sigmoid(a_o + xo.to(ACC))
+    c = F * c_prev + I * C_tilda
+    return I, F, C_tilda, O, c, O * tanh(c)
+
+
+@triton.jit
+def _store_step(HB_t1, stride_hb_b, C_t1, stride_c_b, G_t, stride_g_b, H, units, rows, m,
+                I, F, C_tilda, O, c, h, STORE_C: tl.constexpr, STORE_G: tl.constexpr):
+    """h_t into HB[t+1]; c_t into C_t1 (STORE_C) and the activated gates into G[t] (STORE_G)."""
+    tl.store(HB_t1 + rows[None, :] * stride_hb_b + units[:, None], h.to(HB_t1.dtype.element_ty), mask=m)
+    if STORE_C:
+        tl.store(C_t1 + rows[None, :] * stride_c_b + units[:, None], c, mask=m)
+    if STORE_G:
+        g = G_t + rows[None, :] * stride_g_b + units[:, None]
+        tl.store(g, I, mask=m)
+        tl.store(g + H, F, mask=m)
+        tl.store(g + 2 * H, C_tilda, mask=m)
+        tl.store(g + 3 * H, O, mask=m)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _hs_fwd_persistent_kernel(
+    XG, W, HB, C, G, COUNTER, ERR,
+    T, B, H, max_spins,
+    stride_xg_t, stride_xg_b, stride_w, stride_hb_t, stride_hb_b, stride_c_t, stride_c_b, stride_g_t, stride_g_b,
+    SAVE: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+):
+    pid_h, pid_b, n_h = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
+    units = pid_h * HS + tl.arange(0, HS)
+    rows = pid_b * BB + tl.arange(0, BB)
+    rmask = rows < B
+    m = (units < H)[:, None] & rmask[None, :]
+    Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)                     # on chip for all T
+    c = tl.load(C + rows[None, :] * stride_c_b + units[:, None], mask=m, other=0.0)   # C[0] = c_0
+    xi, xf, xg, xo = _load_xg(XG, stride_xg_b, H, units, rows, m)
+    counter = COUNTER + pid_b
+    failed = 0
+    for t in range(T):
+        t64 = tl.cast(t, tl.int64)
+        I, F, C_tilda, O, c, h = _hs_fwd_cell(Wt, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo, c,
+                                              rows, rmask, H, DOT_PRECISION, HS, BB, KP)
+        _store_step(HB + (t64 + 1) * stride_hb_t, stride_hb_b, C + (t64 + 1) * stride_c_t, stride_c_b,
+                    G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h, SAVE, SAVE)
+        if t + 1 < T:   # prefetch XG[t+1] before waiting on the other programs
+            xi, xf, xg, xo = _load_xg(XG + (t64 + 1) * stride_xg_t, stride_xg_b, H, units, rows, m)
+        failed = grid_barrier(counter, (t + 1) * n_h, ERR, failed, max_spins)
+    if not SAVE:        # C is (2, B, H): c_T into C[1]
+        tl.store(C + stride_c_t + rows[None, :] * stride_c_b + units[:, None], c, mask=m)
+
+
+@triton.jit(do_not_specialize=["t", "c_in", "c_out"])
+def _hs_fwd_step_kernel(
+    XG, W, HB, C, G,
+    t, c_in, c_out, B, H,
+    stride_xg_t, stride_xg_b, stride_w, stride_hb_t, stride_hb_b, stride_c_t, stride_c_b, stride_g_t, stride_g_b,
+    SAVE: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+):
+    """Step ``t`` only: c_{t-1} from C[c_in], c_t into C[c_out] (the launcher ping-pongs two
+    slots when nothing is saved)."""
+    pid_h, pid_b = tl.program_id(0), tl.program_id(1)
+    units = pid_h * HS + tl.arange(0, HS)
+    rows = pid_b * BB + tl.arange(0, BB)
+    rmask = rows < B
+    m = (units < H)[:, None] & rmask[None, :]
+    t64 = tl.cast(t, tl.int64)
+    Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)
+    c = tl.load(C + c_in.to(tl.int64) * stride_c_t + rows[None, :] * stride_c_b + units[:, None], mask=m, other=0.0)
+    xi, xf, xg, xo = _load_xg(XG + t64 * stride_xg_t, stride_xg_b, H, units, rows, m)
+    I, F, C_tilda, O, c, h = _hs_fwd_cell(Wt, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo, c,
+                                          rows, rmask, H, DOT_PRECISION, HS, BB, KP)
+    _store_step(HB + (t64 + 1) * stride_hb_t, stride_hb_b, C + c_out.to(tl.int64) * stride_c_t, stride_c_b,
+                G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h, True, SAVE)
+
+
+MAX_SPINS = 1 << 22     # barrier polls before a launch gives up (seconds on an H100, never a hang)
+poison_steps = False    # tests: fill HB[t+1] with NaN before each step of the step driver
+
+
+def _cooperative_kwargs():
+    """launch_cooperative_grid=True where this Triton has it (a launch the GPU cannot make
+    co-resident then fails instead of deadlocking); nothing under the interpreter."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return {}
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return {}
+    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__ else {}
+
+
+def check_barrier_flag(err, what):
+    """Raise RuntimeError when a persistent launch's grid barrier timed out (skipped while a CUDA
+    graph is being captured, where reading it would break the capture)."""
+    import torch
+
+    if err.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if int(err.item()):
+        raise RuntimeError(f"{what}: a grid barrier timed out: not every program was co-resident on the GPU "
+                           f"(another kernel occupying SMs?). The results of this call are invalid.")
+
+
+def lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, cfg, precision, driver):
+    """Launch the hidden-split forward (see the module docstring).
+
+    Args: as :func:`lstm_fast.kernels.lstm_fwd` (w_hh square), plus the partition ``cfg``
+    (:class:`.lstm_config.HiddenSplitConfig`), the dot ``precision`` and ``driver``
+    ("persistent" or "step").
+    Returns: (Y (T, B, H) = HB[1:], C, G): C (T+1, B, H) with C[0] = c_0 when saving, else (2, B, H)
+    whose last row is c_T; G (T, B, 4H) or None.
+    """
+    import torch
+
+    T, B, G4 = xg.shape
+    H = G4 // 4
+    dev = xg.device
+    acc = torch.float64 if w_hh.dtype == torch.float64 else torch.float32
+    HB = torch.empty(T + 1, B, H, dtype=w_hh.dtype, device=dev)
+    HB[0].copy_(h0)
+    C = torch.empty(T + 1 if save_gates else 2, B, H, dtype=acc, device=dev)
+    C[0].copy_(c0)
+    G = torch.empty(T, B, 4 * H, dtype=acc, device=dev) if save_gates else None
+    Gp = G if G is not None else C
+    grid = cfg.grid(B, H)
+    strides = (xg.stride(0), xg.stride(1), w_hh.stride(0), HB.stride(0), HB.stride(1), C.stride(0), C.stride(1),
+               Gp.stride(0), Gp.stride(1))
+    tiles = dict(DOT_PRECISION=precision, HS=cfg.hs, BB=cfg.bb, KP=cfg.kp, num_warps=cfg.num_warps, num_stages=1)
+    if driver == "persistent":
+        counter = torch.zeros(grid[1], dtype=torch.int32, device=dev)
+        err = torch.zeros(1, dtype=torch.int32, device=dev)
+        _hs_fwd_persistent_kernel[grid](xg, w_hh, HB, C, Gp, counter, err, T, B, H, MAX_SPINS, *strides,
+                                        SAVE=save_gates, **tiles, **_cooperative_kwargs())
+        check_barrier_flag(err, "lstm_fwd (hidden-split)")
+    else:
+        for t in range(T):
+            if poison_steps:
+                HB[t + 1:].fill_(float("nan"))
+            c_in, c_out = (t, t + 1) if save_gates else (t % 2, (t + 1) % 2)
+            _hs_fwd_step_kernel[grid](xg, w_hh, HB, C, Gp, t, c_in, c_out, B, H, *strides, SAVE=save_gates, **tiles)
+        if not save_gates and T % 2 == 0:
+            C[1].copy_(C[0])      # c_T sits in slot T % 2; the caller reads C[-1]
+    return HB[1:], C, G

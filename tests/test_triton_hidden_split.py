@@ -1,0 +1,194 @@
+"""The hidden-split Triton path (W_hh split by hidden units across programs, kept on chip) and the
+dispatcher that chooses it, without a GPU: through Triton's interpreter on CPU tensors.
+
+The interpreter runs programs one after another, so the multi-program partition runs on the
+step-launch driver (the kernel boundary is the barrier), with each step's output slot poisoned
+with NaN before the step (a read of anything but h_{t-1} shows up), and the persistent driver
+(grid barrier) runs with one program per batch block. Forward, final states and every gradient
+against nn.LSTM."""
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from lstm_fast import fused_lstm
+from conftest import assert_close
+
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed"),
+    pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
+                       reason="interpreter tests (the GPU runs tests/test_triton.py)"),
+]
+
+
+@pytest.fixture
+def plan(monkeypatch):
+    """``plan(path, driver)``: force the kernel path and hidden-split driver for this test."""
+    from lstm_fast.kernels import lstm_config, lstm_fwd_hidden_split
+
+    def force(path, driver=None, poison=True):
+        monkeypatch.setattr(lstm_config, "forced_path", path)
+        monkeypatch.setattr(lstm_config, "forced_driver", driver)
+        monkeypatch.setattr(lstm_fwd_hidden_split, "poison_steps", poison)
+    return force
+
+
+def _against_nn_lstm(T, B, D, H, dtype):
+    ref = nn.LSTM(D, H, dtype=dtype)
+    params = [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    x = torch.randn(T, B, D, dtype=dtype, requires_grad=True)
+    hx = tuple((torch.randn(B, H, dtype=dtype) * 0.5).requires_grad_() for _ in range(2))
+    y, (h, c) = fused_lstm(x, hx, *params, backend="triton")
+    yr, (hr, cr) = ref(x, tuple(t.unsqueeze(0) for t in hx))
+    w = [torch.randn_like(t) for t in (y, h, c)]
+    leaves = [x, *hx, *params]
+    g = torch.autograd.grad((y * w[0]).sum() + (h * w[1]).sum() + (c * w[2]).sum(), leaves)
+    gr = torch.autograd.grad((yr * w[0]).sum() + (hr[0] * w[1]).sum() + (cr[0] * w[2]).sum(),
+                             [x, *hx, *ref.parameters()])
+    names = ["output", "h_n", "c_n", "grad input", "grad h_0", "grad c_0"] + [f"grad {n}" for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, [y, h, c, *g], [yr, hr[0], cr[0], *gr], strict=True):
+        assert_close(a, b, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("T,B,D,H", [
+    pytest.param(3, 5, 4, 130, id="T3-B5-D4-H130"),       # 130 units: a partial last slice, K padded to 256
+    pytest.param(2, 17, 3, 33, id="T2-B17-D3-H33"),        # two batch blocks of 16
+    pytest.param(4, 1, 2, 1, id="T4-B1-D2-H1"),
+])
+def test_hidden_split_step_driver_matches_nn_lstm(T, B, D, H, dtype, plan):
+    """The real multi-program partition (N > 1 programs per step), outputs poisoned per step."""
+    plan("hidden_split", "step")
+    _against_nn_lstm(T, B, D, H, dtype)
+
+
+def test_hidden_split_odd_H520(plan):
+    plan("hidden_split", "step")
+    _against_nn_lstm(2, 3, 5, 520, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("B", [3, 20], ids=["B3", "B20-two-blocks"])
+def test_persistent_driver_one_program_per_block(dtype, B):
+    """The persistent kernels (grid barrier, W and c/dc held across steps) with one program per
+    batch block (all the interpreter can run without deadlock), against the step driver and the
+    batch-tiled kernels."""
+    from lstm_fast.kernels import lstm_bwd, lstm_config, lstm_fwd
+    from lstm_fast.kernels.lstm_bwd_hidden_split import lstm_bwd_hidden_split
+    from lstm_fast.kernels.lstm_fwd_hidden_split import lstm_fwd_hidden_split
+
+    T, H = 4, 24
+    cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32)          # one program covers all of H
+    xg = torch.randn(T, B, 4 * H, dtype=dtype)
+    w = torch.randn(4 * H, H, dtype=dtype) * 0.3
+    h0, c0 = torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    dY, dh_n, dc_n = torch.randn(T, B, H, dtype=dtype), torch.randn(B, H, dtype=acc), torch.randn(B, H, dtype=acc)
+    results = {}
+    for driver in ("persistent", "step"):
+        Y, C, G = lstm_fwd_hidden_split(xg, h0, c0.to(acc), w, True, cfg, "ieee", driver)
+        Yn, Cn, _ = lstm_fwd_hidden_split(xg, h0, c0.to(acc), w, False, cfg, "ieee", driver)
+        dG, dh0, dc0 = lstm_bwd_hidden_split(dY, dh_n, dc_n, w, G, C, cfg, "ieee", driver)
+        results[driver] = [Y, C, G, Yn, Cn[-1], dG, dh0, dc0]
+    lstm_config.forced_path = "batch_tiled"
+    try:
+        Y, C, G = lstm_fwd(xg, h0, c0.to(acc), w)
+        dG, dh0, dc0 = lstm_bwd(dY, dh_n, dc_n, w, G, C)
+    finally:
+        lstm_config.forced_path = None
+    tiled = [Y, C, G, Y, C[-1], dG, dh0, dc0]
+    names = ["Y", "C", "G", "Y (no save)", "c_T (no save)", "dG", "dh_0", "dc_0"]
+    for name, p, s, b in zip(names, results["persistent"], results["step"], tiled, strict=True):
+        assert_close(p, s, dtype, f"{name}: persistent vs step driver")
+        assert_close(p, b.to(p.dtype), dtype, f"{name}: persistent vs batch-tiled")
+
+
+def test_persistent_barrier_timeout_raises_instead_of_hanging(monkeypatch):
+    """Two hidden slices under the interpreter: program 0 waits for program 1, which (programs run
+    one after another) has not started. The bounded spin gives up, flags it, and the launcher
+    raises RuntimeError: no hang, no silent result."""
+    from lstm_fast.kernels import lstm_config, lstm_fwd_hidden_split as fwd
+
+    monkeypatch.setattr(fwd, "MAX_SPINS", 20)
+    T, B, H = 2, 2, 32
+    cfg = lstm_config.HiddenSplitConfig(hs=16, bb=16, kp=32)
+    with pytest.raises(RuntimeError, match="grid barrier timed out"):
+        fwd.lstm_fwd_hidden_split(torch.randn(T, B, 4 * H), torch.zeros(B, H), torch.zeros(B, H),
+                                  torch.randn(4 * H, H), True, cfg, "ieee", "persistent")
+
+
+@pytest.mark.parametrize("path", ["hidden_split", "batch_tiled"])
+def test_nan_in_padding_never_matters(path, plan):
+    """NaN/Inf in x past each row's length changes no output, final state or gradient (compared
+    with zeros there), and nothing is NaN."""
+    plan(path, "step")
+    T, B, D, H = 5, 4, 3, 6
+    lengths = torch.tensor([5, 2, 0, 3])
+    ref = nn.LSTM(D, H)
+    params = [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    base = torch.randn(T, B, D)
+    pad = torch.arange(T)[:, None] >= lengths[None, :]
+    runs = []
+    for fill in (0.0, float("nan"), float("inf")):
+        x = base.masked_fill(pad.unsqueeze(-1), fill).requires_grad_()
+        y, (h, c) = fused_lstm(x, None, *params, lengths=lengths, backend="triton")
+        g = torch.autograd.grad(y.sum() + h.sum() + c.sum(), [x, *params])
+        runs.append([y, h, c, g[0].masked_fill(pad.unsqueeze(-1), 0), *g[1:]])
+    for other in runs[1:]:
+        for a, b in zip(other, runs[0], strict=True):
+            assert not torch.isnan(a).any()
+            assert torch.equal(a, b)
+
+
+def test_batch_tiled_large_batch_config():
+    """B > 256 runs the batch-tiled kernels with their large-batch tiles."""
+    from lstm_fast.kernels import lstm_config
+
+    lstm_config.forced_path = "batch_tiled"
+    try:
+        assert lstm_config.pick_plan(300, 5, torch.float32, "cpu").config == lstm_config.pick_config(
+            300, 5, torch.float32, "ieee")
+        _against_nn_lstm(2, 300, 3, 5, torch.float32)
+    finally:
+        lstm_config.forced_path = None
+
+
+def test_dispatcher_partition():
+    """Hidden-split where the slice fits on chip and the grid fits the SMs, batch-tiled beyond;
+    the grid never exceeds the SM count; forward and backward each within their own limits."""
+    from lstm_fast.kernels import lstm_config as c
+
+    for B in (1, 8, 32, 64, 128, 512):
+        for H in (256, 512, 768, 1024):
+            for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                for direction in ("fwd", "bwd"):
+                    p = c.pick_plan(B, H, dtype, "cpu", sm_count=132, direction=direction)
+                    if p.path == "hidden_split":
+                        n_h, n_b = p.config.grid(B, H)
+                        assert n_h * n_b <= 132 and n_h * p.config.hs >= H and n_b * p.config.bb >= B
+    bf16 = c.pick_plan(32, 1024, torch.bfloat16, "cpu", 132)
+    assert bf16.path == "hidden_split" and 4 * bf16.config.hs >= 64      # wgmma-sized M
+    assert c.pick_plan(32, 256, torch.float32, "cuda", 132, direction="bwd").path == "hidden_split"  # tf32
+    assert c.pick_plan(512, 1024, torch.bfloat16, "cpu", 132).path == "batch_tiled"
+    assert c.pick_plan(32, 256, torch.float32, "cpu", 132, square=False).path == "batch_tiled"
+    assert c.pick_plan(32, 1024, torch.bfloat16, "cpu", sm_count=8).path == "batch_tiled"   # grid too big
+
+
+def test_tf32_choice_reads_the_new_precision_api_without_raising():
+    """Once the fp32_precision API is used, torch raises on a legacy allow_tf32 read: the
+    dispatcher reads the new API (and never sets anything)."""
+    from lstm_fast.kernels.lstm_config import dot_precision
+
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is None or not hasattr(rnn, "fp32_precision"):
+        pytest.skip("this torch has no fp32_precision API")
+    saved = rnn.fp32_precision
+    try:
+        for value, expected in (("ieee", "ieee"), ("tf32", "tf32")):
+            rnn.fp32_precision = value
+            assert dot_precision(torch.float32, "cuda") == expected
+            assert dot_precision(torch.bfloat16, "cuda") == "ieee"
+    finally:
+        rnn.fp32_precision = saved
