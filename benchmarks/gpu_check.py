@@ -1,21 +1,30 @@
-"""The GPU check in one command: run the GPU tests, then measure FusedLSTM against cuDNN
-(``nn.LSTM``) on the benchmark grid, and write ``benchmarks/results/<gpu>.json``.
+"""The GPU check in one command: the GPU tests, then FusedLSTM against cuDNN (``nn.LSTM``) on the
+benchmark grid, written to ``<out>/<gpu>.json`` after every row.
 
-    python benchmarks/gpu_check.py                  # on a CUDA machine
-    python benchmarks/gpu_check.py --smoke --out /tmp/x   # the same pipeline on the CPU, tiny
+    python benchmarks/gpu_check.py --out DIR            # on a CUDA machine: under 10 minutes in all
+    python benchmarks/gpu_check.py --smoke --out DIR    # the same pipeline on the CPU, tiny shapes
 
-Grid: B in {1, 8, 32, 128, 512} x H in {256, 512, 1024} x T in {35, 512}, D = H, plus the d2l
-shape (B32 T35 D28 H256) and B16 T1024 D768 H768 (a published cuDNN figure: 5.19 ms fwd+bwd in
-fp16 on an H100). Modes: inference and training (forward + backward of every gradient). dtypes:
-float32 (tf32 as cuDNN uses it by default) and float16.
+Why this shape: device time is scarce and a first run of new kernels can fail in any way, so
 
-Device time is scarce, so shapes run cheapest first (by B*T*H*H); once one call of an
-implementation/mode/dtype takes longer than ``--slow-call`` seconds, its larger shapes are skipped
-and listed under "skipped"; a total time limit stops the grid early and marks the file
-incomplete rather than losing what was measured.
+* one deadline (``--deadline``, default 570 s) covers the tests and every measurement;
+* the JSON is rewritten (atomically) after every row: a kill keeps what was measured;
+* the measurements run in a worker process; a sticky CUDA error (an illegal address poisons the
+  context) kills only the worker, the failure is recorded against its shape, and a new worker
+  goes on with the next shape;
+* bf16 before float32, cheapest shapes first, the published shape B16 T1024 D768 H768 first of
+  all (cuDNN's 5.19 ms fwd+bwd on an H100 in fp16); after a call slower than ``--slow-call``, an
+  implementation/mode/dtype's larger shapes are skipped and listed under "skipped".
+
+Per shape and mode the two implementations are timed interleaved over several rounds (CUDA
+events around forward and backward separately). Each row: implementation, path (the dispatcher's
+forward/backward paths for FusedLSTM, "cudnn" for nn.LSTM), config, dot precision, median seconds
+with quartiles, tokens/sec, ratio to cuDNN, peak memory, forward and backward seconds. The record
+holds the GPU, driver, torch/triton/CUDA/cuDNN versions and the TF32 settings.
 """
 import argparse
+import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -25,76 +34,255 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lstm_fast.bench import EXTRA_GPU_SHAPES, GRID, MODES, device_slug, environment, format_table, measure, write_json  # noqa: E402
+from lstm_fast.bench import EXTRA_GPU_SHAPES, GRID, device_slug, environment, quartiles  # noqa: E402
+
+MODES = ("inference", "training")
+IMPLS = ("torch", "fused")
 
 
-def run_gpu_tests():
-    """The Triton tests on the device (skipped parts say so); returns (exit code, summary line)."""
+def gpu_environment(device):
+    env = environment(device)
+    if device == "cuda":
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = None
+        env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
+        from lstm_fast.kernels.lstm_config import cudnn_rnn_allows_tf32
+        env["tf32"] = {"cudnn_rnn_allows_tf32": cudnn_rnn_allows_tf32(),
+                       "cudnn_rnn_fp32_precision": getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None),
+                       "matmul_fp32_precision": getattr(torch.backends.cuda.matmul, "fp32_precision", None)}
+    return env
+
+
+def cases(smoke, dtypes):
+    """(dtype, B, T, D, H) in the order they run: bf16 first, the published shape first, then
+    cheapest first (the smoke run: float32 only)."""
+    shapes = [(2, 3, 4, 8), (1, 2, 3, 5)] if smoke else GRID + EXTRA_GPU_SHAPES
+    dtypes = [torch.float32] if smoke else dtypes
+    published = [] if smoke else [(16, 1024, 768, 768)]
+    rest = sorted((s for s in shapes if s not in published), key=lambda s: (s[0] * s[1] * s[3] * s[3], s))
+    return [(d, *s) for d in dtypes for s in published + rest]
+
+
+def plan_of(B, H, dtype, device):
+    """FusedLSTM's forward/backward paths, configs and dot precision at this shape."""
+    if device != "cuda":
+        return "cpu", {}, "ieee"
+    from lstm_fast.kernels.lstm_config import pick_plan
+    from lstm_fast.kernels.lstm_fwd import sm_count
+    f = pick_plan(B, H, dtype, "cuda", sm_count(torch.device("cuda")))
+    b = pick_plan(B, H, dtype, "cuda", sm_count(torch.device("cuda")), direction="bwd")
+    return f"{f.path}/{b.path}", {"fwd": f.config.__dict__, "bwd": b.config.__dict__}, f.precision
+
+
+def _timer(device):
+    if device == "cuda":
+        def span(fn):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            out = fn()
+            b.record()
+            return out, (a, b)
+
+        def seconds(ev):
+            torch.cuda.synchronize()
+            return ev[0].elapsed_time(ev[1]) / 1e3
+        return span, seconds
+
+    def span_cpu(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0
+    return span_cpu, lambda s: s
+
+
+def measure_shape(dtype, B, T, D, H, mode, device, budget_s, rounds=7):
+    """Both implementations at one shape and mode, interleaved over rounds; returns the rows."""
+    from lstm_fast import FusedLSTM
+    from torch import nn
+    span, seconds = _timer(device)
+    mods = {"torch": nn.LSTM(D, H, device=device, dtype=dtype)}
+    mods["fused"] = FusedLSTM(D, H, device=device, dtype=dtype)
+    mods["fused"].load_state_dict(mods["torch"].state_dict())
+    x = torch.randn(T, B, D, device=device, dtype=dtype, requires_grad=mode == "training")
+
+    def once(m):
+        if mode == "inference":
+            with torch.no_grad():
+                _, fwd = span(lambda: m(x))
+            return fwd, None
+        (y, (h, c)), fwd = span(lambda: m(x))
+        _, bwd = span(lambda: torch.autograd.backward((y, h, c), (torch.ones_like(y), torch.ones_like(h),
+                                                                   torch.ones_like(c))))
+        return fwd, bwd
+
+    times = {k: {"fwd": [], "bwd": [], "peak": 0} for k in mods}
+    for k, m in mods.items():     # warm-up (Triton compiles, cuDNN plans)
+        once(m)
+    t_start = time.perf_counter()
+    for r in range(rounds):
+        order = list(mods)[r % 2:] + list(mods)[:r % 2]
+        for k in order:
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            fwd, bwd = once(mods[k])
+            times[k]["fwd"].append(seconds(fwd))
+            times[k]["bwd"].append(seconds(bwd) if bwd is not None else 0.0)
+            if device == "cuda":
+                times[k]["peak"] = max(times[k]["peak"], torch.cuda.max_memory_allocated())
+            x.grad = None
+            for p in mods[k].parameters():
+                p.grad = None
+        if r >= 2 and time.perf_counter() - t_start > budget_s:
+            break
+    path, config, precision = plan_of(B, H, dtype, device)
+    rows = []
+    for k in IMPLS:
+        total = [f + b for f, b in zip(times[k]["fwd"], times[k]["bwd"], strict=True)]
+        q1, med, q3 = quartiles(total)
+        rows.append(dict(implementation=k, device=device, mode=mode, dtype=str(dtype).replace("torch.", ""),
+                         B=B, T=T, D=D, H=H, seconds=med, q1_seconds=q1, q3_seconds=q3, tokens_per_sec=B * T / med,
+                         repeats=len(total), fwd_seconds=statistics.median(times[k]["fwd"]),
+                         bwd_seconds=statistics.median(times[k]["bwd"]), peak_memory_bytes=times[k]["peak"],
+                         path="cudnn" if k == "torch" else path, config={} if k == "torch" else config,
+                         dot_precision=None if k == "torch" else precision))
+    rows[1]["ratio_to_cudnn"] = rows[0]["seconds"] / rows[1]["seconds"]
+    return rows
+
+
+def write_doc(path, doc):
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def worker(a):
+    """Measure cases[start:] until the deadline, rewriting the JSON after every row."""
+    path = Path(a.json)
+    doc = json.loads(path.read_text())
+    device = "cpu" if a.smoke else "cuda"
+    too_slow = {tuple(s) for s in doc.get("too_slow", [])}
+    todo = cases(a.smoke, [getattr(torch, d) for d in a.dtypes.split(",")])
+    for i in range(a.start, len(todo)):
+        dtype, B, T, D, H = todo[i]
+        name = f"{str(dtype).replace('torch.', '')} B{B} T{T} D{D} H{H}"
+        doc["next_case"] = i
+        write_doc(path, doc)
+        for mode in MODES:
+            if time.time() > a.deadline_at:
+                doc["complete"] = False
+                write_doc(path, doc)
+                return 0
+            if (mode, str(dtype)) in too_slow:
+                doc.setdefault("skipped", []).extend(f"{impl} {mode} {name}: a smaller shape took > {a.slow_call} s per call"
+                                                     for impl in IMPLS)
+                continue
+            try:
+                rows = measure_shape(dtype, B, T, D, H, mode, device, a.budget)
+            except torch.cuda.OutOfMemoryError as e:
+                doc.setdefault("failures", []).append(f"{mode} {name}: out of memory ({str(e)[:200]})")
+                continue
+            doc["rows"].extend(rows)
+            if max(r["seconds"] for r in rows) > a.slow_call:
+                too_slow.add((mode, str(dtype)))
+                doc["too_slow"] = sorted(too_slow)
+            write_doc(path, doc)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    doc["next_case"] = len(todo)
+    write_doc(path, doc)
+    return 0
+
+
+def run_gpu_tests(timeout_s):
+    """The Triton tests on the device; returns (exit code, summary line)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "tests/test_triton.py", "tests/test_module.py", "tests/test_functional.py"],
-                       cwd=ROOT, capture_output=True, text=True, env=env)
+    try:
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_triton.py",
+                            "tests/test_functional.py"], cwd=ROOT, capture_output=True, text=True, env=env,
+                           timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return 124, f"GPU tests stopped at {timeout_s:.0f} s"
     lines = [line for line in p.stdout.splitlines() if line.strip()]
-    print("\n".join(lines[-25:]))
+    print("\n".join(lines[-12:])[-2500:])
     return p.returncode, (lines[-1] if lines else "")
+
+
+def summary(doc):
+    """At most ~8,000 characters: one line per shape, training and inference ratios."""
+    by = {}
+    for r in doc["rows"]:
+        if r["implementation"] == "fused":
+            key = (r["dtype"], r["B"], r["T"], r["D"], r["H"])
+            by.setdefault(key, {})[r["mode"]] = r
+    lines = [f"{'dtype':9} {'B':>4} {'T':>5} {'D':>5} {'H':>5}  {'train x':>8} {'infer x':>8}  path"]
+    for (d, B, T, D, H), m in by.items():
+        tr, inf = m.get("training"), m.get("inference")
+        fmt = lambda r: f"{r['ratio_to_cudnn']:8.2f}" if r else f"{'-':>8}"  # noqa: E731
+        lines.append(f"{d:9} {B:4d} {T:5d} {D:5d} {H:5d}  {fmt(tr)} {fmt(inf)}  {(tr or inf)['path']}")
+    for k in ("failures", "skipped"):
+        if doc.get(k):
+            lines.append(f"{k}: {len(doc[k])}: " + "; ".join(doc[k][:8]))
+    return "\n".join(lines)[:7800]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for <device>.json")
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script, measures nothing useful")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the pipeline only")
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--dtypes", default="float32,float16")
-    ap.add_argument("--budget", type=float, default=0.5, help="seconds of repeats per measurement")
-    ap.add_argument("--time-limit", type=float, default=480, help="stop measuring after this many seconds")
+    ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--budget", type=float, default=0.4, help="seconds of rounds per shape and mode")
+    ap.add_argument("--deadline", type=float, default=570, help="seconds for everything, tests included")
     ap.add_argument("--slow-call", type=float, default=5.0,
-                    help="after a call this slow, skip that implementation/mode/dtype's larger shapes")
+                    help="after a call this slow, skip that mode/dtype's larger shapes")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--deadline-at", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-
-    if a.smoke:
-        device, shapes, dtypes = "cpu", [(2, 3, 4, 8), (1, 2, 3, 5)], [torch.float32]
-    elif not torch.cuda.is_available():
+    if a.worker:
+        return worker(a)
+    deadline_at = time.time() + a.deadline
+    if not a.smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing to measure (use --smoke to exercise the script on the CPU)")
         return 0
-    else:
-        device, shapes = "cuda", EXTRA_GPU_SHAPES + GRID
-        dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
-    env = environment(device)
-    extra = {}
-    if device == "cuda" and not a.skip_tests:
-        code, summary = run_gpu_tests()
-        extra["gpu_tests"] = {"exit_code": code, "summary": summary}
-    rows, start, complete = [], time.perf_counter(), True
-    too_slow = set()   # (impl, mode, dtype) whose larger shapes are skipped
-    shapes = sorted(shapes, key=lambda s: (s[0] * s[1] * s[3] * s[3], s))
-    for dtype in dtypes:
-        for (B, T, D, H) in shapes:
-            for mode in MODES:
-                for impl in ("torch", "fused"):
-                    case = f"{impl} {mode} {str(dtype).replace('torch.', '')} B{B} T{T} D{D} H{H}"
-                    if time.perf_counter() - start > a.time_limit:
-                        complete = False
-                        continue
-                    if (impl, mode, dtype) in too_slow:
-                        extra.setdefault("skipped", []).append(f"{case}: a smaller shape took > {a.slow_call} s per call")
-                        continue
-                    try:
-                        row = measure(impl, B, T, D, H, mode, device, dtype, budget_s=a.budget)
-                        rows.append(row)
-                        if row.seconds > a.slow_call:
-                            too_slow.add((impl, mode, dtype))
-                    except Exception as e:  # one failing shape must not lose the rest
-                        print(f"gpu_check: {case} failed: {e}", file=sys.stderr)
-                        extra.setdefault("failures", []).append(f"{case}: {e}")
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
-    print(format_table(rows))
+    device = "cpu" if a.smoke else "cuda"
+    env = gpu_environment(device)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{device_slug(env, device)}.json"
-    write_json(path, env, rows, {"complete": complete, "source": "benchmarks/gpu_check.py", **extra})
-    print(f"gpu_check: wrote {path}{'' if complete else ' (time limit reached: incomplete)'}")
-    return 0 if extra.get("gpu_tests", {}).get("exit_code", 0) == 0 else 1
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    doc = {"environment": env, "command": "python benchmarks/gpu_check.py " + " ".join(argv or sys.argv[1:]),
+           "commit": {"sha": head}, "source": "benchmarks/gpu_check.py", "complete": True, "rows": []}
+    if device == "cuda" and not a.skip_tests:
+        code, line = run_gpu_tests(max(30.0, min(240.0, (deadline_at - time.time()) * 0.4)))
+        doc["gpu_tests"] = {"exit_code": code, "summary": line}
+    write_doc(path, doc)
+    n = len(cases(a.smoke, [getattr(torch, d) for d in a.dtypes.split(",")]))
+    start = 0
+    while start < n and time.time() < deadline_at:
+        cmd = [sys.executable, __file__, "--worker", "--json", str(path), "--start", str(start), "--deadline-at",
+               str(deadline_at), "--dtypes", a.dtypes, "--budget", str(a.budget), "--slow-call", str(a.slow_call)]
+        p = subprocess.run(cmd + (["--smoke"] if a.smoke else []), capture_output=True, text=True,
+                           timeout=max(1.0, deadline_at - time.time() + 30))
+        doc = json.loads(path.read_text())
+        if p.returncode == 0:
+            break
+        failed = doc.get("next_case", start)        # the worker died on this case: record it, go on
+        doc.setdefault("failures", []).append(f"case {failed}: worker exited {p.returncode}: {p.stderr[-600:]}")
+        write_doc(path, doc)
+        start = failed + 1
+    if time.time() >= deadline_at:
+        doc = json.loads(path.read_text())
+        doc["complete"] = False
+        write_doc(path, doc)
+    doc = json.loads(path.read_text())
+    print(summary(doc))
+    print(f"gpu_check: wrote {path}{'' if doc['complete'] else ' (deadline reached: incomplete)'}")
+    return 0 if doc.get("gpu_tests", {}).get("exit_code", 0) == 0 else 1
 
 
 if __name__ == "__main__":

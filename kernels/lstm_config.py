@@ -115,6 +115,8 @@ def dot_precision(dtype, device_type):
 # ---------------------------------------------------------------- hidden-split partition
 HS_MAX_BATCH = 64                 # batch rows per hidden-split program (the dot's N)
 HS_MAX_UNITS = 64                 # hidden units per program
+MAX_TILE = 1024                   # HS * BB: the [HS, BB] cell tiles (four gates, c, h) in registers;
+                                  # 32 x 64 spilled on sm_90 with triton 3.6
 # On-chip bytes a hidden-split program may use: its stationary W_hh slice (4*HS x KP; Triton
 # keeps a loop-invariant dot operand in shared memory, loaded once) plus the per-step operand
 # (h_{t-1}^T, or one gate of dG_{t+1}^T: KP x BB). 216 KB of the H100's 227 KB per block. Exact fp32 dots ("ieee") run on FMA units with both operands in registers, so their
@@ -165,7 +167,7 @@ def _hidden_split_config(B, H, itemsize, sm_count, precision, direction="fwd", u
     if direction == "bwd" and fma and not unlimited:
         return None
     hs = 16 if itemsize == 2 else 4   # 4*hs = 64 rows: wgmma's M for 16-bit; 16: tl.dot's minimum
-    while hs <= HS_MAX_UNITS:
+    while hs <= HS_MAX_UNITS and hs * bb <= MAX_TILE:
         w_bytes = 4 * hs * kp * itemsize
         if direction == "bwd":
             cfg = HiddenSplitConfig(hs, bb, kp, num_warps=4 if w_bytes <= 16 * 1024 else 8)
