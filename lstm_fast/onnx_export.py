@@ -87,10 +87,10 @@ def _onnx_layer(x, h0, c0, weights):
         bias = None
         if biases:
             bias = torch.stack([torch.cat((_onnx_gate_order(b_ih), _onnx_gate_order(b_hh))) for b_ih, b_hh in biases])
+        w = torch.stack([_onnx_gate_order(w) for w in w_ih_all])             # (nd, 4H, D), ONNX's W
+        r = torch.stack([_onnx_gate_order(w) for w in w_hh_all])             # (nd, 4H, H), ONNX's R
         y, h_n, c_n = torch.onnx.ops.symbolic_multi_out(
-            "LSTM",
-            [x, torch.stack([_onnx_gate_order(w) for w in w_ih_all]), torch.stack([_onnx_gate_order(w) for w in w_hh_all]),
-             bias, None, h0, c0],
+            "LSTM", [x, w, r, bias, None, h0, c0],
             {"hidden_size": int(H), "direction": "bidirectional" if nd == 2 else "forward"},
             dtypes=(x.dtype, x.dtype, x.dtype),
             shapes=((T, nd, B, H), (nd, B, H), (nd, B, H)))
