@@ -14,7 +14,8 @@ real shapes with each plan forced, and every kernel launch is intercepted and co
 through Triton's own argument binder (the same divisibility/constant specialisation a launch on
 device memory gets: CPU and CUDA allocations are both 16-byte aligned) instead of being run.
 
-Rows (one per kernel and configuration): kernel, path ("hidden_split" / "batch_tiled"), driver,
+Rows (one per kernel and configuration): kernel, path ("hidden_split" / "batch_tiled"), stationary
+(hidden-split with W_hh on chip, or streamed from L2 where the slice does not fit), driver,
 dtype, precision, B, H, config, registers, shared_bytes, spill_bytes (local memory and stack),
 ldl_stl (count in the SASS), w_loads_in_time_loop (loads of W_hh inside the outermost loop of a
 persistent kernel: W loads carry an evict-last hint, so they are told apart in SASS as ``LDG...EL``),
@@ -207,11 +208,12 @@ def main(argv=None):
             seen.add((key, H))
             sass, usage, info, dyn_shared = built[key]
             kdir = "bwd" if "bwd" in fn.__name__ else "fwd"
-            variant = "" if kwargs.get("SAVE", True) else "_nosave"
+            variant = ("" if kwargs.get("SAVE", True) else "_nosave") + ("" if kwargs.get("STATIONARY", True) else "_streamed")
             tag = f"{path}_{kdir}{variant}_{driver}_{SHORT[dname]}_{precision}_B{B}_H{H}".replace("_-_", "_")
             if a.sass_dir:
                 Path(a.sass_dir, tag + ".sass").write_text(sass)
             row = dict(kernel=fn.__name__, path=path, driver=driver, direction=kdir, save=kwargs.get("SAVE", True),
+                       stationary=kwargs.get("STATIONARY", path == "hidden_split"),
                        dtype=dname, precision=precision, B=B, H=H,
                        config={k: v for k, v in kwargs.items() if k.isupper() or k.startswith('num_')},
                        registers=usage.get("reg", 0), shared_bytes=usage.get("shared", 0) + dyn_shared,

@@ -33,6 +33,16 @@ def _load_w_cols(W, stride_w, H, pid_h, gate: tl.constexpr, HS: tl.constexpr, KP
 
 
 @triton.jit
+def _load_w_slices(W, stride_w, H, pid_h, STATIONARY: tl.constexpr, HS: tl.constexpr, KP: tl.constexpr):
+    """The four gates' column slices when they stay on chip; placeholders when W_hh is streamed."""
+    if STATIONARY:
+        return (_load_w_cols(W, stride_w, H, pid_h, 0, HS, KP), _load_w_cols(W, stride_w, H, pid_h, 1, HS, KP),
+                _load_w_cols(W, stride_w, H, pid_h, 2, HS, KP), _load_w_cols(W, stride_w, H, pid_h, 3, HS, KP))
+    else:
+        return 0, 0, 0, 0
+
+
+@triton.jit
 def _dgate_dot(Wc, DG_t1, stride_dg_b, H, rows, rmask, acc, gate: tl.constexpr, DOT_PRECISION: tl.constexpr,
                KP: tl.constexpr):
     """acc + W_hh[gate rows, S]^T @ dG_{t+1}[:, gate]^T: one gate's share of dh_t[:, S]^T."""
@@ -43,18 +53,41 @@ def _dgate_dot(Wc, DG_t1, stride_dg_b, H, rows, rmask, acc, gate: tl.constexpr, 
 
 
 @triton.jit
-def _hs_bwd_cell(Wi, Wf, Wg, Wo, DG_t1, stride_dg_b, DY_t, stride_dy_b, G_t, stride_g_b, C_t, C_t1, stride_c_b, dc,
-                 units, rows, rmask, m, H,
-                 DOT_PRECISION: tl.constexpr, KP: tl.constexpr):
+def _dh_streamed(W, stride_w, DG_t1, stride_dg_b, units, rows, rmask, H, dc,
+                 DOT_PRECISION: tl.constexpr, BK: tl.constexpr):
+    """``dG_{t+1} @ W_hh[:, S]`` (as [HS, BB]) with W_hh read from L2 in [HS, BK] chunks per gate
+    (the streamed variant, where the column slice does not fit on chip)."""
+    dh = tl.zeros(dc.shape, dtype=dc.dtype)
+    umask = units < H
+    for k0 in range(0, H, BK):
+        u = k0 + tl.arange(0, BK)
+        kmask = u < H
+        for gate in tl.static_range(4):
+            dg = tl.load(DG_t1 + rows[None, :] * stride_dg_b + (gate * H + u)[:, None],
+                         mask=kmask[:, None] & rmask[None, :], other=0.0, cache_modifier=".cg")   # [BK, BB]
+            w = tl.load(W + (gate * H + u)[None, :] * stride_w + units[:, None], mask=kmask[None, :] & umask[:, None],
+                        other=0.0, eviction_policy="evict_last")                                 # [HS, BK]
+            dh = tl.dot(w, dg.to(w.dtype), dh, input_precision=DOT_PRECISION)
+    return dh
+
+
+@triton.jit
+def _hs_bwd_cell(Wi, Wf, Wg, Wo, W, stride_w, DG_t1, stride_dg_b, DY_t, stride_dy_b, G_t, stride_g_b, C_t, C_t1,
+                 stride_c_b, dc, units, rows, rmask, m, H,
+                 STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, KP: tl.constexpr, BK: tl.constexpr):
     """One reverse step for one program. Returns (dI, dF, dC_tilda, dO) pre-activation gradients
-    and dc_{t-1}, each [HS, BB] in the accumulation dtype of dc. The recurrent product runs gate
-    by gate (K = KP each), so only one [KP, BB] tile of dG_{t+1} is live at a time."""
+    and dc_{t-1}, each [HS, BB] in the accumulation dtype of dc. STATIONARY: the recurrent product
+    runs gate by gate against the on-chip column slices (K = KP each, so only one [KP, BB] tile of
+    dG_{t+1} is live at a time); else W_hh is streamed from L2."""
     ACC = dc.dtype
-    dh = tl.zeros(dc.shape, dtype=ACC)
-    dh = _dgate_dot(Wi, DG_t1, stride_dg_b, H, rows, rmask, dh, 0, DOT_PRECISION, KP)
-    dh = _dgate_dot(Wf, DG_t1, stride_dg_b, H, rows, rmask, dh, 1, DOT_PRECISION, KP)
-    dh = _dgate_dot(Wg, DG_t1, stride_dg_b, H, rows, rmask, dh, 2, DOT_PRECISION, KP)
-    dh = _dgate_dot(Wo, DG_t1, stride_dg_b, H, rows, rmask, dh, 3, DOT_PRECISION, KP)
+    if STATIONARY:
+        dh = tl.zeros(dc.shape, dtype=ACC)
+        dh = _dgate_dot(Wi, DG_t1, stride_dg_b, H, rows, rmask, dh, 0, DOT_PRECISION, KP)
+        dh = _dgate_dot(Wf, DG_t1, stride_dg_b, H, rows, rmask, dh, 1, DOT_PRECISION, KP)
+        dh = _dgate_dot(Wg, DG_t1, stride_dg_b, H, rows, rmask, dh, 2, DOT_PRECISION, KP)
+        dh = _dgate_dot(Wo, DG_t1, stride_dg_b, H, rows, rmask, dh, 3, DOT_PRECISION, KP)
+    else:
+        dh = _dh_streamed(W, stride_w, DG_t1, stride_dg_b, units, rows, rmask, H, dc, DOT_PRECISION, BK)
     dh += tl.load(DY_t + rows[None, :] * stride_dy_b + units[:, None], mask=m, other=0.0).to(ACC)
     g = G_t + rows[None, :] * stride_g_b + units[:, None]
     I = tl.load(g, mask=m, other=0.0)
@@ -86,17 +119,15 @@ def _hs_bwd_persistent_kernel(
     T, B, H, max_spins,
     stride_dy_t, stride_dy_b, stride_w, stride_g_t, stride_g_b, stride_c_t, stride_c_b, stride_dg_t, stride_dg_b,
     stride_dc,
-    DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    BK: tl.constexpr,
 ):
     pid_h, pid_b, n_h = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
     units = pid_h * HS + tl.arange(0, HS)
     rows = pid_b * BB + tl.arange(0, BB)
     rmask = rows < B
     m = (units < H)[:, None] & rmask[None, :]
-    Wi = _load_w_cols(W, stride_w, H, pid_h, 0, HS, KP)                  # on chip for all T
-    Wf = _load_w_cols(W, stride_w, H, pid_h, 1, HS, KP)
-    Wg = _load_w_cols(W, stride_w, H, pid_h, 2, HS, KP)
-    Wo = _load_w_cols(W, stride_w, H, pid_h, 3, HS, KP)
+    Wi, Wf, Wg, Wo = _load_w_slices(W, stride_w, H, pid_h, STATIONARY, HS, KP)   # on chip for all T
     dc_ptr = DC + rows[None, :] * stride_dc + units[:, None]
     dc = tl.load(dc_ptr, mask=m, other=0.0)
     counter = COUNTER + pid_b
@@ -104,9 +135,9 @@ def _hs_bwd_persistent_kernel(
     for s in range(T):
         t64 = tl.cast(T - 1 - s, tl.int64)
         dI, dF, dC_tilda, dO, dc = _hs_bwd_cell(
-            Wi, Wf, Wg, Wo, DG + (t64 + 1) * stride_dg_t, stride_dg_b, DY + t64 * stride_dy_t, stride_dy_b,
+            Wi, Wf, Wg, Wo, W, stride_w, DG + (t64 + 1) * stride_dg_t, stride_dg_b, DY + t64 * stride_dy_t, stride_dy_b,
             G + t64 * stride_g_t, stride_g_b, C + t64 * stride_c_t, C + (t64 + 1) * stride_c_t, stride_c_b, dc,
-            units, rows, rmask, m, H, DOT_PRECISION, KP)
+            units, rows, rmask, m, H, STATIONARY, DOT_PRECISION, KP, BK)
         _store_gate_grads(DG + t64 * stride_dg_t, stride_dg_b, H, units, rows, m, dI, dF, dC_tilda, dO)
         failed = grid_barrier(counter, (s + 1) * n_h, ERR, failed, max_spins)
     tl.store(dc_ptr, dc, mask=m)
@@ -118,7 +149,8 @@ def _hs_bwd_step_kernel(
     t, B, H,
     stride_dy_t, stride_dy_b, stride_w, stride_g_t, stride_g_b, stride_c_t, stride_c_b, stride_dg_t, stride_dg_b,
     stride_dc,
-    DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    BK: tl.constexpr,
 ):
     """Reverse step ``t`` only; dc is read from and written back to DC (each program its own slice)."""
     pid_h, pid_b = tl.program_id(0), tl.program_id(1)
@@ -127,15 +159,12 @@ def _hs_bwd_step_kernel(
     rmask = rows < B
     m = (units < H)[:, None] & rmask[None, :]
     t64 = tl.cast(t, tl.int64)
-    Wi = _load_w_cols(W, stride_w, H, pid_h, 0, HS, KP)
-    Wf = _load_w_cols(W, stride_w, H, pid_h, 1, HS, KP)
-    Wg = _load_w_cols(W, stride_w, H, pid_h, 2, HS, KP)
-    Wo = _load_w_cols(W, stride_w, H, pid_h, 3, HS, KP)
+    Wi, Wf, Wg, Wo = _load_w_slices(W, stride_w, H, pid_h, STATIONARY, HS, KP)
     dc_ptr = DC + rows[None, :] * stride_dc + units[:, None]
     dI, dF, dC_tilda, dO, dc = _hs_bwd_cell(
-        Wi, Wf, Wg, Wo, DG + (t64 + 1) * stride_dg_t, stride_dg_b, DY + t64 * stride_dy_t, stride_dy_b,
+        Wi, Wf, Wg, Wo, W, stride_w, DG + (t64 + 1) * stride_dg_t, stride_dg_b, DY + t64 * stride_dy_t, stride_dy_b,
         G + t64 * stride_g_t, stride_g_b, C + t64 * stride_c_t, C + (t64 + 1) * stride_c_t, stride_c_b,
-        tl.load(dc_ptr, mask=m, other=0.0), units, rows, rmask, m, H, DOT_PRECISION, KP)
+        tl.load(dc_ptr, mask=m, other=0.0), units, rows, rmask, m, H, STATIONARY, DOT_PRECISION, KP, BK)
     _store_gate_grads(DG + t64 * stride_dg_t, stride_dg_b, H, units, rows, m, dI, dF, dC_tilda, dO)
     tl.store(dc_ptr, dc, mask=m)
 
@@ -161,7 +190,8 @@ def lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, cfg, precision, driver):
     grid = cfg.grid(B, H)
     strides = (DY.stride(0), DY.stride(1), w_hh.stride(0), G.stride(0), G.stride(1), C.stride(0), C.stride(1),
                DG.stride(0), DG.stride(1), DC.stride(0))
-    tiles = dict(DOT_PRECISION=precision, HS=cfg.hs, BB=cfg.bb, KP=cfg.kp, num_warps=cfg.num_warps, num_stages=1)
+    tiles = dict(STATIONARY=cfg.stationary, DOT_PRECISION=precision, HS=cfg.hs, BB=cfg.bb, KP=cfg.kp, BK=cfg.bk,
+                 num_warps=cfg.num_warps, num_stages=1)
     if driver == "persistent":
         counter = torch.zeros(grid[1], dtype=torch.int32, device=dev)
         err = torch.zeros(1, dtype=torch.int32, device=dev)

@@ -52,16 +52,50 @@ def _load_xg(XG_t, stride_xg_b, H, units, rows, m):
 
 
 @triton.jit
-def _hs_fwd_cell(Wt, HB_t, stride_hb_b, xi, xf, xg, xo, c_prev, rows, rmask, H,
-                 DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr):
+def _preact_streamed(W, stride_w, HB_t, stride_hb_b, units, rows, rmask, H, c_prev,
+                     DOT_PRECISION: tl.constexpr, BK: tl.constexpr):
+    """The four gate pre-activations ``W[gate rows of S] @ h_{t-1}^T`` with W_hh read from L2 in
+    [HS, BK] chunks (the streamed variant, where the slice does not fit on chip)."""
+    ACC = c_prev.dtype
+    a_i = tl.zeros(c_prev.shape, dtype=ACC)
+    a_f = tl.zeros(c_prev.shape, dtype=ACC)
+    a_g = tl.zeros(c_prev.shape, dtype=ACC)
+    a_o = tl.zeros(c_prev.shape, dtype=ACC)
+    umask = units < H
+    for k0 in range(0, H, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < H
+        h = tl.load(HB_t + rows[None, :] * stride_hb_b + ks[:, None], mask=kmask[:, None] & rmask[None, :],
+                    other=0.0, cache_modifier=".cg").to(W.dtype.element_ty)       # [BK, BB]
+        wp = W + units[:, None] * stride_w + ks[None, :]
+        wm = umask[:, None] & kmask[None, :]
+        a_i = tl.dot(tl.load(wp, mask=wm, other=0.0, eviction_policy="evict_last"), h, a_i, input_precision=DOT_PRECISION)
+        a_f = tl.dot(tl.load(wp + H * stride_w, mask=wm, other=0.0, eviction_policy="evict_last"), h, a_f,
+                     input_precision=DOT_PRECISION)
+        a_g = tl.dot(tl.load(wp + 2 * H * stride_w, mask=wm, other=0.0, eviction_policy="evict_last"), h, a_g,
+                     input_precision=DOT_PRECISION)
+        a_o = tl.dot(tl.load(wp + 3 * H * stride_w, mask=wm, other=0.0, eviction_policy="evict_last"), h, a_o,
+                     input_precision=DOT_PRECISION)
+    return a_i, a_f, a_g, a_o
+
+
+@triton.jit
+def _hs_fwd_cell(Wt, W, stride_w, HB_t, stride_hb_b, xi, xf, xg, xo, c_prev, units, rows, rmask, H,
+                 STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr,
+                 KP: tl.constexpr, BK: tl.constexpr):
     """One step for one program: gate pre-activations ``W_slice @ h_{t-1}^T + XG[t]``, the cell.
+    STATIONARY: one dot against the on-chip slice ``Wt`` [4*HS, KP]; else W_hh streamed from L2.
     Returns I, F, C_tilda, O, c_t, h_t, each [HS, BB] in the accumulation dtype of c_prev."""
     ACC = c_prev.dtype
-    ks = tl.arange(0, KP)
-    h = tl.load(HB_t + rows[None, :] * stride_hb_b + ks[:, None], mask=(ks < H)[:, None] & rmask[None, :],
-                other=0.0, cache_modifier=".cg")                                  # h_{t-1}^T [KP, BB], from L2
-    acc = tl.dot(Wt, h.to(Wt.dtype), tl.zeros((4 * HS, BB), dtype=ACC), input_precision=DOT_PRECISION)
-    a_i, a_f, a_g, a_o = split_gates(acc, HS, BB)
+    if STATIONARY:
+        ks = tl.arange(0, KP)
+        h = tl.load(HB_t + rows[None, :] * stride_hb_b + ks[:, None], mask=(ks < H)[:, None] & rmask[None, :],
+                    other=0.0, cache_modifier=".cg")                              # h_{t-1}^T [KP, BB], from L2
+        acc = tl.dot(Wt, h.to(Wt.dtype), tl.zeros((4 * HS, BB), dtype=ACC), input_precision=DOT_PRECISION)
+        a_i, a_f, a_g, a_o = split_gates(acc, HS, BB)
+    else:
+        a_i, a_f, a_g, a_o = _preact_streamed(W, stride_w, HB_t, stride_hb_b, units, rows, rmask, H, c_prev,
+                                              DOT_PRECISION, BK)
     I = sigmoid(a_i + xi.to(ACC))
     F = sigmoid(a_f + xf.to(ACC))
     C_tilda = tanh(a_g + xg.to(ACC))
@@ -90,22 +124,25 @@ def _hs_fwd_persistent_kernel(
     XG, W, HB, C, G, COUNTER, ERR,
     T, B, H, max_spins,
     stride_xg_t, stride_xg_b, stride_w, stride_hb_t, stride_hb_b, stride_c_t, stride_c_b, stride_g_t, stride_g_b,
-    SAVE: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    SAVE: tl.constexpr, STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr,
+    KP: tl.constexpr, BK: tl.constexpr,
 ):
     pid_h, pid_b, n_h = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
     units = pid_h * HS + tl.arange(0, HS)
     rows = pid_b * BB + tl.arange(0, BB)
     rmask = rows < B
     m = (units < H)[:, None] & rmask[None, :]
-    Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)                     # on chip for all T
+    Wt = 0
+    if STATIONARY:
+        Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)                 # on chip for all T
     c = tl.load(C + rows[None, :] * stride_c_b + units[:, None], mask=m, other=0.0)   # C[0] = c_0
     xi, xf, xg, xo = _load_xg(XG, stride_xg_b, H, units, rows, m)
     counter = COUNTER + pid_b
     failed = 0
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
-        I, F, C_tilda, O, c, h = _hs_fwd_cell(Wt, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo, c,
-                                              rows, rmask, H, DOT_PRECISION, HS, BB, KP)
+        I, F, C_tilda, O, c, h = _hs_fwd_cell(Wt, W, stride_w, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo,
+                                              c, units, rows, rmask, H, STATIONARY, DOT_PRECISION, HS, BB, KP, BK)
         _store_step(HB + (t64 + 1) * stride_hb_t, stride_hb_b, C + (t64 + 1) * stride_c_t, stride_c_b,
                     G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h, SAVE, SAVE)
         if t + 1 < T:   # prefetch XG[t+1] before waiting on the other programs
@@ -120,7 +157,8 @@ def _hs_fwd_step_kernel(
     XG, W, HB, C, G,
     t, c_in, c_out, B, H,
     stride_xg_t, stride_xg_b, stride_w, stride_hb_t, stride_hb_b, stride_c_t, stride_c_b, stride_g_t, stride_g_b,
-    SAVE: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    SAVE: tl.constexpr, STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr,
+    KP: tl.constexpr, BK: tl.constexpr,
 ):
     """Step ``t`` only: c_{t-1} from C[c_in], c_t into C[c_out] (the launcher ping-pongs two
     slots when nothing is saved)."""
@@ -130,11 +168,13 @@ def _hs_fwd_step_kernel(
     rmask = rows < B
     m = (units < H)[:, None] & rmask[None, :]
     t64 = tl.cast(t, tl.int64)
-    Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)
+    Wt = 0
+    if STATIONARY:
+        Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)
     c = tl.load(C + c_in.to(tl.int64) * stride_c_t + rows[None, :] * stride_c_b + units[:, None], mask=m, other=0.0)
     xi, xf, xg, xo = _load_xg(XG + t64 * stride_xg_t, stride_xg_b, H, units, rows, m)
-    I, F, C_tilda, O, c, h = _hs_fwd_cell(Wt, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo, c,
-                                          rows, rmask, H, DOT_PRECISION, HS, BB, KP)
+    I, F, C_tilda, O, c, h = _hs_fwd_cell(Wt, W, stride_w, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo, c,
+                                          units, rows, rmask, H, STATIONARY, DOT_PRECISION, HS, BB, KP, BK)
     _store_step(HB + (t64 + 1) * stride_hb_t, stride_hb_b, C + c_out.to(tl.int64) * stride_c_t, stride_c_b,
                 G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h, True, SAVE)
 
@@ -193,7 +233,8 @@ def lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, cfg, precision, driver):
     grid = cfg.grid(B, H)
     strides = (xg.stride(0), xg.stride(1), w_hh.stride(0), HB.stride(0), HB.stride(1), C.stride(0), C.stride(1),
                Gp.stride(0), Gp.stride(1))
-    tiles = dict(DOT_PRECISION=precision, HS=cfg.hs, BB=cfg.bb, KP=cfg.kp, num_warps=cfg.num_warps, num_stages=1)
+    tiles = dict(STATIONARY=cfg.stationary, DOT_PRECISION=precision, HS=cfg.hs, BB=cfg.bb, KP=cfg.kp, BK=cfg.bk,
+                 num_warps=cfg.num_warps, num_stages=1)
     if driver == "persistent":
         counter = torch.zeros(grid[1], dtype=torch.int32, device=dev)
         err = torch.zeros(1, dtype=torch.int32, device=dev)

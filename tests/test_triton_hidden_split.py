@@ -28,9 +28,10 @@ def plan(monkeypatch):
     """``plan(path, driver)``: force the kernel path and hidden-split driver for this test."""
     from lstm_fast.kernels import lstm_config, lstm_fwd_hidden_split
 
-    def force(path, driver=None, poison=True):
+    def force(path, driver=None, poison=True, streamed=False):
         monkeypatch.setattr(lstm_config, "forced_path", path)
         monkeypatch.setattr(lstm_config, "forced_driver", driver)
+        monkeypatch.setattr(lstm_config, "forced_streamed", streamed)
         monkeypatch.setattr(lstm_fwd_hidden_split, "poison_steps", poison)
     return force
 
@@ -52,15 +53,17 @@ def _against_nn_lstm(T, B, D, H, dtype):
         assert_close(a, b, dtype, name)
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["stationary", "streamed"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("T,B,D,H", [
     pytest.param(3, 5, 4, 130, id="T3-B5-D4-H130"),       # 130 units: a partial last slice, K padded to 256
     pytest.param(2, 17, 3, 33, id="T2-B17-D3-H33"),        # two batch blocks of 16
     pytest.param(4, 1, 2, 1, id="T4-B1-D2-H1"),
 ])
-def test_hidden_split_step_driver_matches_nn_lstm(T, B, D, H, dtype, plan):
-    """The real multi-program partition (N > 1 programs per step), outputs poisoned per step."""
-    plan("hidden_split", "step")
+def test_hidden_split_step_driver_matches_nn_lstm(T, B, D, H, dtype, streamed, plan):
+    """The real multi-program partition (N > 1 programs per step), outputs poisoned per step;
+    W_hh on chip, or streamed in K chunks (H = 130: a partial last chunk)."""
+    plan("hidden_split", "step", streamed=streamed)
     _against_nn_lstm(T, B, D, H, dtype)
 
 
@@ -69,9 +72,10 @@ def test_hidden_split_odd_H520(plan):
     _against_nn_lstm(2, 3, 5, 520, torch.float64)
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["stationary", "streamed"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("B", [3, 20], ids=["B3", "B20-two-blocks"])
-def test_persistent_driver_one_program_per_block(dtype, B):
+def test_persistent_driver_one_program_per_block(dtype, B, streamed):
     """The persistent kernels (grid barrier, W and c/dc held across steps) with one program per
     batch block (all the interpreter can run without deadlock), against the step driver and the
     batch-tiled kernels."""
@@ -80,7 +84,7 @@ def test_persistent_driver_one_program_per_block(dtype, B):
     from lstm_fast.kernels.lstm_fwd_hidden_split import lstm_fwd_hidden_split
 
     T, H = 4, 24
-    cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32)          # one program covers all of H
+    cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, stationary=not streamed, bk=16)   # one program: all of H
     xg = torch.randn(T, B, 4 * H, dtype=dtype)
     w = torch.randn(4 * H, H, dtype=dtype) * 0.3
     h0, c0 = torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=dtype)
