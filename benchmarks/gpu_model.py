@@ -37,6 +37,7 @@ def _per_sm_bw(n_programs):
 
 
 def hidden_split_us(B, H, dtype, direction):
+    """Predicted us/step of the hidden-split path the dispatcher picks (None: it picks batch-tiled)."""
     import torch
 
     from lstm_fast.kernels.lstm_config import pick_plan
@@ -46,12 +47,15 @@ def hidden_split_us(B, H, dtype, direction):
     cfg = p.config
     n_h, n_b = cfg.grid(B, H)
     elt = 2 if dtype == "bfloat16" else 4
+    bw = _per_sm_bw(n_h * n_b)
     operand = (4 if direction == "bwd" else 1) * cfg.kp * cfg.bb * elt      # h^T, or dG^T (all four gates)
-    load = H100["l2_round_trip_us"] + operand / _per_sm_bw(n_h * n_b)
+    load = H100["l2_round_trip_us"] + operand / bw
+    if not cfg.stationary:          # the W_hh slice from L2 every step, in K chunks
+        load += 4 * cfg.hs * H * elt / bw + (-(-H // cfg.bk)) * 0.05
     stage = operand / (H100["smem_gbps"] * 1e3)
     flops = 2 * 4 * cfg.hs * cfg.kp * cfg.bb
     rate = H100["tc_tflops"][dtype] / H100["sms"] * 1e6                     # flop/us per SM
-    wgmma = direction == "fwd" and elt == 2
+    wgmma = direction == "fwd" and elt == 2 and cfg.stationary
     dot = flops / (rate * (1.0 if wgmma else H100["hmma_factor"]))
     return H100["barrier_us"] + load + stage + dot + H100["cell_us"], p
 
@@ -79,28 +83,31 @@ def main():
         print(f"- `{k}` = {v}")
     print("\nPer step, hidden-split = barrier + one L2 round trip + the step's operand (h_{t-1}, or all")
     print("four gates of dG_{t+1} in the backward) over the per-SM share of L2 bandwidth + staging it in")
-    print("shared memory + the dot (wgmma for the 16-bit forward, mma.sync otherwise) + the cell.")
+    print("shared memory + the dot (wgmma for the 16-bit forward, mma.sync otherwise) + the cell; the")
+    print("streamed variant (marked *, where the slice does not fit on chip) adds its W_hh slice over")
+    print("the same bandwidth and 0.05 us per K chunk.")
     print("Batch-tiled = all of W_hh over one SM's L2 bandwidth (every program streams it every step)")
     print("+ two round trips + the cell. Training adds the big GEMMs (input projection, dx, dW) at")
     print("`gemm_eff` of peak, spread per step. `-` = the dispatcher does not pick hidden-split there")
     print("(the slice does not fit on chip, or the grid would exceed the SMs).\n")
     print("The one cuDNN point we have: B16 T1024 D768 H768 fp16, 5.19 ms forward + backward (5.07 us")
     print("per step). Targets: training >= 1.5x cuDNN at B <= 32, inference >= 2x at B <= 8.\n")
-    print("| dtype | B | T | D | H | fwd path | hidden-split fwd | hidden-split bwd | batch-tiled fwd | batch-tiled bwd "
+    print("| dtype | B | T | D | H | paths (fwd/bwd) | hidden-split fwd | hidden-split bwd | batch-tiled fwd | batch-tiled bwd "
           "| GEMMs | predicted train us/step | vs published cuDNN |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     shapes = [(16, 1024, 768, 768)] + [s for s in EXTRA_GPU_SHAPES + GRID if s != (16, 1024, 768, 768)]
     for dtype in ("bfloat16", "float32"):
         for (B, T, D, H) in shapes:
             hf, pf = hidden_split_us(B, H, dtype, "fwd")
-            hb, _ = hidden_split_us(B, H, dtype, "bwd")
+            hb, pb = hidden_split_us(B, H, dtype, "bwd")
+            tag = lambda p: p.path + ("*" if p.path == "hidden_split" and not p.config.stationary else "")  # noqa: E731
             tf, tb = batch_tiled_us(B, H, dtype, "fwd"), batch_tiled_us(B, H, dtype, "bwd")
             g = gemm_us_per_step(B, D, H, dtype)
             train = (hf if hf is not None else tf) + (hb if hb is not None else tb) + g
             pub = PUBLISHED_CUDNN_US_PER_STEP.get((B, T, D, H))
             fmt = lambda v: "-" if v is None else f"{v:.1f}"   # noqa: E731
             ratio = f"{pub / train:.2f}x (fp16 figure)" if pub else ""
-            print(f"| {dtype} | {B} | {T} | {D} | {H} | {pf.path} | {fmt(hf)} | {fmt(hb)} | {tf:.1f} | {tb:.1f} | "
+            print(f"| {dtype} | {B} | {T} | {D} | {H} | {tag(pf)} / {tag(pb)} | {fmt(hf)} | {fmt(hb)} | {tf:.1f} | {tb:.1f} | "
                   f"{g:.2f} | {train:.1f} | {ratio} |")
     print("\nWhat would falsify it: a hidden-split step far above ~2-4 us at B <= 64 (barrier or L2 latency")
     print("underestimated, or W_hh not really staying in shared memory: see benchmarks/sm90_report.py's")
