@@ -27,17 +27,13 @@ def _finished(lengths, T, device):
     return (torch.arange(T, device=device)[:, None] >= lengths.to(device)[None, :]).unsqueeze(-1)
 
 
-def _zero_padding(x, lengths):
-    """x with padded positions set to 0, so NaN/Inf there reaches neither the gates nor dW_ih."""
-    return x.masked_fill(_finished(lengths, x.shape[0], x.device), 0)
-
-
 def _freeze_finished_rows(xg, lengths):
     """Variable lengths without touching the kernels: at steps t >= lengths[b], row b's forget
     pre-activation is +inf, its input and output pre-activations -inf and its candidate 0, so
     F = 1, I = 0, O = 0 and C_tilda = 0 exactly. The cell state is carried unchanged, the output is
     0, and in the backward the same saved gates make every gate gradient 0 and carry dc through.
-    Every value written here is finite or an exact saturation, whatever the padding held."""
+    Every value written here is finite or an exact saturation (x itself arrives with its padding
+    zeroed by :func:`lstm_fast.functional.lstm_layer`)."""
     T, B, G4 = xg.shape
     H = G4 // 4
     finished = _finished(lengths, T, xg.device)
@@ -59,8 +55,6 @@ def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     ``lengths``: per-row lengths (finished rows frozen, output 0; see _freeze_finished_rows)."""
     from .kernels import lstm_fwd
 
-    if lengths is not None:
-        x = _zero_padding(x, lengths)
     xg = _input_projection(x, w_ih, b_ih, b_hh)
     if lengths is not None:
         xg = _freeze_finished_rows(xg, lengths)
@@ -88,8 +82,6 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     if dh_direct is not None:
         dh0 = dh0 + dh_direct.to(dh0.dtype)
     T, B, D = x.shape
-    if lengths is not None and n[3]:
-        x = _zero_padding(x, lengths)
     acc = DG.dtype
     gd = _gemm_dtype(x, acc)
     dG2 = DG.view(T * B, -1).to(gd)
@@ -114,8 +106,6 @@ def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
         return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     from .kernels import lstm_fwd
 
-    if lengths is not None:
-        x = _zero_padding(x, lengths)
     xg = _input_projection(x, w_ih, b_ih, b_hh)
     if lengths is not None:
         xg = _freeze_finished_rows(xg, lengths)
