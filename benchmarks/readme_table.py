@@ -44,8 +44,12 @@ def provenance(f, doc):
     env, commit = doc["environment"], doc.get("commit") or {}
     sha = (commit.get("sha") or "unknown")[:10]
     modified = f", with uncommitted changes to {len(commit['modified'])} files" if commit.get("modified") else ""
+    load = env.get("load_average")
+    busy = (f", load average {load[0]:.1f} on {env.get('cores', '?')} cores while measuring (shared machine: other "
+            f"processes ran too)" if load else "")
     return (f"`benchmarks/results/{f.name}`, written by `{doc.get('command', 'unknown')}` at commit {sha}{modified}; "
-            f"{env['device_name']} ({env.get('threads', '?')} threads), torch {env['torch']}, measured {env['date'][:10]}")
+            f"{env['device_name']} ({env.get('threads', '?')} thread{'' if env.get('threads') == 1 else 's'}), "
+            f"torch {env['torch']}, measured {env['date'][:10]}{busy}")
 
 
 def _key(r):

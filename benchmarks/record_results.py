@@ -103,9 +103,12 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=3.0, help="seconds of timing per case compared")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=3, help="default-run: how many complete runs")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); recorded")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, to check the script (not for the README)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON file")
     a = ap.parse_args(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     env = environment(a.device)
     extra = {"kind": a.kind}
     if a.kind == "packed":

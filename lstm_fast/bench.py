@@ -13,6 +13,7 @@ results carry the command that wrote them, the git commit and the machine (:func
 """
 import datetime
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -174,7 +175,8 @@ def measure(impl, B, T, D, H, mode, device="cpu", dtype=torch.float32, budget_s=
 def environment(device="cpu"):
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "cpu": _cpu_name(), "threads": torch.get_num_threads()}
+           "cpu": _cpu_name(), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+           "load_average": _load_average()}   # a shared machine's load at the time, beside the IQR
     try:
         import triton
         env["triton"] = triton.__version__
@@ -187,6 +189,14 @@ def environment(device="cpu"):
     else:
         env["device_name"] = env["cpu"]
     return env
+
+
+def _load_average():
+    """The 1, 5 and 15 minute load averages (runnable processes), or None where unknown."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _cpu_name():

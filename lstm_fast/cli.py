@@ -54,6 +54,10 @@ def _bench(a):
         devices = [a.device]
     if "cuda" not in devices:
         print("no GPU here: measuring the CPU only", file=sys.stderr)
+    if a.threads is not None:
+        if a.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {a.threads}")
+        torch.set_num_threads(a.threads)
     shapes = shape_set(a.shapes)
     impls = [i for i in a.impl.split(",") if i]
     bad = [i for i in impls if i not in IMPLEMENTATIONS]
@@ -120,6 +124,7 @@ def build_parser(explicit_only=False):
     b.add_argument("--impl", default="scratch,torch,fused", help="comma-separated implementations")
     b.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per implementation and case")
     b.add_argument("--rounds", type=int, default=7, help="rounds of interleaved timing (median and IQR over them)")
+    b.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); recorded with the results")
     b.add_argument("--json", help="also write the rows (and the environment) as JSON here")
     b.add_argument("--plot", help="also draw a bar chart (PNG) here")
     b.set_defaults(func=_bench)
