@@ -132,6 +132,12 @@ def launches(path, driver, dtype, precision, B, H, T=REPORT_T):
 
     from lstm_fast.kernels import lstm_bwd, lstm_config, lstm_fwd
 
+    if path == "matmul":       # the TF32 GEMM at a large and a narrow shape (its tiles shrink to small M, N)
+        from lstm_fast.kernels import matmul
+        with _Interceptor() as rec:
+            for M, K, N in ((B * T, 4 * H, H), (16, B * T, 4 * H)):
+                matmul(torch.randn(M, K), torch.randn(K, N), precision)
+        return rec.calls
     saved = (lstm_config.forced_path, lstm_config.forced_driver, lstm_config.dot_precision)
     # hidden-split: the dispatcher's own choice (forcing it would lift the on-chip limits)
     lstm_config.forced_path = None if path == "hidden_split" else path
@@ -172,6 +178,8 @@ def plans():
         B, H = next((B, H) for B in (1, lstm_config.LARGE_BATCH + 1) for H in (1024, 65, 33, 17, 1)
                     if lstm_config.pick_config(B, H, dtype, precision) == cfg)
         rows.append(("batch_tiled", "-", dtype, precision, B, H, None))
+    import torch
+    rows.append(("matmul", "-", torch.float32, "tf32", 64, 1024, None))
     return rows
 
 
@@ -179,7 +187,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True, help="write the rows here (a JSON list)")
     ap.add_argument("--sass-dir", help="write each kernel's SASS here")
-    ap.add_argument("--only", choices=("hidden_split", "batch_tiled"), help="one path only")
+    ap.add_argument("--only", choices=("hidden_split", "batch_tiled", "matmul"), help="one path only")
     a = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("sm90_report: unset TRITON_INTERPRET (the interpreter replaces @triton.jit functions)")
@@ -199,6 +207,8 @@ def main(argv=None):
             if path == "hidden_split" and not (fn.__name__.startswith("_hs_") and direction in fn.__name__):
                 continue      # this (B, H) picks hidden-split for the other direction only
             key = (fn.__name__, tuple(sorted(kwargs.items())))
+            if path == "matmul":
+                key = key + ((kwargs["BM"], kwargs["BN"]),)
             if key not in built:       # the same kernel at another H: one compile, one row per H
                 kernel = compile_as_launched(fn, args, kwargs)
                 sass, usage = sass_of(kernel)
@@ -207,9 +217,11 @@ def main(argv=None):
                 continue
             seen.add((key, H))
             sass, usage, info, dyn_shared = built[key]
-            kdir = "bwd" if "bwd" in fn.__name__ else "fwd"
+            kdir = "bwd" if "bwd" in fn.__name__ else "fwd" if "lstm" in fn.__name__ else "gemm"
             variant = ("" if kwargs.get("SAVE", True) else "_nosave") + ("" if kwargs.get("STATIONARY", True) else "_streamed")
             tag = f"{path}_{kdir}{variant}_{driver}_{SHORT[dname]}_{precision}_B{B}_H{H}".replace("_-_", "_")
+            if path == "matmul":
+                tag += f"_BM{kwargs['BM']}_BN{kwargs['BN']}"
             if a.sass_dir:
                 Path(a.sass_dir, tag + ".sass").write_text(sass)
             row = dict(kernel=fn.__name__, path=path, driver=driver, direction=kdir, save=kwargs.get("SAVE", True),

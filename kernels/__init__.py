@@ -3,16 +3,23 @@
 Shape legend for every kernel file here: B batch, T steps, D input, H hidden; gates i, f, g, o
 (d2l: I, F, C_tilda, O).
 
-* :mod:`.lstm_fwd`: ``_lstm_fwd_kernel`` (persistent, walks T) and its launcher ``lstm_fwd``;
-* :mod:`.lstm_bwd`: ``_lstm_bwd_kernel`` (persistent, walks T in reverse) and ``lstm_bwd``;
-* :mod:`.lstm_config`: the tile table the launchers pick from.
+* :mod:`.lstm_fwd`: the launcher ``lstm_fwd`` (picks the path) and the batch-tiled
+  ``_lstm_fwd_kernel`` (persistent, walks T);
+* :mod:`.lstm_bwd`: ``lstm_bwd`` and the batch-tiled ``_lstm_bwd_kernel`` (walks T in reverse);
+* :mod:`.lstm_fwd_hidden_split`, :mod:`.lstm_bwd_hidden_split`: the hidden-split path (W_hh split
+  by hidden units across programs, on chip for all T), persistent and step-launch drivers;
+* :mod:`.grid_sync`: the bounded grid barrier and the shared activation helpers;
+* :mod:`.lstm_config`: the dispatcher (``pick_plan``) and the tile tables;
+* :mod:`.matmul`: a TF32 GEMM for float32 layers whose recurrence runs in TF32.
 
 Importing this package imports triton; :mod:`lstm_fast.backends` turns an ImportError into a clear
 "backend='triton' is not available" error.
 """
 from .lstm_bwd import lstm_bwd
-from .lstm_config import LSTMKernelConfig, all_configs, pick_config
+from .lstm_config import LSTMKernelConfig, all_configs, pick_config, pick_plan
 from .lstm_fwd import lstm_fwd
+from .matmul import matmul
 
 HAS_KERNELS = True
-__all__ = ["lstm_fwd", "lstm_bwd", "pick_config", "all_configs", "LSTMKernelConfig", "HAS_KERNELS"]
+__all__ = ["lstm_fwd", "lstm_bwd", "matmul", "pick_config", "pick_plan", "all_configs", "LSTMKernelConfig",
+           "HAS_KERNELS"]

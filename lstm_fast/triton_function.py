@@ -14,10 +14,30 @@ import torch
 from .fused_function import apply_layer, final_hidden, needs_autograd, summed_bias
 
 
+def tf32_gemms(x):
+    """Whether this layer's float32 GEMMs run in TF32 on our kernel (:func:`lstm_fast.kernels.matmul`):
+    float32 CUDA tensors whose recurrent dots are TF32, i.e. when cuDNN's LSTM would use TF32."""
+    if x.dtype != torch.float32 or x.device.type != "cuda":
+        return False
+    from .kernels.lstm_config import dot_precision
+    return dot_precision(torch.float32, "cuda") == "tf32"
+
+
+def _mm(a, b, tf32):
+    """``a @ b``: TF32 on our GEMM where cuDNN would use TF32, cuBLAS (torch) otherwise."""
+    if tf32:
+        from .kernels import matmul
+        return matmul(a, b, "tf32")
+    return a @ b
+
+
 def _input_projection(x, w_ih, b_ih, b_hh):
     T, B, D = x.shape
     bias = summed_bias(b_ih, b_hh)
     x2 = x.reshape(T * B, D)
+    if tf32_gemms(x):
+        xg = _mm(x2, w_ih.t(), True)
+        return (xg if bias is None else xg.add_(bias)).view(T, B, -1)
     xg = torch.addmm(bias, x2, w_ih.t()) if bias is not None else x2 @ w_ih.t()
     return xg.view(T, B, -1)
 
@@ -84,15 +104,16 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     T, B, D = x.shape
     acc = DG.dtype
     gd = _gemm_dtype(x, acc)
+    tf32 = tf32_gemms(x)
     dG2 = DG.view(T * B, -1).to(gd)
     dx = dw_ih = dw_hh = db = None
     if n[0]:
-        dx = (dG2 @ w_ih.to(gd)).view(T, B, D).to(x.dtype)
+        dx = _mm(dG2, w_ih.to(gd), tf32).view(T, B, D).to(x.dtype)
     if n[3]:
-        dw_ih = (dG2.t() @ x.reshape(T * B, D).to(gd)).to(w_ih.dtype)
+        dw_ih = _mm(dG2.t(), x.reshape(T * B, D).to(gd), tf32).to(w_ih.dtype)
     if n[4]:
         h_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
-        dw_hh = (dG2.t() @ h_prev.reshape(T * B, -1).to(gd)).to(w_hh.dtype)
+        dw_hh = _mm(dG2.t(), h_prev.reshape(T * B, -1).to(gd), tf32).to(w_hh.dtype)
     if n[5] or n[6]:
         db = DG.view(T * B, -1).sum(0).to(w_hh.dtype)
     return (dx, dh0.to(h0.dtype) if n[1] else None, dc0.to(x.dtype) if n[2] else None,
