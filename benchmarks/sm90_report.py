@@ -19,7 +19,7 @@ Rows (one per kernel and configuration): kernel, path ("hidden_split" / "batch_t
 dtype, precision, B, H, config, registers, shared_bytes, spill_bytes (local memory and stack),
 ldl_stl (count in the SASS), w_loads_in_time_loop (loads of W_hh inside the outermost loop of a
 persistent kernel: W loads carry an evict-last hint, so they are told apart in SASS as ``LDG...EL``),
-mma, triton. Exit status 1 when any row spills, has LDL/STL or needs more than 227 KB of shared memory.
+mma, triton, commit. Exit status 1 when any row spills, has LDL/STL or needs more than 227 KB of shared memory.
 Runs without TRITON_INTERPRET (the interpreter replaces @triton.jit functions).
 """
 import argparse
@@ -198,6 +198,7 @@ def main(argv=None):
     rows = []
     if a.sass_dir:
         Path(a.sass_dir).mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     seen, built = set(), {}
     for path, driver, dtype, precision, B, H, direction in plans():
         if a.only and path != a.only:
@@ -230,7 +231,7 @@ def main(argv=None):
                        config={k: v for k, v in kwargs.items() if k.isupper() or k.startswith('num_')},
                        registers=usage.get("reg", 0), shared_bytes=usage.get("shared", 0) + dyn_shared,
                        spill_bytes=usage.get("local", 0) + usage.get("stack", 0), **info,
-                       triton=triton.__version__, sass=tag + ".sass")
+                       triton=triton.__version__, commit=commit, sass=tag + ".sass")
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("kernel", "driver", "dtype", "precision", "B", "H", "registers",
                                                   "shared_bytes", "spill_bytes", "ldl_stl", "w_loads_in_time_loop",
