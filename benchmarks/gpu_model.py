@@ -30,6 +30,11 @@ H100 = dict(
     gemm_eff=0.5,                 # input projection and weight-gradient GEMMs: fraction of peak
 )
 PUBLISHED_CUDNN_US_PER_STEP = {(16, 1024, 768, 768): 5190.0 / 1024}
+# cuDNN's standard algorithm launches ~2 kernels per forward step (recurrent GEMM, cell) and ~3 per
+# backward step; each costs a fixed GPU-side overhead plus reading W_hh at full-chip L2 bandwidth and
+# its flops at `gemm_eff` of peak. The fixed overhead is calibrated so the model reproduces the
+# published point (B16 H768 fp16: 5.07 us per step forward + backward).
+CUDNN_KERNELS = {"fwd": 2, "bwd": 3}
 
 
 def _per_sm_bw(n_programs):
@@ -67,6 +72,24 @@ def batch_tiled_us(B, H, dtype, direction):
     return w / _per_sm_bw(programs) + 2 * H100["l2_round_trip_us"] + H100["cell_us"] * (2 if direction == "bwd" else 1)
 
 
+def _cudnn_variable_us(B, H, dtype, direction):
+    elt = 2 if dtype == "bfloat16" else 4
+    w = 4 * H * H * elt / (H100["l2_total_gbps"] * 1e3)
+    flops = 2 * B * 4 * H * H / (H100["tc_tflops"][dtype] / 0.35 * H100["gemm_eff"] * 1e6)
+    return w + flops
+
+
+def _cudnn_kernel_overhead_us():
+    B, T, D, H = 16, 1024, 768, 768
+    rest = sum(_cudnn_variable_us(B, H, "bfloat16", d) for d in ("fwd", "bwd")) + gemm_us_per_step(B, D, H, "bfloat16")
+    return (PUBLISHED_CUDNN_US_PER_STEP[(B, T, D, H)] - rest) / sum(CUDNN_KERNELS.values())
+
+
+def cudnn_us(B, D, H, dtype, direction):
+    """Modelled cuDNN us/step (the big GEMMs excluded: both implementations run those alike)."""
+    return CUDNN_KERNELS[direction] * _cudnn_kernel_overhead_us() + _cudnn_variable_us(B, H, dtype, direction)
+
+
 def gemm_us_per_step(B, D, H, dtype):
     """Input projection (forward) plus dx, dW_ih, dW_hh (backward), per step."""
     flops = 2 * B * 4 * H * (D + D + D + H)
@@ -90,11 +113,16 @@ def main():
     print("+ two round trips + the cell. Training adds the big GEMMs (input projection, dx, dW) at")
     print("`gemm_eff` of peak, spread per step. `-` = the dispatcher does not pick hidden-split there")
     print("(the slice does not fit on chip, or the grid would exceed the SMs).\n")
-    print("The one cuDNN point we have: B16 T1024 D768 H768 fp16, 5.19 ms forward + backward (5.07 us")
-    print("per step). Targets: training >= 1.5x cuDNN at B <= 32, inference >= 2x at B <= 8.\n")
+    print("cuDNN is modelled too (the `CUDNN_KERNELS` note in the script): a fixed cost per kernel launch")
+    print(f"of {_cudnn_kernel_overhead_us():.2f} us, calibrated so the model reproduces the one published point")
+    print("(B16 T1024 D768 H768 fp16: 5.19 ms forward + backward, 5.07 us per step), plus W_hh over the")
+    print("whole L2 and the recurrent flops. The ratio columns are the predictions the first GPU run")
+    print("tests against the targets: training >= 1.5x cuDNN at B <= 32 (H in 256/512/1024, T in 35/512),")
+    print(">= 1.0x elsewhere; inference >= 2.0x at B <= 8.\n")
     print("| dtype | B | T | D | H | paths (fwd/bwd) | hidden-split fwd | hidden-split bwd | batch-tiled fwd | batch-tiled bwd "
-          "| GEMMs | predicted train us/step | vs published cuDNN |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| GEMMs | train us/step | cuDNN train us/step (model) | predicted train ratio | predicted inference ratio "
+          "| target |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     shapes = [(16, 1024, 768, 768)] + [s for s in EXTRA_GPU_SHAPES + GRID if s != (16, 1024, 768, 768)]
     for dtype in ("bfloat16", "float32"):
         for (B, T, D, H) in shapes:
@@ -104,11 +132,16 @@ def main():
             tf, tb = batch_tiled_us(B, H, dtype, "fwd"), batch_tiled_us(B, H, dtype, "bwd")
             g = gemm_us_per_step(B, D, H, dtype)
             train = (hf if hf is not None else tf) + (hb if hb is not None else tb) + g
-            pub = PUBLISHED_CUDNN_US_PER_STEP.get((B, T, D, H))
             fmt = lambda v: "-" if v is None else f"{v:.1f}"   # noqa: E731
-            ratio = f"{pub / train:.2f}x (fp16 figure)" if pub else ""
+            ours_fwd = hf if hf is not None else tf
+            cu_fwd, cu_bwd = cudnn_us(B, D, H, dtype, "fwd"), cudnn_us(B, D, H, dtype, "bwd")
+            cu_train = cu_fwd + cu_bwd + g
+            g_fwd = g / 4                       # the forward's share: the input projection
+            target = ("train >= 1.5" if B <= 32 and (B, T, D, H) in GRID else "train >= 1.0") + \
+                (", infer >= 2.0" if B <= 8 else "")
             print(f"| {dtype} | {B} | {T} | {D} | {H} | {tag(pf)} / {tag(pb)} | {fmt(hf)} | {fmt(hb)} | {tf:.1f} | {tb:.1f} | "
-                  f"{g:.2f} | {train:.1f} | {ratio} |")
+                  f"{g:.2f} | {train:.1f} | {cu_train:.1f} | {cu_train / train:.2f} | "
+                  f"{(cu_fwd + g_fwd) / (ours_fwd + g_fwd):.2f} | {target} |")
     print("\nWhat would falsify it: a hidden-split step far above ~2-4 us at B <= 64 (barrier or L2 latency")
     print("underestimated, or W_hh not really staying in shared memory: see benchmarks/sm90_report.py's")
     print("w_loads_in_time_loop), or batch-tiled steps far from W_hh bytes / ~100 GB/s.")
