@@ -110,12 +110,14 @@ def layer_rows(shapes, rounds, round_s, log):
     return rows
 
 
-def train_once(precision, epochs, out_dir):
-    """One ``lstm-fast train`` subprocess; returns (tokens/sec, perplexity, seconds)."""
+def train_once(precision, epochs, out_dir, threads=None):
+    """One ``lstm-fast train`` subprocess (``threads``: its OMP_NUM_THREADS, or inherited);
+    returns (tokens/sec, perplexity, seconds, output lines)."""
     cmd = [sys.executable, "-m", "lstm_fast", "train", "--precision", precision, "--epochs", str(epochs),
            "--no-progress", "--out", str(out_dir)]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     wall = time.perf_counter() - t0
     m = re.search(r"perplexity ([0-9.]+), ([0-9.]+) tokens/sec", p.stdout)
     if not m:
@@ -123,23 +125,24 @@ def train_once(precision, epochs, out_dir):
     return float(m.group(2)), float(m.group(1)), wall, p.stdout.strip().splitlines()
 
 
-def train_rows(rounds, epochs, full_epochs, log):
+def train_rows(rounds, epochs, full_epochs, log, threads=None):
     rows = {"fp32": [], "bf16": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             for prec in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
-                tps, ppl, wall, _ = train_once(prec, epochs, Path(tmp) / f"{prec}{r}")
+                tps, ppl, wall, _ = train_once(prec, epochs, Path(tmp) / f"{prec}{r}", threads)
                 rows[prec].append(tps)
                 log(f"train {prec} round {r}: {tps:,.0f} tokens/sec, perplexity {ppl:.2f}, {wall:.1f} s")
-        out = {"epochs_per_round": epochs, "rounds": rounds}
+        out = {"epochs_per_round": epochs, "rounds": rounds, "threads": threads or "default"}
         for prec, v in rows.items():
             q1, med, q3 = quartiles(v)
             out[prec] = {"tokens_per_sec_median": med, "q1": q1, "q3": q3, "per_round": v}
         out["bf16_over_fp32"] = out["bf16"]["tokens_per_sec_median"] / out["fp32"]["tokens_per_sec_median"]
         log(f"train bf16/fp32: {out['bf16_over_fp32']:.2f}x")
         if full_epochs:
-            tps, ppl, wall, lines = train_once("bf16", full_epochs, Path(tmp) / "full")
-            out["full_run"] = {"command": f"lstm-fast train --precision bf16 --epochs {full_epochs}",
+            tps, ppl, wall, lines = train_once("bf16", full_epochs, Path(tmp) / "full", threads)
+            prefix = f"OMP_NUM_THREADS={threads} " if threads else ""
+            out["full_run"] = {"command": f"{prefix}lstm-fast train --precision bf16 --epochs {full_epochs}",
                                "epochs": full_epochs, "perplexity": ppl, "tokens_per_sec": tps, "seconds": wall,
                                "output": lines}
             log(f"full bf16 run: perplexity {ppl:.2f}, {tps:,.0f} tokens/sec, {wall:.1f} s")
@@ -160,22 +163,30 @@ def git_commit():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="cpu", choices=("tiny", "d2l", "cpu"))
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--round-seconds", type=float, default=0.25, help="time per implementation per round")
+    ap.add_argument("--rounds", type=int, default=31)
+    ap.add_argument("--round-seconds", type=float, default=0.02,
+                    help="time per implementation per round (small: fine interleaving on a noisy machine)")
     ap.add_argument("--train-rounds", type=int, default=2)
     ap.add_argument("--train-epochs", type=int, default=50)
     ap.add_argument("--full-epochs", type=int, default=500, help="0: skip the full bf16 run")
+    ap.add_argument("--threads", type=int, help="torch threads for the layer rows and the train runs "
+                    "(their OMP_NUM_THREADS); default: torch's")
     ap.add_argument("--json", help="write the results here (atomically)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
     env = environment("cpu")
+    env.setdefault("load_average", list(os.getloadavg()))   # a shared machine: say how busy it was
+    env.setdefault("cores", os.cpu_count())
     env.update(native_bf16=bf16_sequence.use_native(), amx=bf16_sequence.use_amx(),
                cpu_flags=sorted(f for f in open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()
                                 if f.startswith(("avx512_bf16", "amx"))) if os.path.exists("/proc/cpuinfo") else [])
-    doc = {"environment": env, "command": " ".join(["python", "benchmarks/cpu_bf16.py"] + (argv or sys.argv[1:])),
+    doc = {"kind": "cpu-bf16", "environment": env, "command": " ".join(["python", "benchmarks/cpu_bf16.py"] + (argv or sys.argv[1:])),
            "commit": git_commit(), "rows": layer_rows(shape_set(a.shapes), a.rounds, a.round_seconds, log)}
     if a.train_rounds:
-        doc["train"] = train_rows(a.train_rounds, a.train_epochs, a.full_epochs, log)
+        doc["train"] = train_rows(a.train_rounds, a.train_epochs, a.full_epochs, log, a.threads)
+    env["load_average_end"] = list(os.getloadavg())
     if a.json:
         atomic_write_bytes(Path(a.json), (json.dumps(doc, indent=1) + "\n").encode())
     return 0

@@ -12,7 +12,8 @@ files without one are throughput tables from ``lstm-fast bench``):
 * ``status``: FusedLSTM's ratios to nn.LSTM on the CPU, in one line;
 * ``packed``: packed over padded tokens/sec, per implementation and shape;
 * ``epoch``: one d2l training epoch, d2l's loop with nn.LSTM against ours;
-* ``default-run``: the time and output of ``lstm-fast train`` with its defaults.
+* ``default-run``: the time and output of ``lstm-fast train`` with its defaults;
+* ``bf16``: CPU bfloat16 against nn.LSTM under the same autocast, and ``train --precision bf16``.
 
 Every section names the file, the command that wrote it, the commit and the machine.
 """
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("status", "packed", "results", "epoch", "default-run")
+SECTIONS = ("status", "packed", "results", "epoch", "default-run", "bf16")
 NAMES = {"scratch": "d2l scratch", "torch": "nn.LSTM", "fused": "**FusedLSTM**"}
 
 
@@ -146,8 +147,45 @@ def render_default_run():
     return "\n\n".join(parts) or "No default run measured yet."
 
 
+def render_bf16():
+    """CPU bfloat16 (``benchmarks/cpu_bf16.py``): FusedLSTM over nn.LSTM under the same autocast,
+    float32 alongside, and ``lstm-fast train --precision bf16`` over the float32 run."""
+    parts = []
+    for f, doc in load("cpu-bf16"):
+        by = {(r["implementation"], r["dtype"], r["mode"], r["B"], r["T"], r["D"], r["H"]): r for r in doc["rows"]}
+        env = doc["environment"]
+        lines = [f"From {provenance(f, doc)}; bf16 path: {'AMX tiles' if env.get('amx') else 'AVX512-BF16'}"
+                 f"{'' if env.get('native_bf16', True) else ' (not available: upcast)'}:", "",
+                 "| shape (B, T, D, H) | mode | precision | nn.LSTM tokens/sec (IQR) | FusedLSTM tokens/sec (IQR) "
+                 "| FusedLSTM / nn.LSTM |", "|---|---|---|---:|---:|---:|"]
+        for (impl, prec, mode, B, T, D, H), r in sorted(by.items(), key=lambda kv: (kv[0][3] * kv[0][4] * kv[0][6],
+                                                                                    kv[0][2], kv[0][1])):
+            if impl != "fused" or ("torch", prec, mode, B, T, D, H) not in by:
+                continue
+            t = by[("torch", prec, mode, B, T, D, H)]
+            n = B * T
+            lines.append(f"| {B}, {T}, {D}, {H} | {mode} | {prec} | {t['tokens_per_sec']:,.0f} ({_iqr(t, n)}) | "
+                         f"{r['tokens_per_sec']:,.0f} ({_iqr(r, n)}) | {r['tokens_per_sec'] / t['tokens_per_sec']:.2f}x |")
+        tr = doc.get("train")
+        if tr:
+            fp, bf = tr["fp32"], tr["bf16"]
+            lines += ["", f"`lstm-fast train --precision bf16` against `--precision fp32` ({tr['rounds']} interleaved "
+                          f"rounds of {tr['epochs_per_round']} epochs each, tokens/sec as the command reports it): "
+                          f"{bf['tokens_per_sec_median']:,.0f} against {fp['tokens_per_sec_median']:,.0f} "
+                          f"(per round: {', '.join(f'{v:,.0f}' for v in bf['per_round'])} against "
+                          f"{', '.join(f'{v:,.0f}' for v in fp['per_round'])}), "
+                          f"**{tr['bf16_over_fp32']:.2f}x**."]
+            full = tr.get("full_run")
+            if full:
+                lines += ["", f"`{full['command']}` ended at perplexity {full['perplexity']:.2f} "
+                              f"({full['tokens_per_sec']:,.0f} tokens/sec, {full['seconds']:.0f} s with start-up):", "",
+                          "```", *full["output"], "```"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or "No bf16 results measured yet."
+
+
 RENDER = {"results": render_results, "status": render_status, "packed": render_packed, "epoch": render_epoch,
-          "default-run": render_default_run}
+          "default-run": render_default_run, "bf16": render_bf16}
 
 
 def updated_readme(text):
