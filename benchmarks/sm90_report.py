@@ -32,8 +32,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DTYPE_NAMES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32"}
-SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+DTYPE_NAMES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32",
+               "torch.float64": "float64"}
+SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 SHARED_LIMIT = 227 * 1024   # an H100 SM's shared memory per block
 REPORT_T = 3            # steps of the launches intercepted (T is never specialised)
 
@@ -143,7 +144,7 @@ def launches(path, driver, dtype, precision, B, H, T=REPORT_T):
     lstm_config.forced_path = None if path == "hidden_split" else path
     lstm_config.forced_driver = driver
     lstm_config.dot_precision = lambda *_: precision
-    acc = torch.float32
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
     try:
         with _Interceptor() as rec:
             xg = torch.randn(T, B, 4 * H, dtype=dtype)

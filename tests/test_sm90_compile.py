@@ -46,7 +46,8 @@ def test_hidden_split_rows_for_every_required_shape(report):
         name = r["sass"]
         assert (sass_dir / name).stat().st_size > 0
         assert r["path"] in name and r["direction"] in name and {"bfloat16": "bf16", "float16": "fp16",
-                                                                 "float32": "fp32"}[r["dtype"]] in name
+                                                                 "float32": "fp32", "float64": "fp64"}[r["dtype"]] in name
+    assert any(r["dtype"] == "float64" and r["mma"] == "DMMA" for r in rows)   # gradcheck on a GPU runs these
 
 
 def test_hidden_split_keeps_w_out_of_the_time_loop(report):
