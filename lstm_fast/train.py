@@ -314,7 +314,7 @@ def train_epoch(net, loader, loss_fn, opt, device, cfg, forward=None, shard=(0, 
         else:
             state = tuple(s.detach() for s in state)
         y = Y.T.reshape(-1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             y_hat, state = forward(X, state)
             loss = loss_fn(y_hat, y)
         opt.zero_grad(set_to_none=True)
