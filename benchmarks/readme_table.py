@@ -177,9 +177,9 @@ def render_bf16():
                           f"**{tr['bf16_over_fp32']:.2f}x**."]
             full = tr.get("full_run")
             if full:
-                lines += ["", f"`{full['command']}` ended at perplexity {full['perplexity']:.2f} "
-                              f"({full['tokens_per_sec']:,.0f} tokens/sec, {full['seconds']:.0f} s with start-up):", "",
-                          "```", *full["output"], "```"]
+                lines += ["", f"`{full['command']}` (d2l's recipe, {full['epochs']} epochs; "
+                              f"{full['seconds']:.0f} s with start-up) ended with:", "",
+                          "```", *full["output"][-4:], "```"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) or "No bf16 results measured yet."
 

@@ -178,3 +178,32 @@ def test_train_precision_bf16(tmp_path, kernel_calls):
     assert bool(kernel_calls) == bf16_sequence.use_native()
     with pytest.raises(ValueError, match="--precision"):
         TrainConfig(precision="fp16").validate()
+
+
+def test_benchmark_script_runs_and_renders(tmp_path):
+    """benchmarks/cpu_bf16.py at a tiny shape (one round, no train runs) writes a results file
+    that benchmarks/readme_table.py renders: the script and its table cannot rot unnoticed."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bf16.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "cpu_bf16.py"), "--shapes", "tiny", "--rounds", "1",
+                    "--round-seconds", "0", "--train-rounds", "0", "--json", str(out)],
+                   cwd=root, check=True, capture_output=True, timeout=300)
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "cpu-bf16" and doc["commit"] and doc["command"].startswith("python benchmarks/cpu_bf16.py")
+    assert {(r["implementation"], r["dtype"], r["mode"]) for r in doc["rows"]} == {
+        (i, p, m) for i in ("torch", "fused") for p in ("float32", "autocast-bf16") for m in ("inference", "training")}
+    sys.path.insert(0, str(root / "benchmarks"))
+    import readme_table
+    old_root = readme_table.ROOT
+    try:
+        readme_table.ROOT = tmp_path
+        (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+        (tmp_path / "benchmarks" / "results" / "bf16.json").write_text(out.read_text())
+        table = readme_table.render_bf16()
+    finally:
+        readme_table.ROOT = old_root
+    assert "| 2, 3, 4, 5 | training | autocast-bf16 |" in table
