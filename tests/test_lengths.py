@@ -150,3 +150,19 @@ def test_non_finite_padding_under_autocast():
                           out[1], out[0], strict=True):
         assert torch.isfinite(a).all(), f"{name}: non-finite values leaked from the padding"
         assert torch.equal(a, b), name
+
+
+def test_non_finite_padding_on_triton():
+    """The Triton backend (its interpreter here) gets the same zeroed padding from lstm_layer."""
+    from lstm_fast.backends import triton_unavailable_reason
+    if triton_unavailable_reason("cpu") is not None:
+        pytest.skip(triton_unavailable_reason("cpu"))
+    params, hx = _setup(torch.float32)
+    _W[:] = [torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)]
+    pad = _padding_mask(LENS).unsqueeze(-1).expand(T, B, D)
+    x = torch.randn(T, B, D)
+    clean = _run(x.masked_fill(pad, 0.0), hx, params, torch.tensor(LENS), backend="triton")
+    dirty = _run(x.masked_fill(pad, float("nan")), hx, params, torch.tensor(LENS), backend="triton")
+    for k, (a, b) in enumerate(zip(dirty, clean, strict=True)):
+        assert torch.isfinite(a).all(), f"result {k}: NaN leaked from the padding"
+        assert torch.equal(a, b), f"result {k}"
