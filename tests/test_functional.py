@@ -126,9 +126,10 @@ def test_matches_d2l_scratch(T, B, V, H, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_prepared_weight_cache_sees_updates(dtype):
-    """Inference reuses prepared (reordered, packed) weights; an in-place update (an optimizer
-    step) or a different parameter must never hit a stale entry."""
+def test_inference_sees_weight_updates(dtype):
+    """Inference after an in-place update (an optimizer step) or with another module's weights
+    uses the current weights (nothing prepared is kept between calls; see
+    tests/test_parameter_changes.py for every way of changing a parameter)."""
     from lstm_fast import FusedLSTM
     ref = nn.LSTM(6, 40, dtype=dtype)
     m = FusedLSTM(6, 40, dtype=dtype)
