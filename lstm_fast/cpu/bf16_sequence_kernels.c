@@ -23,11 +23,12 @@
  *   X (T, B, D) bf16; Px (ceil(H/16), ceil(D/2), 128) and Ph (ceil(H/16), ceil(H/2), 128) bf16
  *   forward panels (pack_panels); bias (4H) float32 = b_ih + b_hh or None; h0 (B, H) bf16;
  *   c0 (B, H) float32; Y (T, B, H) bf16 outputs; C (T, B, H) float32 cell states when G is given,
- *   else (2, B, H) scratch; G (T, B, 4H) float32 activated gates i, f, g, o (saved) or None;
+ *   else (2, B, H) scratch; G (T, B, 5H) bf16: activated gates i, f, g, o and tanh(c_t) (saved)
+ *   or None;
  *   len (B) int64 lengths or None (as in sequence_kernels.c: finished rows frozen, output 0).
  * backward_seq(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None)
  *   dY (T, B, H) bf16; Wq (ceil(H/64), 2H, 128) bf16 backward panels of W_hh
- *   (pack_backward_panels); G, C float32 as saved; c0 float32; dG (T, B, 4H) bf16 out (the gate
+ *   (pack_backward_panels); G (bf16), C (float32) as saved; c0 float32; dG (T, B, 4H) bf16 out (the gate
  *   gradients, rounded: the GEMM operand); DH (B, H) float32 in: dh_n, out: dh_0; DC (B, H)
  *   float32 in: dc_n, out: dc_0; db (4H) float32 zeros in, out: the bias gradient (from the
  *   unrounded gate gradients).
@@ -130,7 +131,8 @@ typedef struct {
     const uint16_t *Ph, *h0;
     const float *c0;
     uint16_t *Y;
-    float *C, *G;
+    float *C;
+    uint16_t *G;            /* (T, B, 5H) bf16: i, f, g, o and tanh(c_t), or NULL */
     int64_t T, B, D, H;
     int nthreads;
     const uint16_t *zero;   /* max(D, H) + 1 zeros: the A row of tile rows past the batch */
@@ -144,7 +146,7 @@ typedef struct {
 /* The LSTM cell for one row and 16 hidden units, from that row's four gate accumulators. */
 BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0, __mmask16 m,
                           __m512 gi, __m512 gf, __m512 gg, __m512 go, const float *cp, float *c_out) {
-    const int64_t H = a->H, G4 = 4 * H;
+    const int64_t H = a->H, G5 = 5 * H;
     if (a->bias) {
         const float *b = a->bias + j0;
         gi = _mm512_add_ps(gi, _mm512_maskz_loadu_ps(m, b));
@@ -155,7 +157,8 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
     __m512 I = v_sigmoid_fast(gi), F = v_sigmoid_fast(gf), Ct = v_tanh_fast(gg), O = v_sigmoid_fast(go);
     __m512 c_prev = _mm512_maskz_loadu_ps(m, cp + row * H + j0);
     __m512 c = _mm512_fmadd_ps(F, c_prev, _mm512_mul_ps(I, Ct));
-    __m512 h = _mm512_mul_ps(O, v_tanh_fast(c));
+    __m512 tc = v_tanh_fast(c);
+    __m512 h = _mm512_mul_ps(O, tc);
     if (a->len && t >= a->len[row]) {
         c = c_prev;
         h = _mm512_setzero_ps();
@@ -164,11 +167,12 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
     store_bf16(a->Y + (t * a->B + row) * H + j0, m, h);
     if (a->Hb) store_bf16(a->Hb + ((t & 1) * a->Bp + row) * a->Hp + j0, m, h);
     if (a->G) {
-        float *g = a->G + (t * a->B + row) * G4 + j0;
-        _mm512_mask_storeu_ps(g, m, I);
-        _mm512_mask_storeu_ps(g + H, m, F);
-        _mm512_mask_storeu_ps(g + 2 * H, m, Ct);
-        _mm512_mask_storeu_ps(g + 3 * H, m, O);
+        uint16_t *g = a->G + (t * a->B + row) * G5 + j0;   /* bf16: half the bytes of the largest saved tensor */
+        store_bf16(g, m, I);
+        store_bf16(g + H, m, F);
+        store_bf16(g + 2 * H, m, Ct);
+        store_bf16(g + 3 * H, m, O);
+        store_bf16(g + 4 * H, m, tc);                      /* the backward's tanh(c_t), not recomputed */
     }
 }
 
@@ -221,8 +225,8 @@ BF16 static void fwd_worker(void *arg) {
 
 /* ---------------------------------------------------------------- backward */
 typedef struct {
-    const uint16_t *dY, *Wq;
-    const float *G, *C, *c0;
+    const uint16_t *dY, *Wq, *G;
+    const float *C, *c0;
     uint16_t *dG;
     float *DH, *DC, *db;
     int64_t T, B, H;
@@ -234,7 +238,7 @@ typedef struct {
 
 /* Phase A: gate gradients of step t for units [j0, j0+16) of every row (float32, stored bf16). */
 BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
-    const int64_t B = a->B, H = a->H, G4 = 4 * H, j0 = jb * 16;
+    const int64_t B = a->B, H = a->H, j0 = jb * 16;
     const __mmask16 m = tail_mask(j0, H);
     const __m512 one = _mm512_set1_ps(1.0f);
     __m512 sb0 = _mm512_setzero_ps(), sb1 = sb0, sb2 = sb0, sb3 = sb0;
@@ -245,14 +249,12 @@ BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
             for (int q = 0; q < 4; ++q) _mm256_mask_storeu_epi16(d + q * H, m, _mm256_setzero_si256());
             continue;
         }
-        const float *g = a->G + (t * B + b) * G4 + j0;
+        const uint16_t *g = a->G + (t * B + b) * 5 * H + j0;
         __m512 dh = _mm512_add_ps(load_bf16(m, a->dY + t * B * H + o), _mm512_maskz_loadu_ps(m, a->DH + o));
         __m512 dc = _mm512_maskz_loadu_ps(m, a->DC + o);
-        __m512 I = _mm512_maskz_loadu_ps(m, g), F = _mm512_maskz_loadu_ps(m, g + H);
-        __m512 Ct = _mm512_maskz_loadu_ps(m, g + 2 * H), O = _mm512_maskz_loadu_ps(m, g + 3 * H);
-        __m512 c = _mm512_maskz_loadu_ps(m, a->C + t * B * H + o);
+        __m512 I = load_bf16(m, g), F = load_bf16(m, g + H);
+        __m512 Ct = load_bf16(m, g + 2 * H), O = load_bf16(m, g + 3 * H), tc = load_bf16(m, g + 4 * H);
         __m512 cp = _mm512_maskz_loadu_ps(m, t > 0 ? a->C + (t - 1) * B * H + o : a->c0 + o);
-        __m512 tc = v_tanh_fast(c);
         __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh, O), _mm512_fnmadd_ps(tc, tc, one), dc);
         __m512 di = _mm512_mul_ps(_mm512_mul_ps(dct, Ct), _mm512_mul_ps(I, _mm512_sub_ps(one, I)));
         __m512 df = _mm512_mul_ps(_mm512_mul_ps(dct, cp), _mm512_mul_ps(F, _mm512_sub_ps(one, F)));
