@@ -77,6 +77,15 @@ def test_autocast_error_is_nn_lstm_order(T, B, D, H, kernel_calls):
 
 
 @native
+@pytest.mark.parametrize("T,B,D,H", [(9, 5, 7, 9), (6, 13, 33, 70)])
+def test_avx512_bf16_kernels_without_amx(T, B, D, H, kernel_calls, monkeypatch):
+    """The vdpbf16ps kernels (what a CPU with AVX512-BF16 but no AMX runs), forced here with
+    USE_AMX off: the same error bound against float64 as nn.LSTM under autocast."""
+    monkeypatch.setattr(bf16_sequence, "USE_AMX", False)
+    test_autocast_error_is_nn_lstm_order(T, B, D, H, kernel_calls)
+
+
+@native
 def test_bf16_parameters(kernel_calls):
     """bf16 parameters and input (no autocast): the same kernels; gradients come back in bf16."""
     torch.manual_seed(1)
