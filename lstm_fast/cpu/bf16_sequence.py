@@ -1,15 +1,16 @@
-"""The bfloat16 CPU path on the whole-sequence AVX512-BF16 kernels (``bf16_sequence_kernels.c``).
+"""The bfloat16 CPU path on the whole-sequence bf16 kernels (``bf16_sequence_kernels.c``).
 
 Serves CPU autocast to bfloat16 and bfloat16 parameters (routed by
 :func:`lstm_fast.functional.lstm_layer`): matmul operands in bf16, float32 accumulation, float32
 cell state and gate activations, outputs h_t in bf16 (the next step's operand, as nn.LSTM under
 autocast). Weights may be float32 (autocast: the parameters themselves, converted to bf16 panels
-as they are packed, once per call) or bf16; their gradients come back
-in their own dtype. Forward and the backward through time are C calls that walk all T steps; the
-weight gradients and ``dx`` are oneDNN bf16 GEMMs (float32 accumulation) over the bf16 gate
-gradients the backward kernel writes.
+as they are packed, once per call) or bf16; their gradients come back in their own dtype.
+Forward and the backward through time are C calls that walk all T steps, on AMX tiles where the
+CPU has AMX-BF16 (:func:`use_amx`), else on AVX512-BF16 ``vdpbf16ps``; ``dx`` and the weight
+gradients (one GEMM, ``[X | h_prev]^T dG``) are oneDNN bf16 GEMMs (float32 accumulation) over the
+bf16 gate gradients the backward kernel writes.
 
-Which path 16-bit CPU layers take is :func:`mode` (env var ``LSTM_FAST_CPU_BF16``, or set
+Which path bf16 CPU layers take is :func:`use_native` (env var ``LSTM_FAST_CPU_BF16``, or set
 :data:`MODE` at run time): ``"auto"`` (native kernels where the CPU has AVX512-BF16, else the
 float32 kernels on exactly upcast operands), ``"native"`` (these kernels; an error without
 AVX512-BF16) or ``"upcast"`` (always the float32 kernels).
