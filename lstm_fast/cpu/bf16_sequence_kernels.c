@@ -32,14 +32,17 @@
  *   gradients, rounded: the GEMM operand); DH (B, H) float32 in: dh_n, out: dh_0; DC (B, H)
  *   float32 in: dc_n, out: dc_0; db (4H) float32 zeros in, out: the bias gradient (from the
  *   unrounded gate gradients).
- * pack_panels(W, w_is_f32, H, K, P)
- *   W (4H, K) float32 or bf16 as nn.LSTM stores it -> P (ceil(H/16), ceil(K/2), 128) bf16:
+ * pack_panels(W, w_is_f32, H, K, Kpad, P)
+ *   W (4H, K) float32 or bf16 as nn.LSTM stores it -> P (ceil(H/16), ceil(Kpad/2), 128) bf16:
  *   P[j][p][(q*16 + u)*2 + s] = bf16(W[q*H + j*16 + u][2p + s]), zero past H and K.
- * pack_backward_panels(W, w_is_f32, H, P)
- *   W_hh (4H, H) float32 or bf16 -> P (ceil(H/64), 2H, 128) bf16:
- *   P[j][p][u*2 + s] = bf16(W[2p + s][j*64 + u]), zero past H.
+ * pack_backward_panels(W, w_is_f32, H, Kpad, P)
+ *   W_hh (4H, H) float32 or bf16 -> P (ceil(H/64), Kpad/2, 128) bf16:
+ *   P[j][p][u*2 + s] = bf16(W[2p + s][j*64 + u]), zero past H and past row 4H.
+ * forward_seq_amx / backward_seq_amx: the same on AMX tiles, operands in zero-padded buffers
+ *   (see the AMX section); xh_transposed: [X | h_prev]^T for the weight-gradient GEMM.
  * available() -> bool: this CPU has AVX512-BF16 (and AVX512 F/BW/VL/DQ): the caller falls back
- *   to the float32 kernels on upcast operands otherwise.
+ *   to the float32 kernels on upcast operands otherwise. amx_available() -> bool: AMX-BF16 too,
+ *   and the kernel granted this process the tile state.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
