@@ -128,7 +128,7 @@ FMA_BUDGET = 48 * 1024
 # The backward's stationary operand is W_hh's column slice as the A operand of mma.sync (HMMA),
 # which lives in registers beside one gate's [KP, BB] tile of dG: what compiled without spills on
 # sm_90 (benchmarks/sm90_report.py) is at most 128 KB of the two for 16-bit (8 warps) and 48 KB
-# for tf32. Exact fp32 dots spilled even at 16 KB, so an "ieee" float32 backward streams W_hh.
+# for tf32. Exact fp32 dots spilled even at 16 KB, so an "ieee" float32 backward is batch-tiled.
 BWD_BUDGET = {2: 128 * 1024, 4: 48 * 1024, 8: 1 << 40}
 H100_SM_COUNT = 132               # what the interpreter and the sm_90 report assume
 
@@ -163,9 +163,10 @@ def _pow2(n, lo=16):
 
 def _hidden_split_config(B, H, itemsize, sm_count, precision, direction="fwd", unlimited=False):
     """The smallest slice (most programs) whose grid fits within ``sm_count`` and whose W_hh slice
-    fits on chip; failing that, the smallest whose grid fits, with W_hh streamed from L2 (each
-    program still reads only its own slice, spread over n_h SMs, instead of every program
-    reading all of W_hh as in the batch-tiled kernels); None when the grid cannot fit."""
+    fits on chip; failing that, the smallest of at least 16 units whose grid fits, with W_hh
+    streamed from L2 (each program still reads only its own slice, spread over n_h SMs, instead of
+    every program reading all of W_hh as in the batch-tiled kernels; not for exact fp32 dots);
+    None (batch-tiled) otherwise."""
     kp = _pow2(H)
     bb = _pow2(min(B, HS_MAX_BATCH))
     n_b = -(-B // bb)
@@ -183,8 +184,9 @@ def _hidden_split_config(B, H, itemsize, sm_count, precision, direction="fwd", u
                 fits = cfg.on_chip_bytes(itemsize) <= (FMA_BUDGET if fma else SMEM_BUDGET)
             if fits or unlimited:
                 return cfg
-            if streamed is None:
-                # 8 warps and 32-wide K chunks: 4 warps or 64-wide chunks spilled on sm_90
+            if streamed is None and hs >= 16 and not fma:
+                # 8 warps and 32-wide K chunks: 4 warps or 64-wide chunks spilled on sm_90; so did
+                # slices under 16 units (a dot M below the MMA's 16 rows) and exact fp32 (FMA) dots
                 streamed = HiddenSplitConfig(hs, bb, kp, num_warps=8, stationary=False, bk=32)
         hs *= 2
     return streamed
