@@ -184,11 +184,36 @@ def plans():
     return rows
 
 
+_JOBS = []   # (fn, args, kwargs) for the forked workers, indexed
+
+
+def _build_one(i):
+    fn, args, kwargs = _JOBS[i]
+    kernel = compile_as_launched(fn, args, kwargs)
+    sass, usage = sass_of(kernel)
+    return sass, usage, analyse(sass), kernel.metadata.shared
+
+
+def _build_all(jobs, n_procs):
+    """Compile the distinct kernels, in ``n_procs`` forked processes (compiles are independent and
+    CPU-bound: the report's run time is theirs). Returns key -> (sass, usage, analysis, shared)."""
+    keys = list(jobs)
+    _JOBS[:] = [jobs[k] for k in keys]
+    if n_procs > 1 and len(keys) > 1:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(n_procs) as pool:
+            results = pool.map(_build_one, range(len(keys)), chunksize=1)
+    else:
+        results = [_build_one(i) for i in range(len(keys))]
+    return dict(zip(keys, results, strict=True))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True, help="write the rows here (a JSON list)")
     ap.add_argument("--sass-dir", help="write each kernel's SASS here")
     ap.add_argument("--only", choices=("hidden_split", "batch_tiled", "matmul"), help="one path only")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
     a = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("sm90_report: unset TRITON_INTERPRET (the interpreter replaces @triton.jit functions)")
@@ -200,43 +225,42 @@ def main(argv=None):
     if a.sass_dir:
         Path(a.sass_dir).mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    seen, built = set(), {}
+    entries, jobs, seen = [], {}, set()   # every row's launch first, then the distinct kernels in parallel
     for path, driver, dtype, precision, B, H, direction in plans():
         if a.only and path != a.only:
             continue
-        dname = DTYPE_NAMES[str(dtype)]
         for fn, args, kwargs in launches(path, None if driver == "-" else driver, dtype, precision, B, H):
             if path == "hidden_split" and not (fn.__name__.startswith("_hs_") and direction in fn.__name__):
                 continue      # this (B, H) picks hidden-split for the other direction only
             key = (fn.__name__, tuple(sorted(kwargs.items())))
             if path == "matmul":
                 key = key + ((kwargs["BM"], kwargs["BN"]),)
-            if key not in built:       # the same kernel at another H: one compile, one row per H
-                kernel = compile_as_launched(fn, args, kwargs)
-                sass, usage = sass_of(kernel)
-                built[key] = (sass, usage, analyse(sass), kernel.metadata.shared)
-            elif (key, H) in seen:
-                continue
+            if (key, H) in seen:
+                continue      # the same kernel at another H: one compile, one row per H
             seen.add((key, H))
-            sass, usage, info, dyn_shared = built[key]
-            kdir = "bwd" if "bwd" in fn.__name__ else "fwd" if "lstm" in fn.__name__ else "gemm"
-            variant = ("" if kwargs.get("SAVE", True) else "_nosave") + ("" if kwargs.get("STATIONARY", True) else "_streamed")
-            tag = f"{path}_{kdir}{variant}_{driver}_{SHORT[dname]}_{precision}_B{B}_H{H}".replace("_-_", "_")
-            if path == "matmul":
-                tag += f"_BM{kwargs['BM']}_BN{kwargs['BN']}"
-            if a.sass_dir:
-                Path(a.sass_dir, tag + ".sass").write_text(sass)
-            row = dict(kernel=fn.__name__, path=path, driver=driver, direction=kdir, save=kwargs.get("SAVE", True),
-                       stationary=kwargs.get("STATIONARY", path == "hidden_split"),
-                       dtype=dname, precision=precision, B=B, H=H,
-                       config={k: v for k, v in kwargs.items() if k.isupper() or k.startswith('num_')},
-                       registers=usage.get("reg", 0), shared_bytes=usage.get("shared", 0) + dyn_shared,
-                       spill_bytes=usage.get("local", 0) + usage.get("stack", 0), **info,
-                       triton=triton.__version__, commit=commit, sass=tag + ".sass")
-            rows.append(row)
-            print(json.dumps({k: row[k] for k in ("kernel", "driver", "dtype", "precision", "B", "H", "registers",
-                                                  "shared_bytes", "spill_bytes", "ldl_stl", "w_loads_in_time_loop",
-                                                  "mma")}), flush=True)
+            jobs.setdefault(key, (fn, args, kwargs))
+            entries.append((key, path, driver, DTYPE_NAMES[str(dtype)], precision, B, H, fn, kwargs))
+    built = _build_all(jobs, a.jobs)
+    for key, path, driver, dname, precision, B, H, fn, kwargs in entries:
+        sass, usage, info, dyn_shared = built[key]
+        kdir = "bwd" if "bwd" in fn.__name__ else "fwd" if "lstm" in fn.__name__ else "gemm"
+        variant = ("" if kwargs.get("SAVE", True) else "_nosave") + ("" if kwargs.get("STATIONARY", True) else "_streamed")
+        tag = f"{path}_{kdir}{variant}_{driver}_{SHORT[dname]}_{precision}_B{B}_H{H}".replace("_-_", "_")
+        if path == "matmul":
+            tag += f"_BM{kwargs['BM']}_BN{kwargs['BN']}"
+        if a.sass_dir:
+            Path(a.sass_dir, tag + ".sass").write_text(sass)
+        row = dict(kernel=fn.__name__, path=path, driver=driver, direction=kdir, save=kwargs.get("SAVE", True),
+                   stationary=kwargs.get("STATIONARY", path == "hidden_split"),
+                   dtype=dname, precision=precision, B=B, H=H,
+                   config={k: v for k, v in kwargs.items() if k.isupper() or k.startswith('num_')},
+                   registers=usage.get("reg", 0), shared_bytes=usage.get("shared", 0) + dyn_shared,
+                   spill_bytes=usage.get("local", 0) + usage.get("stack", 0), **info,
+                   triton=triton.__version__, commit=commit, sass=tag + ".sass")
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("kernel", "driver", "dtype", "precision", "B", "H", "registers",
+                                              "shared_bytes", "spill_bytes", "ldl_stl", "w_loads_in_time_loop",
+                                              "mma")}), flush=True)
     tmp = Path(a.json).with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=1))
     os.replace(tmp, a.json)
