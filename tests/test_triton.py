@@ -186,3 +186,32 @@ def test_gpu_bitwise_deterministic():
 
     for a, b in zip(run(), run(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("path,driver,streamed", [("hidden_split", "persistent", False), ("hidden_split", "step", False),
+                                                  ("hidden_split", "persistent", True), ("batch_tiled", None, False)],
+                         ids=["hs-persistent", "hs-step", "hs-streamed", "batch-tiled"])
+def test_gpu_every_path_and_driver(path, driver, streamed, monkeypatch, cudnn_tf32):
+    """On a GPU, each kernel path and driver (the persistent one with its real grid barrier across
+    many programs) against nn.LSTM in exact float32, every output and gradient."""
+    from lstm_fast.kernels import lstm_config
+    cudnn_tf32(False)
+    monkeypatch.setattr(lstm_config, "forced_path", path)
+    monkeypatch.setattr(lstm_config, "forced_driver", driver)
+    monkeypatch.setattr(lstm_config, "forced_streamed", streamed)
+    T, B, D, H = 9, 5, 16, 130
+    ref = nn.LSTM(D, H, device="cuda")
+
+    def triton_fn(x, hx, p):
+        return fused_lstm(x, hx, *p, backend="triton")
+
+    def torch_fn(x, hx, p):
+        y, (h, c) = torch.func.functional_call(ref, dict(zip([n for n, _ in ref.named_parameters()], p, strict=True)),
+                                               (x, tuple(t.unsqueeze(0) for t in hx)))
+        return y, (h[0], c[0])
+
+    got = _run(triton_fn, T, B, D, H, torch.float32, list(ref.parameters()))
+    want = _run(torch_fn, T, B, D, H, torch.float32, list(ref.parameters()))
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert_close(a, b, torch.float32, f"result {i}")
