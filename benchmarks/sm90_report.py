@@ -232,7 +232,7 @@ def main(argv=None):
         for fn, args, kwargs in launches(path, None if driver == "-" else driver, dtype, precision, B, H):
             if path == "hidden_split" and not (fn.__name__.startswith("_hs_") and direction in fn.__name__):
                 continue      # this (B, H) picks hidden-split for the other direction only
-            key = (fn.__name__, tuple(sorted(kwargs.items())))
+            key = (fn.__name__, str(dtype), tuple(sorted(kwargs.items())))    # kwargs alone omit the dtype
             if path == "matmul":
                 key = key + ((kwargs["BM"], kwargs["BN"]),)
             if (key, H) in seen:
@@ -243,7 +243,7 @@ def main(argv=None):
     built = _build_all(jobs, a.jobs)
     for key, path, driver, dname, precision, B, H, fn, kwargs in entries:
         sass, usage, info, dyn_shared = built[key]
-        kdir = "bwd" if "bwd" in fn.__name__ else "fwd" if "lstm" in fn.__name__ else "gemm"
+        kdir = "bwd" if "bwd" in fn.__name__ else "fwd" if "fwd" in fn.__name__ else "gemm"
         variant = ("" if kwargs.get("SAVE", True) else "_nosave") + ("" if kwargs.get("STATIONARY", True) else "_streamed")
         tag = f"{path}_{kdir}{variant}_{driver}_{SHORT[dname]}_{precision}_B{B}_H{H}".replace("_-_", "_")
         if path == "matmul":
