@@ -15,7 +15,7 @@ Which path bf16 CPU layers take is :func:`use_native` (env var ``LSTM_FAST_CPU_B
 float32 kernels on exactly upcast operands), ``"native"`` (these kernels; an error without
 AVX512-BF16) or ``"upcast"`` (always the float32 kernels).
 
-Saved for the backward: the activated gates and tanh(c_t) (T, B, 5H) in bf16, the cell states
+Saved for the backward: the activated gates and tanh(c_t) in bf16 (T, ceil(H/16), B, 5 x 16), the cell states
 (T, B, H) in float32, the bf16 outputs and inputs, the weights.
 """
 import os
@@ -116,13 +116,13 @@ def prepare(w_ih, w_hh, b_ih, b_hh):
 
 def forward(x, h0, c0, prepared, save, lengths=None):
     """Run the recurrence on bf16 ``x`` (T, B, D) and ``h0`` (B, H), float32 ``c0``. Returns
-    (Y (T, B, H) bf16, G (T, B, 5H) bf16 or None, C (T, B, H) or c_T (1, B, H) float32)."""
+    (Y (T, B, H) bf16, G (T, ceil(H/16), B, 80) bf16 or None, C (T, B, H) or c_T (1, B, H) float32)."""
     T, B, D = x.shape
     px, ph, bias = prepared
     H = h0.shape[1]
     x, h0, c0 = x.contiguous(), h0.contiguous(), c0.float().contiguous()
     Y = workspace.empty((T, B, H), _BF16)
-    G = workspace.empty((T, B, 5 * H), _BF16) if save else None
+    G = workspace.empty((T, (H + 15) // 16, B, 80), _BF16) if save else None
     C = workspace.empty((T if save else 2, B, H), torch.float32)
     if use_amx():   # operands in zero-padded buffers: 16-row, 32-column tiles
         Bp, Dp, Hp = _up(B, 16), _up(D, 32), _up(H, 32)

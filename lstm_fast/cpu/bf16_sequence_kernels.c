@@ -23,8 +23,8 @@
  *   X (T, B, D) bf16; Px (ceil(H/16), ceil(D/2), 128) and Ph (ceil(H/16), ceil(H/2), 128) bf16
  *   forward panels (pack_panels); bias (4H) float32 = b_ih + b_hh or None; h0 (B, H) bf16;
  *   c0 (B, H) float32; Y (T, B, H) bf16 outputs; C (T, B, H) float32 cell states when G is given,
- *   else (2, B, H) scratch; G (T, B, 5H) bf16: activated gates i, f, g, o and tanh(c_t) (saved)
- *   or None;
+ *   else (2, B, H) scratch; G bf16 (T, ceil(H/16), B, 5, 16): activated gates i, f, g, o and
+ *   tanh(c_t) per step, block of 16 units and row (saved), or None;
  *   len (B) int64 lengths or None (as in sequence_kernels.c: finished rows frozen, output 0).
  * backward_seq(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None)
  *   dY (T, B, H) bf16; Wq (ceil(H/64), 2H, 128) bf16 backward panels of W_hh
@@ -135,7 +135,7 @@ typedef struct {
     const float *c0;
     uint16_t *Y;
     float *C;
-    uint16_t *G;            /* (T, B, 5H) bf16: i, f, g, o and tanh(c_t), or NULL */
+    uint16_t *G;            /* bf16 (T, ceil(H/16), B, 5, 16): i, f, g, o and tanh(c_t), or NULL */
     int64_t T, B, D, H;
     int nthreads;
     const uint16_t *zero;   /* max(D, H) + 1 zeros: the A row of tile rows past the batch */
@@ -149,7 +149,7 @@ typedef struct {
 /* The LSTM cell for one row and 16 hidden units, from that row's four gate accumulators. */
 BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0, __mmask16 m,
                           __m512 gi, __m512 gf, __m512 gg, __m512 go, const float *cp, float *c_out) {
-    const int64_t H = a->H, G5 = 5 * H;
+    const int64_t H = a->H;
     if (a->bias) {
         const float *b = a->bias + j0;
         gi = _mm512_add_ps(gi, _mm512_maskz_loadu_ps(m, b));
@@ -170,12 +170,14 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
     store_bf16(a->Y + (t * a->B + row) * H + j0, m, h);
     if (a->Hb) store_bf16(a->Hb + ((t & 1) * a->Bp + row) * a->Hp + j0, m, h);
     if (a->G) {
-        uint16_t *g = a->G + (t * a->B + row) * G5 + j0;   /* bf16: half the bytes of the largest saved tensor */
+        /* bf16 (half the bytes of the largest saved tensor), blocked per step and 16 units:
+         * G[t][j0/16][row][q][16], so the backward reads each (t, unit block) as one stream */
+        uint16_t *g = a->G + ((t * ((H + 15) / 16) + j0 / 16) * a->B + row) * 80;
         store_bf16(g, m, I);
-        store_bf16(g + H, m, F);
-        store_bf16(g + 2 * H, m, Ct);
-        store_bf16(g + 3 * H, m, O);
-        store_bf16(g + 4 * H, m, tc);                      /* the backward's tanh(c_t), not recomputed */
+        store_bf16(g + 16, m, F);
+        store_bf16(g + 32, m, Ct);
+        store_bf16(g + 48, m, O);
+        store_bf16(g + 64, m, tc);                         /* the backward's tanh(c_t), not recomputed */
     }
 }
 
@@ -252,11 +254,11 @@ BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
             for (int q = 0; q < 4; ++q) _mm256_mask_storeu_epi16(d + q * H, m, _mm256_setzero_si256());
             continue;
         }
-        const uint16_t *g = a->G + (t * B + b) * 5 * H + j0;
+        const uint16_t *g = a->G + ((t * ((H + 15) / 16) + jb) * B + b) * 80;
         __m512 dh = _mm512_add_ps(load_bf16(m, a->dY + t * B * H + o), _mm512_maskz_loadu_ps(m, a->DH + o));
         __m512 dc = _mm512_maskz_loadu_ps(m, a->DC + o);
-        __m512 I = load_bf16(m, g), F = load_bf16(m, g + H);
-        __m512 Ct = load_bf16(m, g + 2 * H), O = load_bf16(m, g + 3 * H), tc = load_bf16(m, g + 4 * H);
+        __m512 I = load_bf16(m, g), F = load_bf16(m, g + 16);
+        __m512 Ct = load_bf16(m, g + 32), O = load_bf16(m, g + 48), tc = load_bf16(m, g + 64);
         __m512 cp = _mm512_maskz_loadu_ps(m, t > 0 ? a->C + (t - 1) * B * H + o : a->c0 + o);
         __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh, O), _mm512_fnmadd_ps(tc, tc, one), dc);
         __m512 di = _mm512_mul_ps(_mm512_mul_ps(dct, Ct), _mm512_mul_ps(I, _mm512_sub_ps(one, I)));
