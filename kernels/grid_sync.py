@@ -1,5 +1,5 @@
-"""A bounded grid barrier for the persistent hidden-split kernels, and the helpers their step
-bodies share.
+"""A bounded grid barrier for the persistent hidden-split kernels, and their launch: counter,
+error flag, cooperative launch, and the check that turns a timed-out barrier into an error.
 
 Shape legend: B batch, T steps, H hidden; gates i, f, g, o (d2l: I, F, C_tilda, O).
 
@@ -39,23 +39,42 @@ def grid_barrier(counter, target, err, failed, max_spins):
     return failed
 
 
-@triton.jit
-def sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+MAX_SPINS = 1 << 22     # barrier polls before a launch gives up (seconds on an H100, never a hang)
 
 
-@triton.jit
-def tanh(x):
-    return 2.0 * sigmoid(2.0 * x) - 1.0
+def cooperative_kwargs():
+    """launch_cooperative_grid=True where this Triton has it (a launch the GPU cannot make
+    co-resident then fails instead of deadlocking); nothing under the interpreter."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return {}
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return {}
+    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__ else {}
 
 
-@triton.jit
-def split_gates(acc, HS: tl.constexpr, BB: tl.constexpr):
-    """[4*HS, BB] rows (i | f | g | o, HS units each) -> four [HS, BB] tensors i, f, g, o."""
-    a = tl.permute(tl.reshape(acc, (4, HS, BB)), (1, 2, 0))          # [HS, BB, 4]
-    a = tl.reshape(a, (HS, BB, 2, 2))                                 # gate = 2 * p + q
-    q0, q1 = tl.split(a)                                              # q = 0: gates i, g; q = 1: f, o
-    i, g = tl.split(q0)
-    f, o = tl.split(q1)
-    return i, f, g, o
+def check_barrier_flag(err, what):
+    """Raise RuntimeError when a persistent launch's grid barrier timed out (skipped while a CUDA
+    graph is being captured, where reading it would break the capture)."""
+    import torch
 
+    if err.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if int(err.item()):
+        raise RuntimeError(f"{what}: a grid barrier timed out: not every program was co-resident on the GPU "
+                           f"(another kernel occupying SMs?). The results of this call are invalid.")
+
+
+def launch_persistent(kernel, grid, tensors, T, B, H, strides, options, what):
+    """``kernel[grid](*tensors, COUNTER, ERR, T, B, H, max_spins, *strides, **options)`` with a
+    fresh arrival counter per batch block, then the barrier check."""
+    import torch
+
+    dev = tensors[0].device
+    counter = torch.zeros(grid[1], dtype=torch.int32, device=dev)
+    err = torch.zeros(1, dtype=torch.int32, device=dev)
+    kernel[grid](*tensors, counter, err, T, B, H, MAX_SPINS, *strides, **options, **cooperative_kwargs())
+    check_barrier_flag(err, what)

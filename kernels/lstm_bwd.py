@@ -13,6 +13,7 @@ over all steps in the caller.
 import triton
 import triton.language as tl
 
+from .activations import tanh
 from .lstm_bwd_hidden_split import lstm_bwd_hidden_split
 from .lstm_config import pick_plan
 from .lstm_fwd import hidden_split_driver, sm_count
@@ -50,7 +51,7 @@ def _lstm_bwd_kernel(
             c_off = rows[:, None] * stride_c_b + cols[None, :]
             c = tl.load(C + (t64 + 1) * stride_c_t + c_off, mask=m, other=0.0)
             c_prev = tl.load(C + t64 * stride_c_t + c_off, mask=m, other=0.0)
-            tc = 2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0                  # tanh(c_t)
+            tc = tanh(c)
             dct = dc + dh * O * (1.0 - tc * tc)
             dg_ptr = DG + t64 * stride_dg_t + rows[:, None] * stride_dg_b + cols[None, :]
             tl.store(dg_ptr, dct * C_tilda * I * (1.0 - I), mask=m)

@@ -20,7 +20,8 @@ special case; ``dh_0 = dG_0 @ W_hh`` and the weight gradients are GEMMs after th
 import triton
 import triton.language as tl
 
-from .grid_sync import grid_barrier, tanh
+from .activations import tanh
+from .grid_sync import grid_barrier, launch_persistent
 
 
 @triton.jit
@@ -177,8 +178,6 @@ def lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, cfg, precision, driver):
     """
     import torch
 
-    from .lstm_fwd_hidden_split import MAX_SPINS, _cooperative_kwargs, check_barrier_flag
-
     T, B, H = C.shape[0] - 1, C.shape[1], C.shape[2]
     acc, dev = G.dtype, G.device
     DY = torch.zeros(T, B, H, dtype=acc, device=dev) if dY is None else dY.to(acc, copy=True).contiguous()
@@ -190,14 +189,10 @@ def lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, cfg, precision, driver):
     grid = cfg.grid(B, H)
     strides = (DY.stride(0), DY.stride(1), w_hh.stride(0), G.stride(0), G.stride(1), C.stride(0), C.stride(1),
                DG.stride(0), DG.stride(1), DC.stride(0))
-    tiles = dict(STATIONARY=cfg.stationary, DOT_PRECISION=precision, HS=cfg.hs, BB=cfg.bb, KP=cfg.kp, BK=cfg.bk,
-                 num_warps=cfg.num_warps, num_stages=1)
+    tiles = cfg.launch_options(precision)
     if driver == "persistent":
-        counter = torch.zeros(grid[1], dtype=torch.int32, device=dev)
-        err = torch.zeros(1, dtype=torch.int32, device=dev)
-        _hs_bwd_persistent_kernel[grid](DY, w_hh, G, C, DG, DC, counter, err, T, B, H, MAX_SPINS, *strides,
-                                        **tiles, **_cooperative_kwargs())
-        check_barrier_flag(err, "lstm_bwd (hidden-split)")
+        launch_persistent(_hs_bwd_persistent_kernel, grid, (DY, w_hh, G, C, DG, DC), T, B, H, strides, tiles,
+                          "lstm_bwd (hidden-split)")
     else:
         for t in range(T - 1, -1, -1):
             _hs_bwd_step_kernel[grid](DY, w_hh, G, C, DG, DC, t, B, H, *strides, **tiles)

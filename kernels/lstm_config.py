@@ -149,6 +149,11 @@ class HiddenSplitConfig:
     def grid(self, B, H):
         return (-(-H // self.hs), -(-B // self.bb))
 
+    def launch_options(self, precision):
+        """The constexprs and launch options of the hidden-split kernels for this partition."""
+        return dict(STATIONARY=self.stationary, DOT_PRECISION=precision, HS=self.hs, BB=self.bb, KP=self.kp,
+                    BK=self.bk, num_warps=self.num_warps, num_stages=1)
+
     def on_chip_bytes(self, itemsize):
         """Stationary W_hh slice plus the per-step operand (see SMEM_BUDGET)."""
         return (4 * self.hs * self.kp + self.kp * self.bb) * itemsize

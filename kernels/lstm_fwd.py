@@ -16,18 +16,9 @@ import triton
 import triton.language as tl
 
 from . import lstm_config
+from .activations import sigmoid, tanh
 from .lstm_config import H100_SM_COUNT, pick_plan
 from .lstm_fwd_hidden_split import lstm_fwd_hidden_split
-
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    return 2.0 * _sigmoid(2.0 * x) - 1.0
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -69,14 +60,14 @@ def _lstm_fwd_kernel(
                 acc_o += tl.dot(h, tl.load(w_ptr + 3 * H * stride_w, mask=wmask, other=0.0, eviction_policy="evict_last"), input_precision=DOT_PRECISION)
             m = rmask[:, None] & cmask[None, :]
             xg = XG + t64 * stride_xg_t + rows[:, None] * stride_xg_b + cols[None, :]
-            I = _sigmoid(acc_i + tl.load(xg, mask=m, other=0.0).to(ACC))
-            F = _sigmoid(acc_f + tl.load(xg + H, mask=m, other=0.0).to(ACC))
-            C_tilda = _tanh(acc_g + tl.load(xg + 2 * H, mask=m, other=0.0).to(ACC))
-            O = _sigmoid(acc_o + tl.load(xg + 3 * H, mask=m, other=0.0).to(ACC))
+            I = sigmoid(acc_i + tl.load(xg, mask=m, other=0.0).to(ACC))
+            F = sigmoid(acc_f + tl.load(xg + H, mask=m, other=0.0).to(ACC))
+            C_tilda = tanh(acc_g + tl.load(xg + 2 * H, mask=m, other=0.0).to(ACC))
+            O = sigmoid(acc_o + tl.load(xg + 3 * H, mask=m, other=0.0).to(ACC))
             c_off = rows[:, None] * stride_c_b + cols[None, :]
             c_prev = tl.load(C + t64 * stride_c_t + c_off, mask=m, other=0.0)      # C[0] holds c_0
             c = F * c_prev + I * C_tilda
-            h_new = O * _tanh(c)
+            h_new = O * tanh(c)
             tl.store(C + (t64 + 1) * stride_c_t + c_off, c, mask=m)
             tl.store(Y + t64 * stride_y_t + rows[:, None] * stride_y_b + cols[None, :],
                      h_new.to(Y.dtype.element_ty), mask=m)

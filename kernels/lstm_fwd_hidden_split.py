@@ -29,7 +29,19 @@ Time offsets are 64-bit: t * stride passes 2^31 at large B*H*T.
 import triton
 import triton.language as tl
 
-from .grid_sync import grid_barrier, sigmoid, split_gates, tanh
+from .activations import sigmoid, tanh
+from .grid_sync import grid_barrier, launch_persistent
+
+
+@triton.jit
+def split_gates(acc, HS: tl.constexpr, BB: tl.constexpr):
+    """[4*HS, BB] rows (i | f | g | o, HS units each) -> four [HS, BB] tensors i, f, g, o."""
+    a = tl.permute(tl.reshape(acc, (4, HS, BB)), (1, 2, 0))          # [HS, BB, 4]
+    a = tl.reshape(a, (HS, BB, 2, 2))                                 # gate = 2 * p + q
+    q0, q1 = tl.split(a)                                              # q = 0: gates i, g; q = 1: f, o
+    i, g = tl.split(q0)
+    f, o = tl.split(q1)
+    return i, f, g, o
 
 
 @triton.jit
@@ -179,34 +191,7 @@ def _hs_fwd_step_kernel(
                 G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h, True, SAVE)
 
 
-MAX_SPINS = 1 << 22     # barrier polls before a launch gives up (seconds on an H100, never a hang)
 poison_steps = False    # tests: fill HB[t+1] with NaN before each step of the step driver
-
-
-def _cooperative_kwargs():
-    """launch_cooperative_grid=True where this Triton has it (a launch the GPU cannot make
-    co-resident then fails instead of deadlocking); nothing under the interpreter."""
-    import os
-
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return {}
-    try:
-        from triton.backends.nvidia.compiler import CUDAOptions
-    except ImportError:
-        return {}
-    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__ else {}
-
-
-def check_barrier_flag(err, what):
-    """Raise RuntimeError when a persistent launch's grid barrier timed out (skipped while a CUDA
-    graph is being captured, where reading it would break the capture)."""
-    import torch
-
-    if err.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
-    if int(err.item()):
-        raise RuntimeError(f"{what}: a grid barrier timed out: not every program was co-resident on the GPU "
-                           f"(another kernel occupying SMs?). The results of this call are invalid.")
 
 
 def lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, cfg, precision, driver):
@@ -233,14 +218,10 @@ def lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, cfg, precision, driver):
     grid = cfg.grid(B, H)
     strides = (xg.stride(0), xg.stride(1), w_hh.stride(0), HB.stride(0), HB.stride(1), C.stride(0), C.stride(1),
                Gp.stride(0), Gp.stride(1))
-    tiles = dict(STATIONARY=cfg.stationary, DOT_PRECISION=precision, HS=cfg.hs, BB=cfg.bb, KP=cfg.kp, BK=cfg.bk,
-                 num_warps=cfg.num_warps, num_stages=1)
+    tiles = cfg.launch_options(precision)
     if driver == "persistent":
-        counter = torch.zeros(grid[1], dtype=torch.int32, device=dev)
-        err = torch.zeros(1, dtype=torch.int32, device=dev)
-        _hs_fwd_persistent_kernel[grid](xg, w_hh, HB, C, Gp, counter, err, T, B, H, MAX_SPINS, *strides,
-                                        SAVE=save_gates, **tiles, **_cooperative_kwargs())
-        check_barrier_flag(err, "lstm_fwd (hidden-split)")
+        launch_persistent(_hs_fwd_persistent_kernel, grid, (xg, w_hh, HB, C, Gp), T, B, H, strides,
+                          dict(SAVE=save_gates, **tiles), "lstm_fwd (hidden-split)")
     else:
         for t in range(T):
             if poison_steps:

@@ -113,9 +113,9 @@ def test_persistent_barrier_timeout_raises_instead_of_hanging(monkeypatch):
     """Two hidden slices under the interpreter: program 0 waits for program 1, which (programs run
     one after another) has not started. The bounded spin gives up, flags it, and the launcher
     raises RuntimeError: no hang, no silent result."""
-    from lstm_fast.kernels import lstm_config, lstm_fwd_hidden_split as fwd
+    from lstm_fast.kernels import grid_sync, lstm_config, lstm_fwd_hidden_split as fwd
 
-    monkeypatch.setattr(fwd, "MAX_SPINS", 20)
+    monkeypatch.setattr(grid_sync, "MAX_SPINS", 20)
     T, B, H = 2, 2, 32
     cfg = lstm_config.HiddenSplitConfig(hs=16, bb=16, kp=32)
     with pytest.raises(RuntimeError, match="grid barrier timed out"):
