@@ -1,5 +1,6 @@
-"""A bounded grid barrier for the persistent hidden-split kernels, and their launch: counter,
-error flag, cooperative launch, and the check that turns a timed-out barrier into an error.
+"""What the hidden-split kernels share besides their math: each program's slice of the partition,
+the bounded grid barrier of the persistent drivers, and their launch (counter, error flag,
+cooperative launch, and the check that turns a timed-out barrier into an error).
 
 Shape legend: B batch, T steps, H hidden; gates i, f, g, o (d2l: I, F, C_tilda, O).
 
@@ -18,6 +19,16 @@ the barrier; the step-launch drivers cover the multi-program partition there.
 """
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def program_slice(B, H, HS: tl.constexpr, BB: tl.constexpr):
+    """Program (n, m)'s hidden units [n*HS, (n+1)*HS) and batch rows [m*BB, (m+1)*BB): (units,
+    rows, rmask, m) with m the [HS, BB] mask of the valid ones."""
+    units = tl.program_id(0) * HS + tl.arange(0, HS)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    rmask = rows < B
+    return units, rows, rmask, (units < H)[:, None] & rmask[None, :]
 
 
 @triton.jit

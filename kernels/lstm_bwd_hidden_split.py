@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .activations import tanh
-from .grid_sync import grid_barrier, launch_persistent
+from .grid_sync import grid_barrier, launch_persistent, program_slice
 
 
 @triton.jit
@@ -124,10 +124,7 @@ def _hs_bwd_persistent_kernel(
     BK: tl.constexpr,
 ):
     pid_h, pid_b, n_h = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
-    units = pid_h * HS + tl.arange(0, HS)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
-    m = (units < H)[:, None] & rmask[None, :]
+    units, rows, rmask, m = program_slice(B, H, HS, BB)
     Wi, Wf, Wg, Wo = _load_w_slices(W, stride_w, H, pid_h, STATIONARY, HS, KP)   # on chip for all T
     dc_ptr = DC + rows[None, :] * stride_dc + units[:, None]
     dc = tl.load(dc_ptr, mask=m, other=0.0)
@@ -154,11 +151,8 @@ def _hs_bwd_step_kernel(
     BK: tl.constexpr,
 ):
     """Reverse step ``t`` only; dc is read from and written back to DC (each program its own slice)."""
-    pid_h, pid_b = tl.program_id(0), tl.program_id(1)
-    units = pid_h * HS + tl.arange(0, HS)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
-    m = (units < H)[:, None] & rmask[None, :]
+    pid_h = tl.program_id(0)
+    units, rows, rmask, m = program_slice(B, H, HS, BB)
     t64 = tl.cast(t, tl.int64)
     Wi, Wf, Wg, Wo = _load_w_slices(W, stride_w, H, pid_h, STATIONARY, HS, KP)
     dc_ptr = DC + rows[None, :] * stride_dc + units[:, None]

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .activations import sigmoid, tanh
-from .grid_sync import grid_barrier, launch_persistent
+from .grid_sync import grid_barrier, launch_persistent, program_slice
 
 
 @triton.jit
@@ -140,10 +140,7 @@ def _hs_fwd_persistent_kernel(
     KP: tl.constexpr, BK: tl.constexpr,
 ):
     pid_h, pid_b, n_h = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
-    units = pid_h * HS + tl.arange(0, HS)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
-    m = (units < H)[:, None] & rmask[None, :]
+    units, rows, rmask, m = program_slice(B, H, HS, BB)
     Wt = 0
     if STATIONARY:
         Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)                 # on chip for all T
@@ -174,11 +171,8 @@ def _hs_fwd_step_kernel(
 ):
     """Step ``t`` only: c_{t-1} from C[c_in], c_t into C[c_out] (the launcher ping-pongs two
     slots when nothing is saved)."""
-    pid_h, pid_b = tl.program_id(0), tl.program_id(1)
-    units = pid_h * HS + tl.arange(0, HS)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
-    m = (units < H)[:, None] & rmask[None, :]
+    pid_h = tl.program_id(0)
+    units, rows, rmask, m = program_slice(B, H, HS, BB)
     t64 = tl.cast(t, tl.int64)
     Wt = 0
     if STATIONARY:
