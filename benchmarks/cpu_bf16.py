@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lstm_fast import FusedLSTM  # noqa: E402
-from lstm_fast.bench import environment, shape_set  # noqa: E402
+from lstm_fast.bench import environment, quartiles, shape_set  # noqa: E402
 from lstm_fast.cpu import bf16_sequence  # noqa: E402
 from lstm_fast.train import atomic_write_bytes  # noqa: E402
 
@@ -61,13 +60,6 @@ def make_call(impl, precision, B, T, D, H, mode):
         torch.autograd.backward([y, h, c], grads)
 
     return call
-
-
-def quartiles(values):
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
 
 
 def time_interleaved(calls, rounds, round_s):
