@@ -120,9 +120,10 @@ MAX_TILE = 1024                   # HS * BB: the [HS, BB] cell tiles (four gates
                                   # 32 x 64 spilled on sm_90 with triton 3.6
 # On-chip bytes a hidden-split program may use: its stationary W_hh slice (4*HS x KP; Triton
 # keeps a loop-invariant dot operand in shared memory, loaded once) plus the per-step operand
-# (h_{t-1}^T, or one gate of dG_{t+1}^T: KP x BB). 216 KB of the H100's 227 KB per block. Exact fp32 dots ("ieee") run on FMA units with both operands in registers, so their
-# budget is what 4-8 warps hold without spilling. Both chosen from sm_90 compiles
-# (benchmarks/sm90_report.py: no spills, shared memory within the limit).
+# (h_{t-1}^T, or one gate of dG_{t+1}^T: KP x BB). 216 KB of the H100's 227 KB per block.
+# Exact fp32 dots ("ieee") run on FMA units with both operands in registers, so their budget is
+# what 4-8 warps hold without spilling. Both chosen from sm_90 compiles (benchmarks/sm90_report.py:
+# no spills, shared memory within the limit).
 SMEM_BUDGET = 216 * 1024
 FMA_BUDGET = 48 * 1024
 # The backward's stationary operand is W_hh's column slice as the A operand of mma.sync (HMMA),
