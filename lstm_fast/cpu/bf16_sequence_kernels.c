@@ -46,7 +46,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include "kernel_support.h"
+#include "sequence_templates.h"
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -54,6 +54,9 @@
 
 #if LSTM_X86
 #define BF16 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512dq,avx512bw,fma")))
+/* The register tiles, workers and argument parsing of sequence_templates.h, on bf16 operands. */
+#define SEQ_TARGET BF16
+#define SEQ_T uint16_t
 
 BF16 INLINE __m512 load_bf16(__mmask16 m, const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
@@ -91,7 +94,7 @@ BF16 INLINE __m512bh pair(const uint16_t *a, int64_t k) {
 /* The half pair (a[k], 0) for the last k of an odd K. */
 BF16 INLINE __m512bh half_pair(const uint16_t *a, int64_t k) { return (__m512bh)_mm512_set1_epi32((int)a[k]); }
 
-#define TILE_DECL(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0;
+/* One pair step of tile row r: the pair LOAD(a_r, 2p) times the 64 panel columns b0..b3. */
 #define TILE_DP(r, LOAD)                                                             \
     {                                                                                \
         __m512bh x = LOAD(a##r, 2 * p);                                              \
@@ -100,32 +103,29 @@ BF16 INLINE __m512bh half_pair(const uint16_t *a, int64_t k) { return (__m512bh)
         c##r##2 = _mm512_dpbf16_ps(c##r##2, x, b2);                                  \
         c##r##3 = _mm512_dpbf16_ps(c##r##3, x, b3);                                  \
     }
-#define DECL4 TILE_DECL(0) TILE_DECL(1) TILE_DECL(2) TILE_DECL(3)
-#define DECL6 DECL4 TILE_DECL(4) TILE_DECL(5)
 #define DP4(L) TILE_DP(0, L) TILE_DP(1, L) TILE_DP(2, L) TILE_DP(3, L)
 #define DP6(L) DP4(L) TILE_DP(4, L) TILE_DP(5, L)
+/* Pair row p of a panel (128 bf16: 64 columns x 2 k) as b0..b3, then DPS(LOAD) on it. */
+#define PAIR_ROW(P, LOAD, DPS)                                                       \
+    {                                                                                \
+        const uint16_t *wk = (P) + p * 128;                                          \
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(wk);                              \
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512(wk + 32);                         \
+        __m512bh b2 = (__m512bh)_mm512_loadu_si512(wk + 64);                         \
+        __m512bh b3 = (__m512bh)_mm512_loadu_si512(wk + 96);                         \
+        DPS(LOAD)                                                                    \
+    }
 /* K deep over a panel of 128 bf16 per pair row: full pairs, then the half pair of an odd K. */
 #define PAIRS_K(K, P, DPS)                                                           \
     {                                                                                \
         const int64_t np_ = (K) / 2;                                                 \
         int64_t p = 0;                                                               \
-        for (; p < np_; ++p) {                                                       \
-            const uint16_t *wk = (P) + p * 128;                                      \
-            __m512bh b0 = (__m512bh)_mm512_loadu_si512(wk);                          \
-            __m512bh b1 = (__m512bh)_mm512_loadu_si512(wk + 32);                     \
-            __m512bh b2 = (__m512bh)_mm512_loadu_si512(wk + 64);                     \
-            __m512bh b3 = (__m512bh)_mm512_loadu_si512(wk + 96);                     \
-            DPS(pair)                                                                \
-        }                                                                            \
-        if ((K) & 1) {                                                               \
-            const uint16_t *wk = (P) + p * 128;                                      \
-            __m512bh b0 = (__m512bh)_mm512_loadu_si512(wk);                          \
-            __m512bh b1 = (__m512bh)_mm512_loadu_si512(wk + 32);                     \
-            __m512bh b2 = (__m512bh)_mm512_loadu_si512(wk + 64);                     \
-            __m512bh b3 = (__m512bh)_mm512_loadu_si512(wk + 96);                     \
-            DPS(half_pair)                                                           \
-        }                                                                            \
+        for (; p < np_; ++p) PAIR_ROW(P, pair, DPS)                                  \
+        if ((K) & 1) PAIR_ROW(P, half_pair, DPS)                                     \
     }
+/* Forward panels hold ceil(K/2) pair rows, backward ones K/2 (K = 4H is even). */
+#define SEQ_FWD_GEMM(K, P, jb, DPS) PAIRS_K(K, (P) + (jb) * (((K) + 1) / 2) * 128, DPS)
+#define SEQ_BWD_GEMM(K, P, nb, DPS) PAIRS_K(K, (P) + (nb) * ((K) / 2) * 128, DPS)
 
 /* ---------------------------------------------------------------- forward */
 typedef struct {
@@ -150,13 +150,7 @@ typedef struct {
 BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0, __mmask16 m,
                           __m512 gi, __m512 gf, __m512 gg, __m512 go, const float *cp, float *c_out) {
     const int64_t H = a->H;
-    if (a->bias) {
-        const float *b = a->bias + j0;
-        gi = _mm512_add_ps(gi, _mm512_maskz_loadu_ps(m, b));
-        gf = _mm512_add_ps(gf, _mm512_maskz_loadu_ps(m, b + H));
-        gg = _mm512_add_ps(gg, _mm512_maskz_loadu_ps(m, b + 2 * H));
-        go = _mm512_add_ps(go, _mm512_maskz_loadu_ps(m, b + 3 * H));
-    }
+    ADD_GATE_BIAS(a->bias, j0, H, m, gi, gf, gg, go)
     __m512 I = v_sigmoid_fast(gi), F = v_sigmoid_fast(gf), Ct = v_tanh_fast(gg), O = v_sigmoid_fast(go);
     __m512 c_prev = _mm512_maskz_loadu_ps(m, cp + row * H + j0);
     __m512 c = _mm512_fmadd_ps(F, c_prev, _mm512_mul_ps(I, Ct));
@@ -181,52 +175,9 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
     }
 }
 
-#define TILE_ROWS(BASE, K)                                                                            \
-    a0 = (BASE) + rb * (K); a1 = n > 1 ? a0 + (K) : zero; a2 = n > 2 ? a0 + 2 * (K) : zero;          \
-    a3 = n > 3 ? a0 + 3 * (K) : zero; a4 = n > 4 ? a0 + 4 * (K) : zero; a5 = n > 5 ? a0 + 5 * (K) : zero;
-
-#define FWD_TILE(MR, DECLS, DPS)                                                                      \
-    BF16 static void fwd_tile##MR(const fwd_args *a, int64_t t, int64_t rb, int64_t jb, const uint16_t *hp, \
-                                  const float *cp, float *c_out) {                                    \
-        const int64_t H = a->H, D = a->D, n = a->B - rb, j0 = jb * 16;                                \
-        const uint16_t *zero = a->zero, *a0, *a1, *a2, *a3, *a4, *a5;                                 \
-        const __mmask16 m = tail_mask(j0, H);                                                         \
-        DECLS                                                                                         \
-        TILE_ROWS(a->X + t * a->B * D, D)                                                             \
-        PAIRS_K(D, a->Px + jb * ((D + 1) / 2) * 128, DPS)                                             \
-        TILE_ROWS(hp, H)                                                                              \
-        PAIRS_K(H, a->Ph + jb * ((H + 1) / 2) * 128, DPS)                                             \
-        (void)a4; (void)a5;                                                                           \
-        fwd_cell(a, t, rb, j0, m, c00, c01, c02, c03, cp, c_out);                                     \
-        if (n > 1) fwd_cell(a, t, rb + 1, j0, m, c10, c11, c12, c13, cp, c_out);                      \
-        if (n > 2) fwd_cell(a, t, rb + 2, j0, m, c20, c21, c22, c23, cp, c_out);                      \
-        if (n > 3) fwd_cell(a, t, rb + 3, j0, m, c30, c31, c32, c33, cp, c_out);                      \
-        FWD_TAIL##MR                                                                                  \
-    }
-#define FWD_TAIL4
-#define FWD_TAIL6                                                                                     \
-    if (n > 4) fwd_cell(a, t, rb + 4, j0, m, c40, c41, c42, c43, cp, c_out);                          \
-    if (n > 5) fwd_cell(a, t, rb + 5, j0, m, c50, c51, c52, c53, cp, c_out);
 FWD_TILE(6, DECL6, DP6)
 FWD_TILE(4, DECL4, DP4)
-
-BF16 static void fwd_worker(void *arg) {
-    const fwd_args *a = (const fwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t B = a->B, H = a->H, nb = (H + 15) / 16;
-    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
-    for (int64_t t = 0; t < a->T; ++t) {
-        const uint16_t *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
-        const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H);
-        float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;
-        for (int64_t jb = jlo; jb < jhi; ++jb) {
-            int64_t rb = 0;
-            for (int64_t i = 0; i < n6; ++i, rb += 6) fwd_tile6(a, t, rb, jb, hp, cp, c_out);
-            for (; rb < B; rb += 4) fwd_tile4(a, t, rb, jb, hp, cp, c_out);
-        }
-        barrier(tm);
-    }
-}
+DEFINE_FWD_WORKER()
 
 /* ---------------------------------------------------------------- backward */
 typedef struct {
@@ -275,67 +226,14 @@ BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
         sb2 = _mm512_add_ps(sb2, dg);
         sb3 = _mm512_add_ps(sb3, dO);
     }
-    if (a->db) {
-        float *bq = a->db + j0;
-        _mm512_mask_storeu_ps(bq, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq), sb0));
-        _mm512_mask_storeu_ps(bq + H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + H), sb1));
-        _mm512_mask_storeu_ps(bq + 2 * H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + 2 * H), sb2));
-        _mm512_mask_storeu_ps(bq + 3 * H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + 3 * H), sb3));
-    }
+    ADD_BIAS_GRAD(a->db, j0, H, m, sb0, sb1, sb2, sb3)
 }
 
 /* Phase B: DH[rows rb.., units n0..n0+64) = dG_t[rows, :] @ W_hh[:, n0..] (bf16 x bf16, float32). */
-BF16 INLINE void bwd_store(const bwd_args *a, int64_t t, int64_t row, int64_t n0, __m512 v0, __m512 v1, __m512 v2,
-                           __m512 v3) {
-    const int64_t H = a->H;
-    if (a->len && t >= a->len[row]) return;
-    float *dh = a->DH + row * H;
-    if (n0 < H) _mm512_mask_storeu_ps(dh + n0, tail_mask(n0, H), v0);
-    if (n0 + 16 < H) _mm512_mask_storeu_ps(dh + n0 + 16, tail_mask(n0 + 16, H), v1);
-    if (n0 + 32 < H) _mm512_mask_storeu_ps(dh + n0 + 32, tail_mask(n0 + 32, H), v2);
-    if (n0 + 48 < H) _mm512_mask_storeu_ps(dh + n0 + 48, tail_mask(n0 + 48, H), v3);
-}
-
-#define BWD_TILE(MR, DECLS, DPS)                                                                      \
-    BF16 static void bwd_tile##MR(const bwd_args *a, int64_t t, int64_t rb, int64_t nb) {             \
-        const int64_t H = a->H, K = 4 * H, n0 = nb * 64, n = a->B - rb;                               \
-        const uint16_t *zero = a->zero;                                                               \
-        const uint16_t *a0 = a->dG + (t * a->B + rb) * K, *a1 = n > 1 ? a0 + K : zero;                \
-        const uint16_t *a2 = n > 2 ? a0 + 2 * K : zero, *a3 = n > 3 ? a0 + 3 * K : zero;              \
-        const uint16_t *a4 = n > 4 ? a0 + 4 * K : zero, *a5 = n > 5 ? a0 + 5 * K : zero;              \
-        (void)a4; (void)a5;                                                                           \
-        DECLS                                                                                         \
-        PAIRS_K(K, a->Wq + nb * (K / 2) * 128, DPS)                                                   \
-        bwd_store(a, t, rb, n0, c00, c01, c02, c03);                                                  \
-        if (n > 1) bwd_store(a, t, rb + 1, n0, c10, c11, c12, c13);                                   \
-        if (n > 2) bwd_store(a, t, rb + 2, n0, c20, c21, c22, c23);                                   \
-        if (n > 3) bwd_store(a, t, rb + 3, n0, c30, c31, c32, c33);                                   \
-        BWD_TAIL##MR                                                                                  \
-    }
-#define BWD_TAIL4
-#define BWD_TAIL6                                                                                     \
-    if (n > 4) bwd_store(a, t, rb + 4, n0, c40, c41, c42, c43);                                       \
-    if (n > 5) bwd_store(a, t, rb + 5, n0, c50, c51, c52, c53);
+DEFINE_BWD_STORE()
 BWD_TILE(6, DECL6, DP6)
 BWD_TILE(4, DECL4, DP4)
-
-BF16 static void bwd_worker(void *arg) {
-    const bwd_args *a = (const bwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t B = a->B, H = a->H, nb16 = (H + 15) / 16, nb64 = (H + 63) / 64;
-    const int64_t clo = nb16 * tm.tid / tm.nth, chi = nb16 * (tm.tid + 1) / tm.nth;
-    const int64_t glo = nb64 * tm.tid / tm.nth, ghi = nb64 * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
-    for (int64_t t = a->T - 1; t >= 0; --t) {
-        for (int64_t jb = clo; jb < chi; ++jb) bwd_cell(a, t, jb);
-        barrier(tm);
-        for (int64_t nb = glo; nb < ghi; ++nb) {
-            int64_t rb = 0;
-            for (int64_t i = 0; i < n6; ++i, rb += 6) bwd_tile6(a, t, rb, nb);
-            for (; rb < B; rb += 4) bwd_tile4(a, t, rb, nb);
-        }
-        barrier(tm);
-    }
-}
+DEFINE_BWD_WORKER()
 
 /* ---------------------------------------------------------------- AMX (tile) variants */
 /* Where the CPU has AMX-BF16 (Intel Sapphire Rapids and later), the same recurrences with the
@@ -364,8 +262,8 @@ AMX static void amx_configure(void) {
 }
 
 /* C tiles 0-3 += A (16 rows at A, row stride lda bytes, 32 k per step, nk steps) x the four B
- * tiles of each step's 16 pair rows of panel P (256 bytes per pair row). */
-#define AMX_KLOOP(A, LDA, P, NK)                                                                      \
+ * tiles of each step's 16 pair rows of panel P (256 bytes per pair row); AFTER after each step. */
+#define AMX_KLOOP_THEN(A, LDA, P, NK, AFTER)                                                          \
     for (int64_t kb = 0; kb < (NK); ++kb) {                                                           \
         const char *pb = (const char *)(P) + kb * 16 * 256;                                           \
         _tile_loadd(4, (const char *)(A) + kb * 64, (LDA));                                           \
@@ -377,7 +275,9 @@ AMX static void amx_configure(void) {
         _tile_dpbf16ps(2, 4, 7);                                                                      \
         _tile_loadd(5, pb + 192, 256);                                                                \
         _tile_dpbf16ps(3, 4, 5);                                                                      \
+        AFTER                                                                                         \
     }
+#define AMX_KLOOP(A, LDA, P, NK) AMX_KLOOP_THEN(A, LDA, P, NK, )
 #define AMX_STORE4(SCR)                                                                               \
     _tile_stored(0, (SCR), 64); _tile_stored(1, (SCR) + 256, 64);                                     \
     _tile_stored(2, (SCR) + 512, 64); _tile_stored(3, (SCR) + 768, 64);
@@ -402,20 +302,7 @@ AMX INLINE void cell_rows(const fwd_args *a, pending_cell *p, int64_t upto) {
 }
 
 /* AMX_KLOOP with ``rows`` rows of the pending cell after each k step. */
-#define AMX_KLOOP_CELL(A, LDA, P, NK, rows)                                                           \
-    for (int64_t kb = 0; kb < (NK); ++kb) {                                                           \
-        const char *pb = (const char *)(P) + kb * 16 * 256;                                           \
-        _tile_loadd(4, (const char *)(A) + kb * 64, (LDA));                                           \
-        _tile_loadd(5, pb, 256);                                                                      \
-        _tile_dpbf16ps(0, 4, 5);                                                                      \
-        _tile_loadd(6, pb + 64, 256);                                                                 \
-        _tile_dpbf16ps(1, 4, 6);                                                                      \
-        _tile_loadd(7, pb + 128, 256);                                                                \
-        _tile_dpbf16ps(2, 4, 7);                                                                      \
-        _tile_loadd(5, pb + 192, 256);                                                                \
-        _tile_dpbf16ps(3, 4, 5);                                                                      \
-        cell_rows(a, &pend, pend.next + (rows));                                                      \
-    }
+#define AMX_KLOOP_CELL(A, LDA, P, NK, rows) AMX_KLOOP_THEN(A, LDA, P, NK, cell_rows(a, &pend, pend.next + (rows));)
 
 AMX static void fwd_worker_amx(void *arg) {
     const fwd_args *a = (const fwd_args *)arg;
@@ -605,31 +492,13 @@ static int amx_ok(void) {
 static PyObject *py_amx_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(amx_ok()); }
 
 #if LSTM_X86
-/* Run a worker on the thread team without the GIL, with ``n`` bf16 zeros at *zero_slot for the
- * lifetime of the call (the A row of tile rows past the batch). */
-static PyObject *run_with_zero_row(void (*fn)(void *), void *args, const uint16_t **zero_slot, int64_t n, int nthreads) {
-    uint16_t *zero = calloc((size_t)(n > 0 ? n : 1), sizeof(uint16_t));
-    if (!zero) return PyErr_NoMemory();
-    *zero_slot = zero;
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(fn, args, nthreads);
-    Py_END_ALLOW_THREADS
-    free(zero);
-    Py_RETURN_NONE;
-}
+DEFINE_RUN_WITH_ZERO_ROW()
 #endif
 
 static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 15) { PyErr_SetString(PyExc_TypeError, "forward_seq takes 15 arguments"); return NULL; }
-    if (!bf16_ok()) { PyErr_SetString(PyExc_RuntimeError, "forward_seq needs AVX512-BF16"); return NULL; }
+    CHECK_CALL("forward_seq", 15, bf16_ok(), "AVX512-BF16")
 #if LSTM_X86
-    void *p[9];
-    if (ptrs(args, 9, p)) return NULL;
-    fwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
-                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), PyLong_AsLongLong(args[12]),
-                  (int)PyLong_AsLong(args[13])};
-    a.len = args[14] == Py_None ? NULL : PyLong_AsVoidPtr(args[14]);
+    PARSE_FWD_ARGS(a)
     if (PyErr_Occurred()) return NULL;
     return run_with_zero_row(fwd_worker, &a, &a.zero, (a.D > a.H ? a.D : a.H) + 2, a.nthreads);
 #else
@@ -640,16 +509,11 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
 /* forward_seq_amx(Xp, Px, bias|None, Ph, Hb, c0, Y, C, G|None, T, B, D, H, nthreads, len|None, Bp, Dp, Hp):
  * forward_seq's arguments with X padded to (T, Bp, Dp) and h0 in Hb[1] of Hb (2, Bp, Hp). */
 static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 18) { PyErr_SetString(PyExc_TypeError, "forward_seq_amx takes 18 arguments"); return NULL; }
-    if (!amx_ok()) { PyErr_SetString(PyExc_RuntimeError, "forward_seq_amx needs AMX-BF16"); return NULL; }
+    CHECK_CALL("forward_seq_amx", 18, amx_ok(), "AMX-BF16")
 #if LSTM_X86
-    void *p[9];
-    if (ptrs(args, 9, p)) return NULL;
-    fwd_args a = {p[0], p[1], p[2], p[3], NULL, p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
-                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), PyLong_AsLongLong(args[12]),
-                  (int)PyLong_AsLong(args[13])};
+    PARSE_FWD_ARGS(a)
+    a.h0 = NULL;   /* h0 is in Hb[1] */
     a.Hb = p[4];
-    a.len = args[14] == Py_None ? NULL : PyLong_AsVoidPtr(args[14]);
     a.Bp = PyLong_AsLongLong(args[15]);
     a.Dp = PyLong_AsLongLong(args[16]);
     a.Hp = PyLong_AsLongLong(args[17]);
@@ -667,14 +531,9 @@ static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ss
 /* backward_seq_amx(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None, Bp, Kp):
  * backward_seq's arguments with dG (T, Bp, Kp) zero padded and Wq packed to Kp rows. */
 static PyObject *py_backward_seq_amx(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 16) { PyErr_SetString(PyExc_TypeError, "backward_seq_amx takes 16 arguments"); return NULL; }
-    if (!amx_ok()) { PyErr_SetString(PyExc_RuntimeError, "backward_seq_amx needs AMX-BF16"); return NULL; }
+    CHECK_CALL("backward_seq_amx", 16, amx_ok(), "AMX-BF16")
 #if LSTM_X86
-    void *p[9];
-    if (ptrs(args, 9, p)) return NULL;
-    bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
-                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
-    a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
+    PARSE_BWD_ARGS(a)
     a.Bp = PyLong_AsLongLong(args[14]);
     a.Kp = PyLong_AsLongLong(args[15]);
     if (PyErr_Occurred()) return NULL;
@@ -689,14 +548,9 @@ static PyObject *py_backward_seq_amx(PyObject *self, PyObject *const *args, Py_s
 }
 
 static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "backward_seq takes 14 arguments"); return NULL; }
-    if (!bf16_ok()) { PyErr_SetString(PyExc_RuntimeError, "backward_seq needs AVX512-BF16"); return NULL; }
+    CHECK_CALL("backward_seq", 14, bf16_ok(), "AVX512-BF16")
 #if LSTM_X86
-    void *p[9];
-    if (ptrs(args, 9, p)) return NULL;
-    bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
-                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
-    a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
+    PARSE_BWD_ARGS(a)
     a.Bp = a.B;
     a.Kp = 4 * a.H;
     if (PyErr_Occurred()) return NULL;

@@ -1,4 +1,5 @@
-/* What the CPU kernel files share (included by sequence_kernels.c and bf16_sequence_kernels.c):
+/* What the CPU kernel files share (included by sequence_kernels.c and bf16_sequence_kernels.c,
+ * through sequence_templates.h):
  * torch's OpenMP runtime (libgomp, found among the loaded libraries, so our threads are torch's
  * own pool), the AVX-512 vector math of the LSTM cell (exp, sigmoid, tanh), tail masks, the
  * register-tile row split and the Python pointer-argument parser. Every vector function carries

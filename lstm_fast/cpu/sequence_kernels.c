@@ -39,11 +39,12 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include "kernel_support.h"
+#include "sequence_templates.h"
 
 #if LSTM_X86
-/* Register tiles of 6 or 4 rows x 4 vectors: 24 accumulators + 4 weight vectors fit the 32 zmm
- * registers (8 rows would spill); a last partial tile reads zero rows and stores only real rows. */
+/* The register tiles, workers and argument parsing of sequence_templates.h, on float32 operands. */
+#define SEQ_TARGET AVX512
+#define SEQ_T float
 
 /* ---------------------------------------------------------------- forward */
 typedef struct {
@@ -55,9 +56,7 @@ typedef struct {
     const int64_t *len;  /* per-row sequence lengths, or NULL: all rows run all T steps */
 } fwd_args;
 
-/* The 6-row x 64-column register tile: rows a0..a5 (a zero row past the batch) times a panel of
- * 64 columns, K deep; 24 named accumulators so nothing lives on the stack. */
-#define TILE_DECL(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0;
+/* One k step of tile row r: a_r[k] (broadcast) times the 64 panel columns b0..b3. */
 #define TILE_FMA(r)                                                                  \
     {                                                                                \
         __m512 x = _mm512_set1_ps(a##r[k]);                                          \
@@ -66,15 +65,9 @@ typedef struct {
         c##r##2 = _mm512_fmadd_ps(x, b2, c##r##2);                                   \
         c##r##3 = _mm512_fmadd_ps(x, b3, c##r##3);                                   \
     }
-/* One k step of the forward tile: panel row k holds gates i, f, g, o of 16 units (64 floats). */
-#define GATES_K(K, P, FMAS)                                                          \
-    for (int64_t k = 0; k < (K); ++k) {                                              \
-        const float *wk = (P) + k * 64;                                              \
-        __m512 b0 = _mm512_loadu_ps(wk), b1 = _mm512_loadu_ps(wk + 16);              \
-        __m512 b2 = _mm512_loadu_ps(wk + 32), b3 = _mm512_loadu_ps(wk + 48);         \
-        FMAS                                                                         \
-    }
-/* One k step of the backward GEMM: panel row k holds output units n0..n0+63 of W_hh row k. */
+/* The 6-row x 64-column register tile: rows a0..a5 (a zero row past the batch) times a panel of
+ * 64 columns, K deep. Panel row k holds, forward, gates i, f, g, o of 16 units (64 floats) and,
+ * backward, output units n0..n0+63 of W_hh row k. */
 #define PANEL_K(K, P, FMAS)                                                          \
     for (int64_t k = 0; k < (K); ++k) {                                              \
         const float *wk = (P) + k * 64;                                              \
@@ -82,8 +75,8 @@ typedef struct {
         __m512 b2 = _mm512_loadu_ps(wk + 32), b3 = _mm512_loadu_ps(wk + 48);         \
         FMAS                                                                         \
     }
-#define DECL4 TILE_DECL(0) TILE_DECL(1) TILE_DECL(2) TILE_DECL(3)
-#define DECL6 DECL4 TILE_DECL(4) TILE_DECL(5)
+#define SEQ_FWD_GEMM(K, P, jb, FMAS) PANEL_K(K, (P) + (jb) * (K) * 64, FMAS)
+#define SEQ_BWD_GEMM SEQ_FWD_GEMM
 #define FMA4 TILE_FMA(0) TILE_FMA(1) TILE_FMA(2) TILE_FMA(3)
 #define FMA6 FMA4 TILE_FMA(4) TILE_FMA(5)
 
@@ -91,13 +84,7 @@ typedef struct {
 AVX512 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0, __mmask16 m,
                             __m512 gi, __m512 gf, __m512 gg, __m512 go, const float *cp, float *c_out) {
     const int64_t H = a->H, G4 = 4 * H;
-    if (a->bias) {
-        const float *b = a->bias + j0;
-        gi = _mm512_add_ps(gi, _mm512_maskz_loadu_ps(m, b));
-        gf = _mm512_add_ps(gf, _mm512_maskz_loadu_ps(m, b + H));
-        gg = _mm512_add_ps(gg, _mm512_maskz_loadu_ps(m, b + 2 * H));
-        go = _mm512_add_ps(go, _mm512_maskz_loadu_ps(m, b + 3 * H));
-    }
+    ADD_GATE_BIAS(a->bias, j0, H, m, gi, gf, gg, go)
     __m512 I = v_sigmoid(gi), F = v_sigmoid(gf), Ct = v_tanh(gg), O = v_sigmoid(go);
     __m512 c_prev = _mm512_maskz_loadu_ps(m, cp + row * H + j0);
     __m512 c = _mm512_fmadd_ps(F, c_prev, _mm512_mul_ps(I, Ct));
@@ -117,56 +104,9 @@ AVX512 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j
     }
 }
 
-/* Point a0..a5 at rows rb.. of a (rows, K) matrix, the zero row past the batch. */
-#define TILE_ROWS(BASE, K)                                                                            \
-    a0 = (BASE) + rb * (K); a1 = n > 1 ? a0 + (K) : zero; a2 = n > 2 ? a0 + 2 * (K) : zero;          \
-    a3 = n > 3 ? a0 + 3 * (K) : zero; a4 = n > 4 ? a0 + 4 * (K) : zero; a5 = n > 5 ? a0 + 5 * (K) : zero;
-
-/* Gates of rows [rb, rb+MR) x units [j0, j0+16) at step t (x_t @ W_ih^T + h_{t-1} @ W_hh^T), then
- * the cell. MR is 6 or 4 (see six_row_tiles); rows past the batch read zeros, are not stored. */
-#define FWD_TILE(MR, DECLS, FMAS)                                                                     \
-    AVX512 static void fwd_tile##MR(const fwd_args *a, int64_t t, int64_t rb, int64_t jb, const float *hp, \
-                                    const float *cp, float *c_out) {                                  \
-        const int64_t H = a->H, D = a->D, n = a->B - rb, j0 = jb * 16;                                \
-        const float *zero = a->zero, *a0, *a1, *a2, *a3, *a4, *a5;                                    \
-        const __mmask16 m = tail_mask(j0, H);                                                         \
-        DECLS                                                                                         \
-        TILE_ROWS(a->X + t * a->B * D, D)                                                             \
-        GATES_K(D, a->Px + jb * D * 64, FMAS)                                                         \
-        TILE_ROWS(hp, H)                                                                              \
-        GATES_K(H, a->Ph + jb * H * 64, FMAS)                                                         \
-        (void)a4; (void)a5;                                                                           \
-        fwd_cell(a, t, rb, j0, m, c00, c01, c02, c03, cp, c_out);                                     \
-        if (n > 1) fwd_cell(a, t, rb + 1, j0, m, c10, c11, c12, c13, cp, c_out);                      \
-        if (n > 2) fwd_cell(a, t, rb + 2, j0, m, c20, c21, c22, c23, cp, c_out);                      \
-        if (n > 3) fwd_cell(a, t, rb + 3, j0, m, c30, c31, c32, c33, cp, c_out);                      \
-        FWD_TAIL##MR                                                                                  \
-    }
-#define FWD_TAIL4
-#define FWD_TAIL6                                                                                     \
-    if (n > 4) fwd_cell(a, t, rb + 4, j0, m, c40, c41, c42, c43, cp, c_out);                          \
-    if (n > 5) fwd_cell(a, t, rb + 5, j0, m, c50, c51, c52, c53, cp, c_out);
 FWD_TILE(6, DECL6, FMA6)
 FWD_TILE(4, DECL4, FMA4)
-
-
-AVX512 static void fwd_worker(void *arg) {
-    const fwd_args *a = (const fwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t B = a->B, H = a->H, nb = (H + 15) / 16;
-    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
-    for (int64_t t = 0; t < a->T; ++t) {
-        const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
-        const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H);
-        float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;
-        for (int64_t jb = jlo; jb < jhi; ++jb) {
-            int64_t rb = 0;
-            for (int64_t i = 0; i < n6; ++i, rb += 6) fwd_tile6(a, t, rb, jb, hp, cp, c_out);
-            for (; rb < B; rb += 4) fwd_tile4(a, t, rb, jb, hp, cp, c_out);
-        }
-        barrier(tm);
-    }
-}
+DEFINE_FWD_WORKER()
 
 /* ---------------------------------------------------------------- backward */
 typedef struct {
@@ -211,67 +151,14 @@ AVX512 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
         sb2 = _mm512_add_ps(sb2, _mm512_maskz_loadu_ps(m, d + 2 * H));
         sb3 = _mm512_add_ps(sb3, _mm512_maskz_loadu_ps(m, d + 3 * H));
     }
-    if (a->db) {
-        float *bq = a->db + j0;
-        _mm512_mask_storeu_ps(bq, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq), sb0));
-        _mm512_mask_storeu_ps(bq + H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + H), sb1));
-        _mm512_mask_storeu_ps(bq + 2 * H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + 2 * H), sb2));
-        _mm512_mask_storeu_ps(bq + 3 * H, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, bq + 3 * H), sb3));
-    }
+    ADD_BIAS_GRAD(a->db, j0, H, m, sb0, sb1, sb2, sb3)
 }
 
 /* Phase B: DH[rows rb..rb+6, units n0..n0+64) = dG_t[rows, :] @ W_hh[:, n0..]. */
-AVX512 INLINE void bwd_store(const bwd_args *a, int64_t t, int64_t row, int64_t n0, __m512 v0, __m512 v1, __m512 v2,
-                             __m512 v3) {
-    const int64_t H = a->H;
-    if (a->len && t >= a->len[row]) return;   /* finished row: keep the dh carried through */
-    float *dh = a->DH + row * H;
-    if (n0 < H) _mm512_mask_storeu_ps(dh + n0, tail_mask(n0, H), v0);
-    if (n0 + 16 < H) _mm512_mask_storeu_ps(dh + n0 + 16, tail_mask(n0 + 16, H), v1);
-    if (n0 + 32 < H) _mm512_mask_storeu_ps(dh + n0 + 32, tail_mask(n0 + 32, H), v2);
-    if (n0 + 48 < H) _mm512_mask_storeu_ps(dh + n0 + 48, tail_mask(n0 + 48, H), v3);
-}
-
-#define BWD_TILE(MR, DECLS, FMAS)                                                                     \
-    AVX512 static void bwd_tile##MR(const bwd_args *a, int64_t t, int64_t rb, int64_t nb) {           \
-        const int64_t H = a->H, K = 4 * H, n0 = nb * 64, n = a->B - rb;                               \
-        const float *zero = a->zero;                                                                  \
-        const float *a0 = a->dG + (t * a->B + rb) * K, *a1 = n > 1 ? a0 + K : zero;                   \
-        const float *a2 = n > 2 ? a0 + 2 * K : zero, *a3 = n > 3 ? a0 + 3 * K : zero;                 \
-        const float *a4 = n > 4 ? a0 + 4 * K : zero, *a5 = n > 5 ? a0 + 5 * K : zero;                 \
-        (void)a4; (void)a5;                                                                           \
-        DECLS                                                                                         \
-        PANEL_K(K, a->Wq + nb * K * 64, FMAS)                                                         \
-        bwd_store(a, t, rb, n0, c00, c01, c02, c03);                                                     \
-        if (n > 1) bwd_store(a, t, rb + 1, n0, c10, c11, c12, c13);                                      \
-        if (n > 2) bwd_store(a, t, rb + 2, n0, c20, c21, c22, c23);                                      \
-        if (n > 3) bwd_store(a, t, rb + 3, n0, c30, c31, c32, c33);                                      \
-        BWD_TAIL##MR                                                                                  \
-    }
-#define BWD_TAIL4
-#define BWD_TAIL6                                                                                     \
-    if (n > 4) bwd_store(a, t, rb + 4, n0, c40, c41, c42, c43);                                          \
-    if (n > 5) bwd_store(a, t, rb + 5, n0, c50, c51, c52, c53);
+DEFINE_BWD_STORE()
 BWD_TILE(6, DECL6, FMA6)
 BWD_TILE(4, DECL4, FMA4)
-
-AVX512 static void bwd_worker(void *arg) {
-    const bwd_args *a = (const bwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t B = a->B, H = a->H, nb16 = (H + 15) / 16, nb64 = (H + 63) / 64;
-    const int64_t clo = nb16 * tm.tid / tm.nth, chi = nb16 * (tm.tid + 1) / tm.nth;
-    const int64_t glo = nb64 * tm.tid / tm.nth, ghi = nb64 * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
-    for (int64_t t = a->T - 1; t >= 0; --t) {
-        for (int64_t jb = clo; jb < chi; ++jb) bwd_cell(a, t, jb);
-        barrier(tm);
-        for (int64_t nb = glo; nb < ghi; ++nb) {
-            int64_t rb = 0;
-            for (int64_t i = 0; i < n6; ++i, rb += 6) bwd_tile6(a, t, rb, nb);
-            for (; rb < B; rb += 4) bwd_tile4(a, t, rb, nb);
-        }
-        barrier(tm);
-    }
-}
+DEFINE_BWD_WORKER()
 
 /* ---------------------------------------------------------------- weight gradient */
 typedef struct {
@@ -430,31 +317,13 @@ static int avx512_ok(void) {
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx512_ok()); }
 
 #if LSTM_X86
-/* Run a worker on the thread team without the GIL, with ``n`` zeros at *zero_slot for the
- * lifetime of the call (the A row of tile rows past the batch). */
-static PyObject *run_with_zero_row(void (*fn)(void *), void *args, const float **zero_slot, int64_t n, int nthreads) {
-    float *zero = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-    if (!zero) return PyErr_NoMemory();
-    *zero_slot = zero;
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(fn, args, nthreads);
-    Py_END_ALLOW_THREADS
-    free(zero);
-    Py_RETURN_NONE;
-}
+DEFINE_RUN_WITH_ZERO_ROW()
 #endif
 
 static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 15) { PyErr_SetString(PyExc_TypeError, "forward_seq takes 15 arguments"); return NULL; }
-    if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "forward_seq needs AVX-512"); return NULL; }
+    CHECK_CALL("forward_seq", 15, avx512_ok(), "AVX-512")
 #if LSTM_X86
-    void *p[9];
-    if (ptrs(args, 9, p)) return NULL;
-    fwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
-                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), PyLong_AsLongLong(args[12]),
-                  (int)PyLong_AsLong(args[13])};
-    a.len = args[14] == Py_None ? NULL : PyLong_AsVoidPtr(args[14]);
+    PARSE_FWD_ARGS(a)
     if (PyErr_Occurred()) return NULL;
     return run_with_zero_row(fwd_worker, &a, &a.zero, a.D > a.H ? a.D : a.H, a.nthreads);
 #else
@@ -463,14 +332,9 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "backward_seq takes 14 arguments"); return NULL; }
-    if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "backward_seq needs AVX-512"); return NULL; }
+    CHECK_CALL("backward_seq", 14, avx512_ok(), "AVX-512")
 #if LSTM_X86
-    void *p[9];
-    if (ptrs(args, 9, p)) return NULL;
-    bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
-                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
-    a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
+    PARSE_BWD_ARGS(a)
     if (PyErr_Occurred()) return NULL;
     return run_with_zero_row(bwd_worker, &a, &a.zero, 4 * a.H, a.nthreads);
 #else
@@ -479,8 +343,7 @@ static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize
 }
 
 static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "weight_grad takes 9 arguments"); return NULL; }
-    if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "weight_grad needs AVX-512"); return NULL; }
+    CHECK_CALL("weight_grad", 9, avx512_ok(), "AVX-512")
 #if LSTM_X86
     wg_args a;
     a.dG = PyLong_AsVoidPtr(args[0]);
