@@ -1,11 +1,14 @@
 """The Triton implementation of one layer (one direction): what :class:`FusedLSTMFunction
 <lstm_fast.fused_function.FusedLSTMFunction>` runs on CUDA tensors.
 
-Forward: the input projection of all steps as one GEMM (cuBLAS on CUDA), then one persistent
-kernel launch for the recurrence (:func:`lstm_fast.kernels.lstm_fwd`). Backward: one persistent
-launch for the gate gradients and ``dh`` through time (:func:`lstm_fast.kernels.lstm_bwd`), then
-the weight and input gradients as one GEMM each over all steps. Accumulation and state are
-float32 (float64 for float64 inputs); outputs are in the input dtype.
+Forward: the input projection of all steps as one GEMM, then one persistent kernel launch for
+the recurrence (:func:`lstm_fast.kernels.lstm_fwd`: hidden-split or batch-tiled, as the dispatcher
+picks). Backward: one persistent launch for the gate gradients and ``dh`` through time
+(:func:`lstm_fast.kernels.lstm_bwd`), then the weight and input gradients as one GEMM each over
+all steps. The GEMMs run in the precision cuDNN uses: 16-bit operands for 16-bit layers (cuBLAS),
+TF32 for float32 layers whose recurrence is TF32 (our :func:`lstm_fast.kernels.matmul`), exact
+otherwise. Accumulation and state are float32 (float64 for float64 inputs); outputs are in the
+input dtype.
 """
 import sys
 
