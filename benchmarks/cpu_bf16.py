@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lstm_fast import FusedLSTM  # noqa: E402
-from lstm_fast.bench import environment, quartiles, shape_set  # noqa: E402
+from lstm_fast.bench import environment, git_commit, quartiles, shape_set  # noqa: E402
 from lstm_fast.cpu import bf16_sequence  # noqa: E402
 from lstm_fast.train import atomic_write_bytes  # noqa: E402
 
@@ -139,17 +139,6 @@ def train_rows(rounds, epochs, full_epochs, log, threads=None):
                                "output": lines}
             log(f"full bf16 run: perplexity {ppl:.2f}, {tps:,.0f} tokens/sec, {wall:.1f} s")
     return out
-
-
-def git_commit():
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"sha": sha, "modified": sorted(line[3:] for line in dirty)}
 
 
 def main(argv=None):

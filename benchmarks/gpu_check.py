@@ -34,7 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lstm_fast.bench import EXTRA_GPU_SHAPES, GRID, device_slug, environment, quartiles  # noqa: E402
+from lstm_fast.bench import EXTRA_GPU_SHAPES, GRID, device_slug, environment, git_commit, quartiles  # noqa: E402
 
 MODES = ("inference", "training")
 IMPLS = ("torch", "fused")
@@ -254,9 +254,8 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{device_slug(env, device)}.json"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     doc = {"environment": env, "command": "python benchmarks/gpu_check.py " + " ".join(argv or sys.argv[1:]),
-           "commit": {"sha": head}, "source": "benchmarks/gpu_check.py", "complete": True, "rows": []}
+           "commit": git_commit(ROOT), "source": "benchmarks/gpu_check.py", "complete": True, "rows": []}
     if device == "cuda" and not a.skip_tests:
         code, line = run_gpu_tests(max(30.0, min(240.0, (deadline_at - time.time()) * 0.4)))
         doc["gpu_tests"] = {"exit_code": code, "summary": line}
