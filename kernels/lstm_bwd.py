@@ -85,13 +85,18 @@ def lstm_bwd(dY, dh_n, dc_n, w_hh, G, C):
         dY: (T, B, H) gradient of the outputs (or None); dh_n, dc_n: (B, H) or None.
         w_hh: (4H, R); G: saved activations (T, B, 4H); C: saved cell states (T+1, B, H), C[0] = c_0.
     Returns:
-        (dG (T, B, 4H) gate pre-activation gradients, dh_0 (B, R), dc_0 (B, H)), in G's dtype.
+        (dG (T, B, 4H) gate pre-activation gradients, dh_0 (B, R), dc_0 (B, H)), in G's dtype
+        (dG in w_hh's dtype on the hidden-split path: its dot operand dtype).
     """
     import torch
 
     T, B, H = C.shape[0] - 1, C.shape[1], C.shape[2]
     R = w_hh.shape[1]
     acc, dev = G.dtype, G.device
+    plan = pick_plan(B, H, w_hh.dtype, dev.type, sm_count(dev), square=R == H, direction="bwd") if B else None
+    if plan is not None and plan.path == "hidden_split":     # it allocates its own buffers
+        return lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, plan.config, plan.precision,
+                                     hidden_split_driver(dev))
     if dY is None:
         dY = torch.zeros(T, B, H, dtype=acc, device=dev)
     dY = dY.contiguous()
@@ -102,10 +107,6 @@ def lstm_bwd(dY, dh_n, dc_n, w_hh, G, C):
     DC = dc_n.to(acc).clone().contiguous() if dc_n is not None else torch.zeros(B, H, dtype=acc, device=dev)
     DG = torch.empty(T, B, 4 * H, dtype=acc, device=dev)
     if B > 0:
-        plan = pick_plan(B, H, w_hh.dtype, G.device.type, sm_count(G.device), square=R == H, direction="bwd")
-        if plan.path == "hidden_split":
-            return lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, plan.config, plan.precision,
-                                         hidden_split_driver(G.device))
         cfg, precision = plan.config, plan.precision
         w = w_hh.contiguous()
         _lstm_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](

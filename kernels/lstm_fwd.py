@@ -120,6 +120,10 @@ def lstm_fwd(xg, h0, c0, w_hh, save_gates=True):
     if T > 1 and R != H:
         raise RuntimeError(f"lstm_fwd: recurrent width {R} != hidden size {H} needs T == 1, got T={T}")
     xg, h0, w_hh = xg.contiguous(), h0.contiguous(), w_hh.contiguous()
+    plan = pick_plan(B, H, w_hh.dtype, xg.device.type, sm_count(xg.device), square=R == H) if B else None
+    if plan is not None and plan.path == "hidden_split":     # it allocates its own buffers
+        return lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, plan.config, plan.precision,
+                                     hidden_split_driver(xg.device))
     Y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xg.device)
     acc = torch.float64 if w_hh.dtype == torch.float64 else torch.float32
     C = torch.empty(T + 1, B, H, dtype=acc, device=xg.device)
@@ -127,10 +131,6 @@ def lstm_fwd(xg, h0, c0, w_hh, save_gates=True):
     G = torch.empty(T, B, 4 * H, dtype=acc, device=xg.device) if save_gates else None
     if B == 0:
         return Y, C, G
-    plan = pick_plan(B, H, w_hh.dtype, xg.device.type, sm_count(xg.device), square=R == H)
-    if plan.path == "hidden_split":
-        return lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, plan.config, plan.precision,
-                                     hidden_split_driver(xg.device))
     cfg, precision = plan.config, plan.precision
     grid = (triton.cdiv(B, cfg.block_b),)
     Gp = G if G is not None else C  # placeholder pointer when gates are not saved
