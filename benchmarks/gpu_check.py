@@ -35,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lstm_fast.bench import EXTRA_GPU_SHAPES, GRID, device_slug, environment, git_commit, quartiles  # noqa: E402
+from lstm_fast.train import atomic_write_bytes  # noqa: E402
 
 MODES = ("inference", "training")
 IMPLS = ("torch", "fused")
@@ -153,9 +154,7 @@ def measure_shape(dtype, B, T, D, H, mode, device, budget_s, rounds=7):
 
 
 def write_doc(path, doc):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
 
 
 def worker(a):
