@@ -119,12 +119,16 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
     return lstm_triton(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
 
 
+def padding_mask(lengths, T, device):
+    """(T, B, 1) bool, True at the padded steps t >= lengths[b]."""
+    return (torch.arange(T, device=device).unsqueeze(1) >= lengths.to(device).unsqueeze(0)).unsqueeze(-1)
+
+
 def _zero_padding(x, lengths):
     """``x`` with the positions past each row's length set to 0: they never affect the result,
     but an implementation summing over all steps (the input-weight gradient, dgates^T x) would
     turn NaN/Inf there into NaN (0 * NaN). One masked copy of x, on every path."""
-    pad = torch.arange(x.shape[0], device=x.device).unsqueeze(1) >= lengths.to(x.device).unsqueeze(0)
-    return x.masked_fill(pad.unsqueeze(-1), 0)
+    return x.masked_fill(padding_mask(lengths, x.shape[0], x.device), 0)
 
 
 def _compiled_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths):

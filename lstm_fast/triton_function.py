@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from .functional import padding_mask
 from .fused_function import apply_layer, final_hidden, needs_autograd, summed_bias
 
 
@@ -45,11 +46,6 @@ def _input_projection(x, w_ih, b_ih, b_hh):
     return xg.view(T, B, -1)
 
 
-def _finished(lengths, T, device):
-    """(T, B, 1) bool: True at steps t >= lengths[b] (padding)."""
-    return (torch.arange(T, device=device)[:, None] >= lengths.to(device)[None, :]).unsqueeze(-1)
-
-
 def _freeze_finished_rows(xg, lengths):
     """Variable lengths without touching the kernels: at steps t >= lengths[b], row b's forget
     pre-activation is +inf, its input and output pre-activations -inf and its candidate 0, so
@@ -59,7 +55,7 @@ def _freeze_finished_rows(xg, lengths):
     zeroed by :func:`lstm_fast.functional.lstm_layer`)."""
     T, B, G4 = xg.shape
     H = G4 // 4
-    finished = _finished(lengths, T, xg.device)
+    finished = padding_mask(lengths, T, xg.device)
     xg[:, :, :H].masked_fill_(finished, float("-inf"))          # I
     xg[:, :, H: 2 * H].masked_fill_(finished, float("inf"))     # F
     xg[:, :, 2 * H: 3 * H].masked_fill_(finished, 0.0)          # C_tilda
