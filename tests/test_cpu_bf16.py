@@ -85,6 +85,67 @@ def test_avx512_bf16_kernels_without_amx(T, B, D, H, kernel_calls, monkeypatch):
     test_autocast_error_is_nn_lstm_order(T, B, D, H, kernel_calls)
 
 
+amx = pytest.mark.skipif(not bf16_sequence.use_amx(), reason="CPU without AMX-BF16")
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@amx
+@pytest.mark.parametrize("B,lengths", [(32, False), (40, True), (5, False), (70, True)],
+                         ids=["B32", "B40-uneven-blocks-lengths", "B5-one-block", "B70-lengths"])
+def test_amx_batch_split_equals_hidden_split(B, lengths, two_threads, monkeypatch):
+    """The AMX kernels' two ways of sharing a step among 2 threads (threads own row blocks, no
+    barrier / threads own unit blocks, a barrier per step) compute every value the same way, so
+    outputs, states and gradients are bitwise equal; the bias gradient (summed per thread, then
+    across threads) to float32 rounding. Covers 16-row blocks that do not divide among the
+    threads (40 rows: 2 + 1 blocks), a thread without rows (5 rows), and finished rows."""
+    torch.manual_seed(B)
+    T, D, H = 7, 19, 72
+    m = FusedLSTM(D, H)
+    x = torch.randn(T, B, D)
+    hx = (0.5 * torch.randn(B, H), 0.5 * torch.randn(B, H))
+    lens = torch.randint(0, T + 1, (B,)) if lengths else None
+    weight = torch.randn(T, B, H, dtype=torch.float64)
+    results = {}
+    for split in ("hidden", "batch"):
+        monkeypatch.setattr(bf16_sequence, "SPLIT", split)
+        xs = x.clone().requires_grad_()
+        hs = tuple(t.clone().requires_grad_() for t in hx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, (h, c) = fused_lstm(xs, hs, *m.parameters(), lengths=lens)
+        loss = (y.double() * weight).sum() + h.double().sum() + c.double().sum()
+        results[split] = [y, h, c, *torch.autograd.grad(loss, [xs, *hs, *m.parameters()])]
+    for name, a, b in zip(NAMES, results["hidden"], results["batch"], strict=True):
+        assert torch.isfinite(a).all(), name
+        if name.startswith("db"):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
+        else:
+            assert torch.equal(a, b), name
+
+
+def test_split_policy(monkeypatch):
+    """"auto" splits the batch only where the row blocks divide among the threads and the weight
+    panels fit half a core's L2; "batch"/"hidden" force it; a bad value names the variable."""
+    monkeypatch.setattr(bf16_sequence, "_L2_BYTES", 2 << 20)
+    assert bf16_sequence.split_batch(32, 580_000, 2)
+    assert not bf16_sequence.split_batch(48, 580_000, 2), "3 row blocks on 2 threads"
+    assert not bf16_sequence.split_batch(64, 2_600_000, 2), "weights past half the L2"
+    assert not bf16_sequence.split_batch(32, 580_000, 1), "one thread"
+    monkeypatch.setattr(bf16_sequence, "SPLIT", "batch")
+    assert bf16_sequence.split_batch(64, 2_600_000, 2)
+    monkeypatch.setattr(bf16_sequence, "SPLIT", "hidden")
+    assert not bf16_sequence.split_batch(32, 580_000, 2)
+    monkeypatch.setattr(bf16_sequence, "SPLIT", "rows")
+    with pytest.raises(ValueError, match="LSTM_FAST_CPU_SPLIT"):
+        bf16_sequence.split_batch(32, 580_000, 2)
+
+
 @native
 def test_bf16_parameters(kernel_calls):
     """bf16 parameters and input (no autocast): the same kernels; gradients come back in bf16."""

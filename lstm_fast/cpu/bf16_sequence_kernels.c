@@ -144,6 +144,7 @@ typedef struct {
      * Hb[(t + 1) & 1]), zero padded; Bp a multiple of 16, Dp and Hp of 32. */
     uint16_t *Hb;
     int64_t Bp, Dp, Hp;
+    int split_batch;        /* AMX only: threads own 16-row blocks of the batch (see fwd_worker_amx) */
 } fwd_args;
 
 /* The LSTM cell for one row and 16 hidden units, from that row's four gate accumulators. */
@@ -190,15 +191,18 @@ typedef struct {
     const uint16_t *zero;   /* 4H zeros */
     const int64_t *len;
     int64_t Bp, Kp;         /* dG is (T, Bp, Kp): B, 4H here; padded to 16 rows, 32 columns for AMX */
+    int split_batch;        /* AMX only: threads own 16-row blocks of the batch (see bwd_worker_amx) */
+    float *db_parts;        /* AMX split_batch: per-thread bias gradients (nthreads, 4H), summed after */
 } bwd_args;
 
-/* Phase A: gate gradients of step t for units [j0, j0+16) of every row (float32, stored bf16). */
-BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
+/* Phase A: gate gradients of step t for units [j0, j0+16) of rows [b0, b1) (float32, stored
+ * bf16); their sum over the rows added to db (where given). */
+BF16 INLINE void bwd_cell_rows(const bwd_args *a, int64_t t, int64_t jb, int64_t b0, int64_t b1, float *db) {
     const int64_t B = a->B, H = a->H, j0 = jb * 16;
     const __mmask16 m = tail_mask(j0, H);
     const __m512 one = _mm512_set1_ps(1.0f);
     __m512 sb0 = _mm512_setzero_ps(), sb1 = sb0, sb2 = sb0, sb3 = sb0;
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = b0; b < b1; ++b) {
         const int64_t o = b * H + j0;
         uint16_t *d = a->dG + (t * a->Bp + b) * a->Kp + j0;
         if (a->len && t >= a->len[b]) {   /* finished row: no gate gradients; dh, dc carried */
@@ -226,8 +230,11 @@ BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
         sb2 = _mm512_add_ps(sb2, dg);
         sb3 = _mm512_add_ps(sb3, dO);
     }
-    ADD_BIAS_GRAD(a->db, j0, H, m, sb0, sb1, sb2, sb3)
+    ADD_BIAS_GRAD(db, j0, H, m, sb0, sb1, sb2, sb3)
 }
+
+/* Phase A for every row (the template workers' and the hidden-split AMX worker's). */
+BF16 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) { bwd_cell_rows(a, t, jb, 0, a->B, a->db); }
 
 /* Phase B: DH[rows rb.., units n0..n0+64) = dG_t[rows, :] @ W_hh[:, n0..] (bf16 x bf16, float32). */
 DEFINE_BWD_STORE()
@@ -304,11 +311,19 @@ AMX INLINE void cell_rows(const fwd_args *a, pending_cell *p, int64_t upto) {
 /* AMX_KLOOP with ``rows`` rows of the pending cell after each k step. */
 #define AMX_KLOOP_CELL(A, LDA, P, NK, rows) AMX_KLOOP_THEN(A, LDA, P, NK, cell_rows(a, &pend, pend.next + (rows));)
 
+/* Two ways to split a step among threads. Hidden split (default): each thread owns a slice of
+ * the 16-unit blocks for every row, so every step ends at a barrier (step t + 1 reads all of h_t)
+ * and each core reads only its slice of the weights. Batch split (split_batch): each thread owns
+ * whole 16-row blocks of the batch for all units; rows never read each other, so there is no
+ * barrier and no h_t crossing between cores, but each core reads all of the weights every step:
+ * the caller picks it where they fit a core's L2 and the row blocks divide among the threads. */
 AMX static void fwd_worker_amx(void *arg) {
     const fwd_args *a = (const fwd_args *)arg;
     team_t tm = team(a->nthreads);
-    const int64_t B = a->B, H = a->H, Bp = a->Bp, Dp = a->Dp, Hp = a->Hp, nb = (H + 15) / 16;
-    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
+    const int64_t B = a->B, H = a->H, Bp = a->Bp, Dp = a->Dp, Hp = a->Hp, nb = (H + 15) / 16, nrb = Bp / 16;
+    const int sb = a->split_batch && tm.nth > 1;
+    const int64_t jlo = sb ? 0 : nb * tm.tid / tm.nth, jhi = sb ? nb : nb * (tm.tid + 1) / tm.nth;
+    const int64_t rlo = sb ? nrb * tm.tid / tm.nth * 16 : 0, rhi = sb ? nrb * (tm.tid + 1) / tm.nth * 16 : B;
     const int64_t nk = Dp / 32 + Hp / 32, per_k = (16 + nk - 1) / nk;   /* cell rows per k step */
     float scr[2][1024] __attribute__((aligned(64)));
     amx_configure();
@@ -320,7 +335,7 @@ AMX static void fwd_worker_amx(void *arg) {
         int cur = 0;
         for (int64_t jb = jlo; jb < jhi; ++jb) {
             const int64_t j0 = jb * 16;
-            for (int64_t rb = 0; rb < B; rb += 16) {
+            for (int64_t rb = rlo; rb < rhi && rb < B; rb += 16) {
                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
                 AMX_KLOOP_CELL(a->X + (t * Bp + rb) * Dp, Dp * 2, a->Px + jb * (Dp / 2) * 128, Dp / 32, per_k)
                 AMX_KLOOP_CELL(hp + rb * Hp, Hp * 2, a->Ph + jb * (Hp / 2) * 128, Hp / 32, per_k)
@@ -332,24 +347,32 @@ AMX static void fwd_worker_amx(void *arg) {
             }
         }
         cell_rows(a, &pend, 16);
-        barrier(tm);
+        if (!sb) barrier(tm);
     }
     _tile_release();
 }
 
+/* Hidden split: phase A (the cell) over a slice of the 16-unit blocks, a barrier, phase B (dh)
+ * over a slice of the 64-column blocks, a barrier. Batch split (see fwd_worker_amx): both phases
+ * over the thread's own row blocks, no barrier; the bias gradient goes to the thread's own row
+ * of db_parts (summed by the caller). */
 AMX static void bwd_worker_amx(void *arg) {
     const bwd_args *a = (const bwd_args *)arg;
     team_t tm = team(a->nthreads);
-    const int64_t B = a->B, H = a->H, Bp = a->Bp, Kp = a->Kp, nb16 = (H + 15) / 16, nb64 = (H + 63) / 64;
-    const int64_t clo = nb16 * tm.tid / tm.nth, chi = nb16 * (tm.tid + 1) / tm.nth;
-    const int64_t glo = nb64 * tm.tid / tm.nth, ghi = nb64 * (tm.tid + 1) / tm.nth;
+    const int64_t B = a->B, H = a->H, Bp = a->Bp, Kp = a->Kp, nb16 = (H + 15) / 16, nb64 = (H + 63) / 64, nrb = Bp / 16;
+    const int sb = a->split_batch && tm.nth > 1;
+    const int64_t clo = sb ? 0 : nb16 * tm.tid / tm.nth, chi = sb ? nb16 : nb16 * (tm.tid + 1) / tm.nth;
+    const int64_t glo = sb ? 0 : nb64 * tm.tid / tm.nth, ghi = sb ? nb64 : nb64 * (tm.tid + 1) / tm.nth;
+    const int64_t rlo = sb ? nrb * tm.tid / tm.nth * 16 : 0, rhi = sb ? nrb * (tm.tid + 1) / tm.nth * 16 : B;
+    float *db = sb && a->db ? a->db_parts + tm.tid * 4 * H : a->db;
+    const int64_t r1 = rhi < B ? rhi : B;
     float scr[1024] __attribute__((aligned(64)));
     amx_configure();
     for (int64_t t = a->T - 1; t >= 0; --t) {
-        for (int64_t jb = clo; jb < chi; ++jb) bwd_cell(a, t, jb);
-        barrier(tm);
+        for (int64_t jb = clo; jb < chi; ++jb) bwd_cell_rows(a, t, jb, rlo, r1, db);
+        if (!sb) barrier(tm);
         for (int64_t nb = glo; nb < ghi; ++nb)
-            for (int64_t rb = 0; rb < B; rb += 16) {
+            for (int64_t rb = rlo; rb < r1; rb += 16) {
                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
                 AMX_KLOOP(a->dG + (t * Bp + rb) * Kp, Kp * 2, a->Wq + nb * (Kp / 2) * 128, Kp / 32)
                 AMX_STORE4(scr)
@@ -358,7 +381,7 @@ AMX static void bwd_worker_amx(void *arg) {
                     bwd_store(a, t, rb + r, nb * 64, _mm512_load_ps(scr + r * 16), _mm512_load_ps(scr + 256 + r * 16),
                               _mm512_load_ps(scr + 512 + r * 16), _mm512_load_ps(scr + 768 + r * 16));
             }
-        barrier(tm);
+        if (!sb) barrier(tm);
     }
     _tile_release();
 }
@@ -506,10 +529,11 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
 #endif
 }
 
-/* forward_seq_amx(Xp, Px, bias|None, Ph, Hb, c0, Y, C, G|None, T, B, D, H, nthreads, len|None, Bp, Dp, Hp):
- * forward_seq's arguments with X padded to (T, Bp, Dp) and h0 in Hb[1] of Hb (2, Bp, Hp). */
+/* forward_seq_amx(Xp, Px, bias|None, Ph, Hb, c0, Y, C, G|None, T, B, D, H, nthreads, len|None, Bp, Dp, Hp,
+ * split_batch): forward_seq's arguments with X padded to (T, Bp, Dp) and h0 in Hb[1] of Hb (2, Bp, Hp);
+ * split_batch: threads own row blocks instead of unit blocks (fwd_worker_amx). */
 static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("forward_seq_amx", 18, amx_ok(), "AMX-BF16")
+    CHECK_CALL("forward_seq_amx", 19, amx_ok(), "AMX-BF16")
 #if LSTM_X86
     PARSE_FWD_ARGS(a)
     a.h0 = NULL;   /* h0 is in Hb[1] */
@@ -517,6 +541,7 @@ static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ss
     a.Bp = PyLong_AsLongLong(args[15]);
     a.Dp = PyLong_AsLongLong(args[16]);
     a.Hp = PyLong_AsLongLong(args[17]);
+    a.split_batch = PyObject_IsTrue(args[18]);
     if (PyErr_Occurred()) return NULL;
     if (a.Bp % 16 || a.Bp < a.B || a.Dp % 32 || a.Dp < a.D || a.Hp % 32 || a.Hp < a.H) {
         PyErr_SetString(PyExc_ValueError, "forward_seq_amx: bad padding");
@@ -528,20 +553,33 @@ static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ss
 #endif
 }
 
-/* backward_seq_amx(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None, Bp, Kp):
- * backward_seq's arguments with dG (T, Bp, Kp) zero padded and Wq packed to Kp rows. */
+/* backward_seq_amx(dY, Wq, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None, Bp, Kp, split_batch):
+ * backward_seq's arguments with dG (T, Bp, Kp) zero padded and Wq packed to Kp rows; split_batch as
+ * in forward_seq_amx. */
 static PyObject *py_backward_seq_amx(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("backward_seq_amx", 16, amx_ok(), "AMX-BF16")
+    CHECK_CALL("backward_seq_amx", 17, amx_ok(), "AMX-BF16")
 #if LSTM_X86
     PARSE_BWD_ARGS(a)
     a.Bp = PyLong_AsLongLong(args[14]);
     a.Kp = PyLong_AsLongLong(args[15]);
+    a.split_batch = PyObject_IsTrue(args[16]);
     if (PyErr_Occurred()) return NULL;
     if (a.Bp % 16 || a.Bp < a.B || a.Kp % 32 || a.Kp < 4 * a.H) {
         PyErr_SetString(PyExc_ValueError, "backward_seq_amx: bad padding");
         return NULL;
     }
-    return run_with_zero_row(bwd_worker_amx, &a, &a.zero, 1, a.nthreads);
+    const int nparts = a.nthreads > 1 ? a.nthreads : 1;
+    if (a.split_batch && a.db) {   /* per-thread bias gradients: rows of one thread only, no race */
+        a.db_parts = calloc((size_t)(nparts * 4 * a.H), sizeof(float));
+        if (!a.db_parts) return PyErr_NoMemory();
+    }
+    PyObject *r = run_with_zero_row(bwd_worker_amx, &a, &a.zero, 1, a.nthreads);
+    if (a.db_parts) {
+        for (int i = 0; r && i < nparts; ++i)
+            for (int64_t k = 0; k < 4 * a.H; ++k) a.db[k] += a.db_parts[i * 4 * a.H + k];
+        free(a.db_parts);
+    }
+    return r;
 #else
     Py_RETURN_NONE;
 #endif
