@@ -146,6 +146,33 @@ def test_split_policy(monkeypatch):
         bf16_sequence.split_batch(32, 580_000, 2)
 
 
+def _panels_reference(w, k_pad):
+    """pack_panels' layout written out in torch: (ceil(H/16), ceil(k_pad/2), 64 columns q*16 + u,
+    2 k of a pair), W rounded to bf16, zero past H and past K."""
+    G4, K = w.shape
+    H = G4 // 4
+    nb, npair = -(-H // 16), -(-k_pad // 2)
+    full = torch.zeros(4, nb * 16, 2 * npair, dtype=torch.bfloat16)
+    full[:, :H, :K] = w.to(torch.bfloat16).view(4, H, K)
+    # [q, j, u, p, s] -> [j, p, q, u, s]
+    return full.view(4, nb, 16, npair, 2).permute(1, 3, 0, 2, 4).reshape(nb, npair, 128)
+
+
+@native
+@pytest.mark.parametrize("H,K,k_pad", [(9, 7, 7), (40, 33, 64), (70, 200, 224), (256, 28, 32)],
+                         ids=["H9-K7", "H40-K33-pad64", "H70-K200-pad224", "H256-K28-pad32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_pack_panels_layout(H, K, k_pad, dtype, two_threads):
+    """The forward weight panels (threaded, chunked, scattered) hold exactly W's bf16 values in
+    the documented layout, zeros in the padding: odd K (a half pair), H not a multiple of 16,
+    k padded for the AMX tiles, more pairs than one chunk."""
+    w = torch.randn(4 * H, K, dtype=dtype)
+    got = bf16_sequence.workspace.zeros((-(-H // 16), -(-k_pad // 2), 128), torch.bfloat16).fill_(float("nan"))
+    bf16_sequence._bf16_sequence_kernels.pack_panels(w.data_ptr(), dtype == torch.float32, H, K, k_pad,
+                                                     got.data_ptr(), torch.get_num_threads())
+    assert torch.equal(got, _panels_reference(w, k_pad))
+
+
 @native
 def test_bf16_parameters(kernel_calls):
     """bf16 parameters and input (no autocast): the same kernels; gradients come back in bf16."""

@@ -121,7 +121,7 @@ def pack_panels(w, k_pad=None):
     k_pad = K if k_pad is None else k_pad
     w = w.detach().contiguous()
     P = workspace.empty(((H + 15) // 16, (k_pad + 1) // 2, 128), _BF16)
-    _bf16_sequence_kernels.pack_panels(w.data_ptr(), _is_f32(w), H, K, k_pad, P.data_ptr())
+    _bf16_sequence_kernels.pack_panels(w.data_ptr(), _is_f32(w), H, K, k_pad, P.data_ptr(), torch.get_num_threads())
     return P
 
 
