@@ -174,6 +174,21 @@ def test_pack_panels_layout(H, K, k_pad, dtype, two_threads):
 
 
 @native
+@pytest.mark.parametrize("R,N,ld", [(16, 16, 16), (284, 1024, 1024), (7, 36, 40), (33, 17, 20)],
+                         ids=["one-block", "d2l-dW", "short-rows-strided", "odd-both"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["to-f32", "to-bf16"])
+def test_weight_gradient_transpose(R, N, ld, dtype, two_threads):
+    """The blocked register transpose the weight gradients come out through equals torch's
+    transpose exactly (a conversion to float32 is exact), at partial 16 x 16 blocks on both sides
+    and a source row stride wider than its columns; every output element is written."""
+    src = torch.randn(R, ld).bfloat16()
+    dst = torch.full((N, R), float("nan"), dtype=dtype)
+    bf16_sequence._bf16_sequence_kernels.transpose_bf16(src.data_ptr(), ld, R, N, dst.data_ptr(),
+                                                        dtype == torch.float32, torch.get_num_threads())
+    assert torch.equal(dst, src[:, :N].t().to(dtype))
+
+
+@native
 def test_bf16_parameters(kernel_calls):
     """bf16 parameters and input (no autocast): the same kernels; gradients come back in bf16."""
     torch.manual_seed(1)

@@ -232,11 +232,23 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
                                              T * B, B, D, H, nt)
         dwt = torch.mm(xht, dG2)
         if n[3]:
-            dw_ih = torch.empty(4 * H, D, dtype=w_ih.dtype).copy_(dwt[:D].t())
+            dw_ih = _transposed(dwt[:D], w_ih.dtype, nt)
         if n[4]:
-            dw_hh = torch.empty(4 * H, H, dtype=w_hh.dtype).copy_(dwt[D:].t())
+            dw_hh = _transposed(dwt[D:], w_hh.dtype, nt)
     return (dx, DH.to(h0.dtype) if n[1] else None, DC.to(c0.dtype) if n[2] else None, dw_ih, dw_hh,
             db if n[5] else None, db if n[6] else None)
+
+
+def _transposed(rows, dtype, nthreads):
+    """``rows`` (R, N) bf16 (row-contiguous) transposed into a new (N, R) tensor of ``dtype``
+    (float32 or bf16: the weight's own), by the kernels' blocked transpose."""
+    R, N = rows.shape
+    out = torch.empty(N, R, dtype=dtype)
+    if dtype not in (torch.float32, _BF16) or rows.stride(1) != 1:
+        return out.copy_(rows.t())
+    _bf16_sequence_kernels.transpose_bf16(rows.data_ptr(), rows.stride(0), R, N, out.data_ptr(),
+                                          dtype == torch.float32, nthreads)
+    return out
 
 
 def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:

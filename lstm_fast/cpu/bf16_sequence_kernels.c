@@ -421,20 +421,35 @@ AMX static void bwd_worker_amx(void *arg) {
     const int64_t rlo = sb ? nrb * tm.tid / tm.nth * 16 : 0, rhi = sb ? nrb * (tm.tid + 1) / tm.nth * 16 : B;
     float *db = sb && a->db ? a->db_parts + tm.tid * 4 * H : a->db;
     const int64_t r1 = rhi < B ? rhi : B;
-    float scr[1024] __attribute__((aligned(64)));
+    float scr[2048] __attribute__((aligned(64)));   /* up to 32 rows: as the forward's pending cell */
     amx_configure();
     for (int64_t t = a->T - 1; t >= 0; --t) {
         for (int64_t jb = clo; jb < chi; ++jb) bwd_cell_rows(a, t, jb, rlo, r1, db);
         if (!sb) barrier(tm);
         for (int64_t nb = glo; nb < ghi; ++nb)
-            for (int64_t rb = rlo; rb < r1; rb += 16) {
-                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-                AMX_KLOOP(a->dG + (t * Bp + rb) * Kp, Kp * 2, a->Wq + nb * (Kp / 2) * 128, Kp / 32)
-                AMX_STORE4(scr)
-                const int64_t n = B - rb < 16 ? B - rb : 16;
-                for (int64_t r = 0; r < n; ++r)
-                    bwd_store(a, t, rb + r, nb * 64, _mm512_load_ps(scr + r * 16), _mm512_load_ps(scr + 256 + r * 16),
-                              _mm512_load_ps(scr + 512 + r * 16), _mm512_load_ps(scr + 768 + r * 16));
+            for (int64_t rb = rlo; rb < r1;) {
+                const uint16_t *g0 = a->dG + (t * Bp + rb) * Kp;
+                const char *wq = (const char *)(a->Wq + nb * (Kp / 2) * 128);
+                const int64_t rows = rb + 16 < r1 ? 32 : 16;   /* two row blocks per weight tile where there are */
+                if (rows == 32) {
+                    for (int q0 = 0; q0 < 4; q0 += 2) {
+                        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                        AMX_KLOOP22_THEN(g0, g0 + 16 * Kp, Kp * 2, wq, q0, Kp / 32, )
+                        _tile_stored(0, scr + q0 * 256, 64); _tile_stored(1, scr + q0 * 256 + 256, 64);
+                        _tile_stored(2, scr + 1024 + q0 * 256, 64); _tile_stored(3, scr + 1280 + q0 * 256, 64);
+                    }
+                } else {
+                    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                    AMX_KLOOP(g0, Kp * 2, wq, Kp / 32)
+                    AMX_STORE4(scr)
+                }
+                const int64_t n = B - rb < rows ? B - rb : rows;
+                for (int64_t r = 0; r < n; ++r) {
+                    const float *g = scr + (r >> 4) * 1024 + (r & 15) * 16;
+                    bwd_store(a, t, rb + r, nb * 64, _mm512_load_ps(g), _mm512_load_ps(g + 256),
+                              _mm512_load_ps(g + 512), _mm512_load_ps(g + 768));
+                }
+                rb += rows;
             }
         if (!sb) barrier(tm);
     }
@@ -575,6 +590,71 @@ static void xt_worker(void *arg) {
         }
     }
 }
+
+/* ---------------------------------------------------------------- weight-gradient transpose */
+/* dst (N, R) = src (R, N)^T, src bf16 with row stride ld, dst float32 or bf16: the weight
+ * gradients come out of the [X | h_prev]^T dG GEMM transposed, (D + H, 4H), and nn.LSTM keeps
+ * them (4H, D) and (4H, H). torch's strided copy ran at ~2 ns an element (0.24 ms of a 4 ms d2l
+ * training step at one thread); here 16 x 16 blocks go through registers: 16 row loads widened
+ * to float32, the 4-stage unpack/shuffle transpose, 16 row stores. Threads split the 16-column
+ * blocks of src. */
+typedef struct {
+    const uint16_t *src;
+    int64_t ld, R, N;
+    void *dst;
+    int dst_is_f32, nthreads;
+} tr_args;
+
+#if LSTM_X86
+BF16 INLINE void transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* r[4q + j] now holds, in each 128-bit lane L, rows 4L..4L+3 of column (4 * lane-slot) ...:
+     * two 128-bit shuffle stages put lane L of r[j], r[4 + j], r[8 + j], r[12 + j] together */
+    for (int j = 0; j < 4; ++j) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);          /* lanes 0, 2 of each */
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);      /* lanes 1, 3 */
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    }
+    for (int j = 0; j < 4; ++j) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+    }
+}
+
+BF16 static void tr_worker(void *arg) {
+    const tr_args *a = (const tr_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t nnb = (a->N + 15) / 16;
+    for (int64_t nb = nnb * tm.tid / tm.nth; nb < nnb * (tm.tid + 1) / tm.nth; ++nb) {
+        const int64_t n0 = nb * 16, nn = a->N - n0 < 16 ? a->N - n0 : 16;
+        const __mmask16 mn = tail_mask(n0, a->N);
+        for (int64_t r0 = 0; r0 < a->R; r0 += 16) {
+            const __mmask16 mr = tail_mask(r0, a->R);
+            __m512 v[16];
+            for (int i = 0; i < 16; ++i)
+                v[i] = r0 + i < a->R ? load_bf16(mn, a->src + (r0 + i) * a->ld + n0) : _mm512_setzero_ps();
+            transpose16(v);
+            for (int j = 0; j < nn; ++j) {   /* v[j]: column n0 + j, rows r0.. */
+                if (a->dst_is_f32) _mm512_mask_storeu_ps((float *)a->dst + (n0 + j) * a->R + r0, mr, v[j]);
+                else store_bf16((uint16_t *)a->dst + (n0 + j) * a->R + r0, mr, v[j]);
+            }
+        }
+    }
+}
+#endif
 
 /* ---------------------------------------------------------------- Python bindings */
 static int bf16_ok(void) {
@@ -726,6 +806,22 @@ static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, 
     Py_RETURN_NONE;
 }
 
+/* transpose_bf16(src, ld, R, N, dst, dst_is_f32, nthreads): dst (N, R) = src (R, N, row stride ld)^T. */
+static PyObject *py_transpose_bf16(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_CALL("transpose_bf16", 7, bf16_ok(), "AVX512-BF16")
+#if LSTM_X86
+    tr_args a = {PyLong_AsVoidPtr(args[0]), PyLong_AsLongLong(args[1]), PyLong_AsLongLong(args[2]),
+                 PyLong_AsLongLong(args[3]), PyLong_AsVoidPtr(args[4]), PyObject_IsTrue(args[5]),
+                 (int)PyLong_AsLong(args[6])};
+    if (PyErr_Occurred()) return NULL;
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(tr_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+#endif
+    Py_RETURN_NONE;
+}
+
 /* xh_transposed(X, h0, Y, out, R, B, D, H, nthreads): out (D + H, R) = [X | h_prev]^T. */
 static PyObject *py_xh_transposed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "xh_transposed takes 9 arguments"); return NULL; }
@@ -743,6 +839,7 @@ static PyObject *py_xh_transposed(PyObject *self, PyObject *const *args, Py_ssiz
 
 static PyMethodDef methods[] = {
     {"xh_transposed", (PyCFunction)(void (*)(void))py_xh_transposed, METH_FASTCALL, "[X | h_prev]^T in bf16"},
+    {"transpose_bf16", (PyCFunction)(void (*)(void))py_transpose_bf16, METH_FASTCALL, "bf16 (R, N) -> (N, R) float32 or bf16"},
     {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX512-BF16 sequence kernels"},
     {"amx_available", py_amx_available, METH_NOARGS, "whether this CPU (and kernel) runs the AMX-BF16 variants"},
     {"forward_seq_amx", (PyCFunction)(void (*)(void))py_forward_seq_amx, METH_FASTCALL, "bf16 LSTM forward on AMX tiles"},
