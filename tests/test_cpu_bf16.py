@@ -133,6 +133,7 @@ def test_split_policy(monkeypatch):
     """"auto" splits the batch only where the row blocks divide among the threads and the weight
     panels fit half a core's L2; "batch"/"hidden" force it; a bad value names the variable."""
     monkeypatch.setattr(bf16_sequence, "_L2_BYTES", 2 << 20)
+    monkeypatch.setattr(bf16_sequence, "SPLIT", "auto")
     assert bf16_sequence.split_batch(32, 580_000, 2)
     assert not bf16_sequence.split_batch(48, 580_000, 2), "3 row blocks on 2 threads"
     assert not bf16_sequence.split_batch(64, 2_600_000, 2), "weights past half the L2"

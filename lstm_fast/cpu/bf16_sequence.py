@@ -148,9 +148,12 @@ def prepare(w_ih, w_hh, b_ih, b_hh):
     """What the forward kernel reads: bf16 panels of W_ih and W_hh and the float32 summed bias
     (K padded to 32 for the AMX variant). Prepared on every call (one pass over the weights),
     never cached, as in :mod:`.sequence`."""
-    if use_amx():
-        return (pack_panels(w_ih, _up(w_ih.shape[1], 32)), pack_panels(w_hh, _up(w_hh.shape[1], 32)),
-                float_bias(b_ih, b_hh))
+    if use_amx():   # the bias as (4, H rounded up to 16): the accumulator tiles' starting value
+        bias = float_bias(b_ih, b_hh)
+        if bias is not None:
+            H = w_hh.shape[1]
+            bias = torch.nn.functional.pad(bias.view(4, H), (0, _up(H, 16) - H)).contiguous()
+        return pack_panels(w_ih, _up(w_ih.shape[1], 32)), pack_panels(w_hh, _up(w_hh.shape[1], 32)), bias
     return pack_panels(w_ih), pack_panels(w_hh), float_bias(b_ih, b_hh)
 
 

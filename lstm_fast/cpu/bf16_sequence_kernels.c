@@ -163,6 +163,8 @@ typedef struct {
     uint16_t *Hb;
     int64_t Bp, Dp, Hp;
     int split_batch;        /* AMX only: threads own 16-row blocks of the batch (see fwd_worker_amx) */
+    const float *bias_tiles; /* AMX only: the bias (4, H16), H16 = H rounded up to 16, zero padded, loaded
+                              * as the accumulator tiles' initial value (bias is NULL then) */
 } fwd_args;
 
 /* The LSTM cell for one row and 16 hidden units, from that row's four gate accumulators. */
@@ -180,8 +182,9 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
         h = _mm512_setzero_ps();
     }
     _mm512_mask_storeu_ps(c_out + row * H + j0, m, c);
-    store_bf16(a->Y + (t * a->B + row) * H + j0, m, h);
-    if (a->Hb) store_bf16(a->Hb + ((t & 1) * a->Bp + row) * a->Hp + j0, m, h);
+    const __m256i hb = (__m256i)_mm512_cvtneps_pbh(h);
+    _mm256_mask_storeu_epi16(a->Y + (t * a->B + row) * H + j0, m, hb);
+    if (a->Hb) _mm256_mask_storeu_epi16(a->Hb + ((t & 1) * a->Bp + row) * a->Hp + j0, m, hb);
     if (a->G) {
         /* bf16 (half the bytes of the largest saved tensor), blocked per step and 16 units:
          * G[t][j0/16][row][q][16], so the backward reads each (t, unit block) as one stream */
@@ -320,6 +323,11 @@ AMX static void amx_configure(void) {
         _tile_dpbf16ps(3, 5, 7);                                                                      \
         AFTER                                                                                         \
     }
+/* Accumulator tile T starts as gate Q's bias for units j0.. in every row (a row stride of 0), or 0:
+ * the bias add leaves the cell, whose vector work shares ports with the tile multiplies. */
+#define AMX_INIT(T, Q)                                                                                \
+    if (a->bias_tiles) _tile_loadd(T, a->bias_tiles + (Q) * ((H + 15) / 16 * 16) + j0, 0);            \
+    else _tile_zero(T);
 #define AMX_STORE4(SCR)                                                                               \
     _tile_stored(0, (SCR), 64); _tile_stored(1, (SCR) + 256, 64);                                     \
     _tile_stored(2, (SCR) + 512, 64); _tile_stored(3, (SCR) + 768, 64);
@@ -381,7 +389,7 @@ AMX static void fwd_worker_amx(void *arg) {
                 if (rows == 32) {
                     const uint16_t *x0 = a->X + (t * Bp + rb) * Dp, *h0 = hp + rb * Hp;
                     for (int q0 = 0; q0 < 4; q0 += 2) {
-                        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                        AMX_INIT(0, q0) AMX_INIT(1, q0 + 1) AMX_INIT(2, q0) AMX_INIT(3, q0 + 1)
                         AMX_KLOOP22_CELL(x0, x0 + 16 * Dp, Dp * 2, a->Px + jb * (Dp / 2) * 128, q0, Dp / 32, per_k)
                         AMX_KLOOP22_CELL(h0, h0 + 16 * Hp, Hp * 2, a->Ph + jb * (Hp / 2) * 128, q0, Hp / 32, per_k)
                         float *s = scr[cur] + q0 * 256;
@@ -389,7 +397,7 @@ AMX static void fwd_worker_amx(void *arg) {
                         _tile_stored(2, s + 1024, 64); _tile_stored(3, s + 1280, 64);
                     }
                 } else {
-                    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                    AMX_INIT(0, 0) AMX_INIT(1, 1) AMX_INIT(2, 2) AMX_INIT(3, 3)
                     AMX_KLOOP_CELL(a->X + (t * Bp + rb) * Dp, Dp * 2, a->Px + jb * (Dp / 2) * 128, Dp / 32, per_k)
                     AMX_KLOOP_CELL(hp + rb * Hp, Hp * 2, a->Ph + jb * (Hp / 2) * 128, Hp / 32, per_k)
                     AMX_STORE4(scr[cur])
@@ -706,8 +714,9 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 /* forward_seq_amx(Xp, Px, bias|None, Ph, Hb, c0, Y, C, G|None, T, B, D, H, nthreads, len|None, Bp, Dp, Hp,
- * split_batch): forward_seq's arguments with X padded to (T, Bp, Dp) and h0 in Hb[1] of Hb (2, Bp, Hp);
- * split_batch: threads own row blocks instead of unit blocks (fwd_worker_amx). */
+ * split_batch): forward_seq's arguments with X padded to (T, Bp, Dp), h0 in Hb[1] of Hb (2, Bp, Hp)
+ * and the bias as (4, H16), H16 = H rounded up to 16, zero padded; split_batch: threads own row
+ * blocks instead of unit blocks (fwd_worker_amx). */
 static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     CHECK_CALL("forward_seq_amx", 19, amx_ok(), "AMX-BF16")
 #if LSTM_X86
@@ -718,6 +727,8 @@ static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ss
     a.Dp = PyLong_AsLongLong(args[16]);
     a.Hp = PyLong_AsLongLong(args[17]);
     a.split_batch = PyObject_IsTrue(args[18]);
+    a.bias_tiles = a.bias;   /* (4, H16) here: into the accumulator tiles, not the cell */
+    a.bias = NULL;
     if (PyErr_Occurred()) return NULL;
     if (a.Bp % 16 || a.Bp < a.B || a.Dp % 32 || a.Dp < a.D || a.Hp % 32 || a.Hp < a.H) {
         PyErr_SetString(PyExc_ValueError, "forward_seq_amx: bad padding");
