@@ -189,11 +189,11 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
         /* bf16 (half the bytes of the largest saved tensor), blocked per step and 16 units:
          * G[t][j0/16][row][q][16], so the backward reads each (t, unit block) as one stream */
         uint16_t *g = a->G + ((t * ((H + 15) / 16) + j0 / 16) * a->B + row) * 80;
-        store_bf16(g, m, I);
-        store_bf16(g + 16, m, F);
-        store_bf16(g + 32, m, Ct);
-        store_bf16(g + 48, m, O);
-        store_bf16(g + 64, m, tc);                         /* the backward's tanh(c_t), not recomputed */
+        /* all 16 lanes (a block of G always has them; the backward reads only the unit lanes), two
+         * gates per conversion and store: [I | F], [C_tilda | O], tanh(c_t) (not recomputed) */
+        _mm512_storeu_si512(g, (__m512i)_mm512_cvtne2ps_pbh(F, I));
+        _mm512_storeu_si512(g + 32, (__m512i)_mm512_cvtne2ps_pbh(O, Ct));
+        _mm256_storeu_si256((__m256i *)(g + 64), (__m256i)_mm512_cvtneps_pbh(tc));
     }
 }
 
