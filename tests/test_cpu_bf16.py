@@ -179,14 +179,20 @@ def test_pack_panels_layout(H, K, k_pad, dtype, two_threads):
                          ids=["one-block", "d2l-dW", "short-rows-strided", "odd-both"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["to-f32", "to-bf16"])
 def test_weight_gradient_transpose(R, N, ld, dtype, two_threads):
-    """The blocked register transpose the weight gradients come out through equals torch's
-    transpose exactly (a conversion to float32 is exact), at partial 16 x 16 blocks on both sides
-    and a source row stride wider than its columns; every output element is written."""
+    """The blocked register transpose around the weight-gradient GEMM equals torch's transpose
+    exactly (a conversion to float32 is exact), at partial 16 x 16 blocks on both sides and a
+    source row stride wider than its columns; every output element is written."""
     src = torch.randn(R, ld).bfloat16()
     dst = torch.full((N, R), float("nan"), dtype=dtype)
-    bf16_sequence._bf16_sequence_kernels.transpose_bf16(src.data_ptr(), ld, R, N, dst.data_ptr(),
+    bf16_sequence._bf16_sequence_kernels.transpose_bf16(src.data_ptr(), ld, R, N, dst.data_ptr(), R,
                                                         dtype == torch.float32, torch.get_num_threads())
     assert torch.equal(dst, src[:, :N].t().to(dtype))
+    # into a column window of a wider buffer (the [X | h_prev]^T operand is built that way):
+    # nothing outside the window is touched
+    wide = torch.full((N, R + 21), float("nan"), dtype=dtype)
+    bf16_sequence._transpose(src[:, :N], wide[:, 5:5 + R], torch.get_num_threads())
+    assert torch.equal(wide[:, 5:5 + R], src[:, :N].t().to(dtype))
+    assert wide[:, :5].isnan().all() and wide[:, 5 + R:].isnan().all()
 
 
 @native

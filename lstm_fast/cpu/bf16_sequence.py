@@ -229,28 +229,30 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     if n[0]:      # bf16 GEMMs (oneDNN, float32 accumulation), as autocast runs them
         dx = torch.mm(dG2, w_ih.detach().to(_BF16)).view(T, B, D).to(x.dtype)
     if n[3] or n[4]:   # [dW_ih | dW_hh]^T = [X | h_prev]^T dG in one GEMM, both operands row-major
-        xc, hc = x.to(_BF16).contiguous(), h0.to(_BF16).contiguous()
-        xht = workspace.empty((D + H, T * B), _BF16)
-        _bf16_sequence_kernels.xh_transposed(xc.data_ptr(), hc.data_ptr(), Y.data_ptr(), xht.data_ptr(),
-                                             T * B, B, D, H, nt)
+        xht = workspace.empty((D + H, T * B), _BF16)   # [X | h_prev]^T: h_prev is h0, then Y[:-1]
+        _transpose(x.to(_BF16).reshape(T * B, D), xht[:D], nt)
+        _transpose(h0.to(_BF16), xht[D:, :B], nt)
+        if T > 1:
+            _transpose(Y[:-1].reshape((T - 1) * B, H), xht[D:, B:], nt)
         dwt = torch.mm(xht, dG2)
         if n[3]:
-            dw_ih = _transposed(dwt[:D], w_ih.dtype, nt)
+            dw_ih = _transpose(dwt[:D], torch.empty(4 * H, D, dtype=w_ih.dtype), nt)
         if n[4]:
-            dw_hh = _transposed(dwt[D:], w_hh.dtype, nt)
+            dw_hh = _transpose(dwt[D:], torch.empty(4 * H, H, dtype=w_hh.dtype), nt)
     return (dx, DH.to(h0.dtype) if n[1] else None, DC.to(c0.dtype) if n[2] else None, dw_ih, dw_hh,
             db if n[5] else None, db if n[6] else None)
 
 
-def _transposed(rows, dtype, nthreads):
-    """``rows`` (R, N) bf16 (row-contiguous) transposed into a new (N, R) tensor of ``dtype``
-    (float32 or bf16: the weight's own), by the kernels' blocked transpose."""
-    R, N = rows.shape
-    out = torch.empty(N, R, dtype=dtype)
-    if dtype not in (torch.float32, _BF16) or rows.stride(1) != 1:
-        return out.copy_(rows.t())
-    _bf16_sequence_kernels.transpose_bf16(rows.data_ptr(), rows.stride(0), R, N, out.data_ptr(),
-                                          dtype == torch.float32, nthreads)
+def _transpose(src, out, nthreads):
+    """``out`` (N, R) = ``src`` (R, N)^T, by the kernels' blocked transpose: ``src`` bf16 and
+    ``out`` float32 or bf16, each with unit column stride (any row stride: views of larger
+    buffers); other dtypes or layouts by torch's copy. Returns ``out``."""
+    R, N = src.shape
+    if (out.dtype not in (torch.float32, _BF16) or src.dtype != _BF16 or src.stride(1) != 1
+            or out.stride(1) != 1 or R == 0 or N == 0):
+        return out.copy_(src.t())
+    _bf16_sequence_kernels.transpose_bf16(src.data_ptr(), src.stride(0), R, N, out.data_ptr(), out.stride(0),
+                                          out.dtype == torch.float32, nthreads)
     return out
 
 

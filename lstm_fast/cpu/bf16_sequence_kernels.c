@@ -39,7 +39,7 @@
  *   W_hh (4H, H) float32 or bf16 -> P (ceil(H/64), Kpad/2, 128) bf16:
  *   P[j][p][u*2 + s] = bf16(W[2p + s][j*64 + u]), zero past H and past row 4H.
  * forward_seq_amx / backward_seq_amx: the same on AMX tiles, operands in zero-padded buffers
- *   (see the AMX section); xh_transposed: [X | h_prev]^T for the weight-gradient GEMM.
+ *   (see the AMX section); transpose_bf16: the blocked transpose around the weight-gradient GEMM.
  * available() -> bool: this CPU has AVX512-BF16 (and AVX512 F/BW/VL/DQ): the caller falls back
  *   to the float32 kernels on upcast operands otherwise. amx_available() -> bool: AMX-BF16 too,
  *   and the kernel granted this process the tile state.
@@ -569,47 +569,20 @@ static int pack_backward_panels(const void *W, int w_is_f32, int64_t H, int64_t 
     return 0;
 }
 
-/* ---------------------------------------------------------------- operand transpose */
-/* XHt (D + H, R) bf16 = [X | h_prev]^T for the weight gradients, R = T*B rows: row r of X (D
- * values), and h_prev[r] = h0[r] for r < B, Y[r - B] after. oneDNN runs dW^T = XHt @ dG (both
- * row-major) at AMX speed, while dG^T @ XH (a transposed bf16 operand) ran ~4x slower. Blocked by
- * 32 x 32 so reads and writes both stay within a few cache lines; threads split the rows r. */
-typedef struct {
-    const uint16_t *X, *h0, *Y;
-    uint16_t *out;
-    int64_t R, B, D, H;
-    int nthreads;
-} xt_args;
-
-static void xt_worker(void *arg) {
-    const xt_args *a = (const xt_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t nblk = (a->R + 31) / 32, K = a->D + a->H;
-    const int64_t lo = nblk * tm.tid / tm.nth * 32, hi = nblk * (tm.tid + 1) / tm.nth * 32;
-    for (int64_t r0 = lo; r0 < hi && r0 < a->R; r0 += 32) {
-        const int64_t r1 = r0 + 32 < a->R ? r0 + 32 : a->R;
-        for (int64_t k0 = 0; k0 < K; k0 += 32) {
-            const int64_t k1 = k0 + 32 < K ? k0 + 32 : K;
-            for (int64_t r = r0; r < r1; ++r) {
-                const uint16_t *xr = a->X + r * a->D;
-                const uint16_t *hr = r < a->B ? a->h0 + r * a->H : a->Y + (r - a->B) * a->H;
-                for (int64_t k = k0; k < k1; ++k) a->out[k * a->R + r] = k < a->D ? xr[k] : hr[k - a->D];
-            }
-        }
-    }
-}
-
-/* ---------------------------------------------------------------- weight-gradient transpose */
-/* dst (N, R) = src (R, N)^T, src bf16 with row stride ld, dst float32 or bf16: the weight
- * gradients come out of the [X | h_prev]^T dG GEMM transposed, (D + H, 4H), and nn.LSTM keeps
- * them (4H, D) and (4H, H). torch's strided copy ran at ~2 ns an element (0.24 ms of a 4 ms d2l
- * training step at one thread); here 16 x 16 blocks go through registers: 16 row loads widened
- * to float32, the 4-stage unpack/shuffle transpose, 16 row stores. Threads split the 16-column
- * blocks of src. */
+/* ---------------------------------------------------------------- transpose */
+/* dst (N, R) = src (R, N)^T, src bf16 with row stride ld, dst float32 or bf16 with row stride
+ * ldd. Two uses around the weight-gradient GEMM dW^T = [X | h_prev]^T dG (oneDNN runs it at AMX
+ * speed with both operands row-major; a transposed bf16 operand ran ~4x slower): building its
+ * [X | h_prev]^T operand, and turning its (D + H, 4H) result into nn.LSTM's (4H, D) and (4H, H)
+ * weight gradients. torch's strided copy ran at ~2 ns an element (0.24 ms of a 4 ms d2l training
+ * step at one thread, for the gradients alone); here 16 x 16 blocks go through registers: 16 row
+ * loads widened to float32, the 4-stage unpack/shuffle transpose, 16 row stores. Threads split
+ * the 16-column blocks of src. */
 typedef struct {
     const uint16_t *src;
     int64_t ld, R, N;
     void *dst;
+    int64_t ldd;
     int dst_is_f32, nthreads;
 } tr_args;
 
@@ -656,8 +629,8 @@ BF16 static void tr_worker(void *arg) {
                 v[i] = r0 + i < a->R ? load_bf16(mn, a->src + (r0 + i) * a->ld + n0) : _mm512_setzero_ps();
             transpose16(v);
             for (int j = 0; j < nn; ++j) {   /* v[j]: column n0 + j, rows r0.. */
-                if (a->dst_is_f32) _mm512_mask_storeu_ps((float *)a->dst + (n0 + j) * a->R + r0, mr, v[j]);
-                else store_bf16((uint16_t *)a->dst + (n0 + j) * a->R + r0, mr, v[j]);
+                if (a->dst_is_f32) _mm512_mask_storeu_ps((float *)a->dst + (n0 + j) * a->ldd + r0, mr, v[j]);
+                else store_bf16((uint16_t *)a->dst + (n0 + j) * a->ldd + r0, mr, v[j]);
             }
         }
     }
@@ -817,14 +790,16 @@ static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, 
     Py_RETURN_NONE;
 }
 
-/* transpose_bf16(src, ld, R, N, dst, dst_is_f32, nthreads): dst (N, R) = src (R, N, row stride ld)^T. */
+/* transpose_bf16(src, ld, R, N, dst, ldd, dst_is_f32, nthreads): dst (N, R) = src (R, N)^T, row
+ * strides ld (src) and ldd (dst). */
 static PyObject *py_transpose_bf16(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("transpose_bf16", 7, bf16_ok(), "AVX512-BF16")
+    CHECK_CALL("transpose_bf16", 8, bf16_ok(), "AVX512-BF16")
 #if LSTM_X86
     tr_args a = {PyLong_AsVoidPtr(args[0]), PyLong_AsLongLong(args[1]), PyLong_AsLongLong(args[2]),
-                 PyLong_AsLongLong(args[3]), PyLong_AsVoidPtr(args[4]), PyObject_IsTrue(args[5]),
-                 (int)PyLong_AsLong(args[6])};
+                 PyLong_AsLongLong(args[3]), PyLong_AsVoidPtr(args[4]), PyLong_AsLongLong(args[5]),
+                 PyObject_IsTrue(args[6]), (int)PyLong_AsLong(args[7])};
     if (PyErr_Occurred()) return NULL;
+    if (a.ld < a.N || a.ldd < a.R) { PyErr_SetString(PyExc_ValueError, "transpose_bf16: row stride below row length"); return NULL; }
     resolve_gomp();
     Py_BEGIN_ALLOW_THREADS
     run(tr_worker, &a, a.nthreads);
@@ -833,23 +808,7 @@ static PyObject *py_transpose_bf16(PyObject *self, PyObject *const *args, Py_ssi
     Py_RETURN_NONE;
 }
 
-/* xh_transposed(X, h0, Y, out, R, B, D, H, nthreads): out (D + H, R) = [X | h_prev]^T. */
-static PyObject *py_xh_transposed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "xh_transposed takes 9 arguments"); return NULL; }
-    void *p[4];
-    if (ptrs(args, 4, p)) return NULL;
-    xt_args a = {p[0], p[1], p[2], p[3], PyLong_AsLongLong(args[4]), PyLong_AsLongLong(args[5]),
-                 PyLong_AsLongLong(args[6]), PyLong_AsLongLong(args[7]), (int)PyLong_AsLong(args[8])};
-    if (PyErr_Occurred()) return NULL;
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(xt_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
-    {"xh_transposed", (PyCFunction)(void (*)(void))py_xh_transposed, METH_FASTCALL, "[X | h_prev]^T in bf16"},
     {"transpose_bf16", (PyCFunction)(void (*)(void))py_transpose_bf16, METH_FASTCALL, "bf16 (R, N) -> (N, R) float32 or bf16"},
     {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX512-BF16 sequence kernels"},
     {"amx_available", py_amx_available, METH_NOARGS, "whether this CPU (and kernel) runs the AMX-BF16 variants"},
