@@ -24,6 +24,14 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+@pytest.fixture(autouse=True)
+def _native_where_supported(monkeypatch):
+    """These tests are about the native kernels: run them wherever the CPU can ("auto" may judge
+    vdpbf16ps slower than float32 FMAs on a CPU without AMX); routing tests set MODE themselves."""
+    if bf16_sequence.cpu_supported():
+        monkeypatch.setattr(bf16_sequence, "MODE", "native")
+
+
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Count calls of the native forward (to assert which path ran)."""
@@ -83,6 +91,31 @@ def test_avx512_bf16_kernels_without_amx(T, B, D, H, kernel_calls, monkeypatch):
     USE_AMX off: the same error bound against float64 as nn.LSTM under autocast."""
     monkeypatch.setattr(bf16_sequence, "USE_AMX", False)
     test_autocast_error_is_nn_lstm_order(T, B, D, H, kernel_calls)
+
+
+@native
+def test_auto_without_amx_follows_the_measured_vdpbf16ps_gain(monkeypatch, kernel_calls):
+    """Without AMX, "auto" runs the vdpbf16ps kernels only where this core's vdpbf16ps out-multiplies
+    its float32 FMAs (measured), else the float32 kernels on upcast operands; with AMX it runs
+    the tile kernels whatever the probe says. The probe itself reports positive rates."""
+    gain = bf16_sequence.vdpbf16ps_gain()
+    assert 0 < gain < 100
+    m = FusedLSTM(4, 8)
+    x = torch.randn(3, 2, 4)
+    monkeypatch.setattr(bf16_sequence, "MODE", "auto")
+    monkeypatch.setattr(bf16_sequence, "USE_AMX", False)
+    for fake_gain, native_expected in ((2.0, True), (0.5, False)):
+        monkeypatch.setattr(bf16_sequence, "vdpbf16ps_gain", lambda g=fake_gain: g)
+        kernel_calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = m(x)
+        assert y.dtype == torch.bfloat16 and bool(kernel_calls) == native_expected, fake_gain
+    if bf16_sequence._CPU_HAS_AMX:
+        monkeypatch.setattr(bf16_sequence, "USE_AMX", True)
+        kernel_calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(x)
+        assert kernel_calls, "AMX: the tile kernels, whatever vdpbf16ps does"
 
 
 amx = pytest.mark.skipif(not bf16_sequence.use_amx(), reason="CPU without AMX-BF16")

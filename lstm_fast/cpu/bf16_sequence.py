@@ -11,13 +11,15 @@ gradients (one GEMM, ``[X | h_prev]^T dG``) are oneDNN bf16 GEMMs (float32 accum
 bf16 gate gradients the backward kernel writes.
 
 Which path bf16 CPU layers take is :func:`use_native` (env var ``LSTM_FAST_CPU_BF16``, or set
-:data:`MODE` at run time): ``"auto"`` (native kernels where the CPU has AVX512-BF16, else the
-float32 kernels on exactly upcast operands), ``"native"`` (these kernels; an error without
-AVX512-BF16) or ``"upcast"`` (always the float32 kernels).
+:data:`MODE` at run time): ``"auto"`` (these kernels where they beat the float32 kernels on
+exactly upcast operands: with AMX, or where this core's ``vdpbf16ps`` does more multiply-adds per
+second than its float32 FMAs, :func:`vdpbf16ps_gain`; else the float32 kernels), ``"native"``
+(these kernels; an error without AVX512-BF16) or ``"upcast"`` (always the float32 kernels).
 
 Saved for the backward: the activated gates and tanh(c_t) in bf16 (T, ceil(H/16), B, 5 x 16), the cell states
 (T, B, H) in float32, the bf16 outputs and inputs, the weights.
 """
+import functools
 import os
 import sys
 
@@ -46,6 +48,23 @@ def cpu_supported() -> bool:
     return _CPU_HAS_BF16
 
 
+#: In "auto" mode without AMX, the native kernels run where ``vdpbf16ps`` does at least this many
+#: times the multiply-adds per second of float32 FMAs (:func:`vdpbf16ps_gain`).
+NATIVE_MIN_GAIN = 1.25
+
+
+@functools.lru_cache(maxsize=None)
+def vdpbf16ps_gain() -> float:
+    """Multiply-adds per second of ``vdpbf16ps`` (32 per zmm) over ``vfmadd231ps`` (16) on this
+    core, measured once (~0.2 ms, best of 5 interleaved runs). Why measured: it is a property of
+    the core, not of the ISA flags. On the Intel Xeon this project measures on (AMX switched
+    off) it is 0.5: vdpbf16ps issues every ~2 cycles, so the bf16 vector kernels ran 1.4x slower
+    than the float32 ones and no faster than oneDNN's bf16 RNN; AMD's Zen 4 runs vdpbf16ps zmm
+    at its FMA rate (a gain of 2 by its documented rates, not measured here)."""
+    dp_ns, fma_ns = _bf16_sequence_kernels.probe_dot_rates(4000)
+    return (32 / dp_ns) / (16 / fma_ns)
+
+
 def use_native() -> bool:
     """Whether bf16 CPU layers run on these kernels now, per :data:`MODE`."""
     if MODE not in MODES:
@@ -53,7 +72,9 @@ def use_native() -> bool:
     if MODE == "native" and not _CPU_HAS_BF16:
         raise RuntimeError("LSTM_FAST_CPU_BF16=native: the bf16 kernels need a CPU with AVX512-BF16 "
                            "(and a build with a C compiler)")
-    return MODE == "native" or (MODE == "auto" and _CPU_HAS_BF16)
+    if MODE != "auto":
+        return MODE == "native"
+    return _CPU_HAS_BF16 and (use_amx() or vdpbf16ps_gain() >= NATIVE_MIN_GAIN)
 
 
 _BF16 = torch.bfloat16

@@ -51,6 +51,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
+#include <time.h>
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 #if LSTM_X86
 #define BF16 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512dq,avx512bw,fma")))
@@ -637,6 +644,70 @@ BF16 static void tr_worker(void *arg) {
 }
 #endif
 
+/* ---------------------------------------------------------------- dot-product throughput probe */
+/* Whether vdpbf16ps pays on this CPU is a property of the core, not of the ISA flags: on Intel
+ * cores measured here (Xeon with AMX, AMX off) one vdpbf16ps zmm (32 multiply-adds) issues every
+ * ~2 cycles, a quarter of the rate of vfmadd231ps (16 each, 2 a cycle): half the multiply-adds,
+ * so the float32 kernels on exactly upcast operands beat the bf16 ones; AMD's Zen 4 issues
+ * vdpbf16ps zmm at its FMA rate (twice the multiply-adds). probe_dot_rates() times both on 12
+ * independent accumulators (throughput, not latency) and returns nanoseconds per instruction. */
+#if LSTM_X86
+#define PROBE_ACCS 12
+BF16 static double probe_dp(long n) {
+    __m512 c[PROBE_ACCS];
+    for (int i = 0; i < PROBE_ACCS; ++i) c[i] = _mm512_setzero_ps();
+    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3c003c00), y = x;   /* tiny values: no overflow */
+    const double t0 = now_seconds();
+    for (long k = 0; k < n; ++k) {
+        for (int i = 0; i < PROBE_ACCS; ++i) c[i] = _mm512_dpbf16_ps(c[i], x, y);
+        __asm__ volatile("" : "+v"(x));   /* keep the loop: x may change */
+    }
+    const double t = now_seconds() - t0;
+    float sink = 0;
+    for (int i = 0; i < PROBE_ACCS; ++i) sink += _mm512_reduce_add_ps(c[i]);
+    __asm__ volatile("" : : "x"(sink));
+    return t / ((double)n * PROBE_ACCS) * 1e9;
+}
+
+BF16 static double probe_fma(long n) {
+    __m512 c[PROBE_ACCS];
+    for (int i = 0; i < PROBE_ACCS; ++i) c[i] = _mm512_setzero_ps();
+    __m512 x = _mm512_set1_ps(1e-3f), y = x;
+    const double t0 = now_seconds();
+    for (long k = 0; k < n; ++k) {
+        for (int i = 0; i < PROBE_ACCS; ++i) c[i] = _mm512_fmadd_ps(x, y, c[i]);
+        __asm__ volatile("" : "+v"(x));
+    }
+    const double t = now_seconds() - t0;
+    float sink = 0;
+    for (int i = 0; i < PROBE_ACCS; ++i) sink += _mm512_reduce_add_ps(c[i]);
+    __asm__ volatile("" : : "x"(sink));
+    return t / ((double)n * PROBE_ACCS) * 1e9;
+}
+#endif
+
+static int bf16_ok(void);
+
+/* probe_dot_rates(iterations) -> (ns per vdpbf16ps, ns per vfmadd231ps), each the best of 5
+ * interleaved runs (a busy machine slows a run, never speeds one up). */
+static PyObject *py_probe_dot_rates(PyObject *self, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (n <= 0) { PyErr_SetString(PyExc_ValueError, "probe_dot_rates: iterations must be positive"); return NULL; }
+    if (!bf16_ok()) { PyErr_SetString(PyExc_RuntimeError, "probe_dot_rates needs AVX512-BF16"); return NULL; }
+    double dp = 1e30, fm = 1e30;
+#if LSTM_X86
+    Py_BEGIN_ALLOW_THREADS
+    for (int r = 0; r < 5; ++r) {
+        const double a = probe_dp(n), b = probe_fma(n);
+        dp = a < dp ? a : dp;
+        fm = b < fm ? b : fm;
+    }
+    Py_END_ALLOW_THREADS
+#endif
+    return Py_BuildValue("(dd)", dp, fm);
+}
+
 /* ---------------------------------------------------------------- Python bindings */
 static int bf16_ok(void) {
 #if LSTM_X86
@@ -809,6 +880,7 @@ static PyObject *py_transpose_bf16(PyObject *self, PyObject *const *args, Py_ssi
 }
 
 static PyMethodDef methods[] = {
+    {"probe_dot_rates", py_probe_dot_rates, METH_O, "(ns per vdpbf16ps, ns per vfmadd231ps) on this core"},
     {"transpose_bf16", (PyCFunction)(void (*)(void))py_transpose_bf16, METH_FASTCALL, "bf16 (R, N) -> (N, R) float32 or bf16"},
     {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX512-BF16 sequence kernels"},
     {"amx_available", py_amx_available, METH_NOARGS, "whether this CPU (and kernel) runs the AMX-BF16 variants"},
