@@ -160,10 +160,15 @@ def main(argv=None):
     env = environment("cpu")
     env.setdefault("load_average", list(os.getloadavg()))   # a shared machine: say how busy it was
     env.setdefault("cores", os.cpu_count())
-    env.update(native_bf16=bf16_sequence.use_native(), amx=bf16_sequence.use_amx(),
+    # settings that change either side's path: ours (LSTM_FAST_*) and oneDNN's (ONEDNN_MAX_CPU_ISA=
+    # AVX512_CORE_BF16 takes AMX away from nn.LSTM too: an AVX512-BF16-only CPU's instruction set)
+    settings = {k: v for k, v in sorted(os.environ.items()) if k.startswith(("LSTM_FAST_", "ONEDNN_", "DNNL_"))}
+    env.update(native_bf16=bf16_sequence.use_native(), amx=bf16_sequence.use_amx(), settings=settings,
+               vdpbf16ps_gain=bf16_sequence.vdpbf16ps_gain() if bf16_sequence.cpu_supported() else None,
                cpu_flags=sorted(f for f in open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()
                                 if f.startswith(("avx512_bf16", "amx"))) if os.path.exists("/proc/cpuinfo") else [])
-    doc = {"kind": "cpu-bf16", "environment": env, "command": " ".join(["python", "benchmarks/cpu_bf16.py"] + (argv or sys.argv[1:])),
+    command = [f"{k}={v}" for k, v in settings.items()] + ["python", "benchmarks/cpu_bf16.py"] + (argv or sys.argv[1:])
+    doc = {"kind": "cpu-bf16", "environment": env, "command": " ".join(command),
            "commit": git_commit(), "rows": layer_rows(shape_set(a.shapes), a.rounds, a.round_seconds, log)}
     if a.train_rounds:
         doc["train"] = train_rows(a.train_rounds, a.train_epochs, a.full_epochs, log, a.threads)

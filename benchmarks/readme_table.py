@@ -154,8 +154,14 @@ def render_bf16():
     for f, doc in load("cpu-bf16"):
         by = {(r["implementation"], r["dtype"], r["mode"], r["B"], r["T"], r["D"], r["H"]): r for r in doc["rows"]}
         env = doc["environment"]
-        lines = [f"From {provenance(f, doc)}; bf16 path: {'AMX tiles' if env.get('amx') else 'AVX512-BF16'}"
-                 f"{'' if env.get('native_bf16', True) else ' (not available: upcast)'}:", "",
+        if env.get("native_bf16", True):
+            path = "our AMX tile kernels" if env.get("amx") else "our AVX512-BF16 (vdpbf16ps) kernels"
+        else:
+            path = "our float32 kernels on exactly upcast operands"
+        gain = env.get("vdpbf16ps_gain")
+        if gain is not None:
+            path += f"; vdpbf16ps multiply-adds/s over float32 FMAs on this core: {gain:.2f}"
+        lines = [f"From {provenance(f, doc)}; bf16 path: {path}:", "",
                  "| shape (B, T, D, H) | mode | precision | nn.LSTM tokens/sec (IQR) | FusedLSTM tokens/sec (IQR) "
                  "| FusedLSTM / nn.LSTM |", "|---|---|---|---:|---:|---:|"]
         for (impl, prec, mode, B, T, D, H), r in sorted(by.items(), key=lambda kv: (kv[0][3] * kv[0][4] * kv[0][6],
