@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .cpu import sequence as cpu_sequence, stepwise as cpu_stepwise
+from .cpu import bf16_sequence as cpu_bf16, sequence as cpu_sequence, stepwise as cpu_stepwise
 from .backends import resolve_backend
 from .functional import check_lengths
 
@@ -25,6 +25,8 @@ def _implementation(backend, x, w_hh, lengths):
     chosen = resolve_backend(backend, x.device.type)
     if chosen == "cpu" and cpu_sequence.available_for(x, w_hh):
         return cpu_sequence, True
+    if chosen == "cpu" and _native_bf16(x, w_hh):
+        return cpu_bf16, True
     if chosen == "triton":
         from . import triton_function
         return triton_function, True
@@ -34,14 +36,23 @@ def _implementation(backend, x, w_hh, lengths):
     return cpu_stepwise, False
 
 
+def _native_bf16(x, w_hh):
+    """Whether a CPU layer runs on the bf16 kernels: bf16 ``x`` (the weights float32 or bf16, as
+    eager passes them under autocast) and :func:`lstm_fast.cpu.bf16_sequence.available_for`."""
+    return x.dtype == torch.bfloat16 and cpu_bf16.available_for(x, w_hh)
+
+
 def _saved_shapes(x, w_hh, backend):
-    """Shapes and dtype of (G, C) for the implementation that will run (the fake impl's answer)."""
+    """Shapes and dtypes of (G, C) for the implementation that will run (the fake impl's answer)."""
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
+    if resolve_backend(backend, x.device.type) == "cpu" and _native_bf16(x, w_hh):
+        # the bf16 kernels: gates and tanh(c_t) in bf16 blocks of 16 units, float32 cell states
+        return (T, (H + 15) // 16, B, 80), (T, B, H), (torch.bfloat16, torch.float32)
     triton = backend == "triton" or (backend == "auto" and x.device.type == "cuda")
     # Triton keeps G, C in float32 (float64 for float64); the CPU implementations in x's dtype.
     acc = (torch.float64 if x.dtype == torch.float64 else torch.float32) if triton else x.dtype
-    return (T, B, 4 * H), ((T + 1) if triton else T, B, H), acc
+    return (T, B, 4 * H), ((T + 1) if triton else T, B, H), (acc, acc)
 
 
 @torch.library.custom_op("lstm_fast::lstm_forward", mutates_args=())
@@ -59,9 +70,9 @@ def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, 
 def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, backend):
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
-    g_shape, c_shape, acc = _saved_shapes(x, w_hh, backend)
+    g_shape, c_shape, (g_dtype, c_dtype) = _saved_shapes(x, w_hh, backend)
     return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H),
-            x.new_empty(g_shape, dtype=acc), x.new_empty(c_shape, dtype=acc))
+            x.new_empty(g_shape, dtype=g_dtype), x.new_empty(c_shape, dtype=c_dtype))
 
 
 @torch.library.custom_op("lstm_fast::lstm_backward", mutates_args=())

@@ -135,17 +135,25 @@ def _compiled_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths):
     """The layer under torch.compile: one custom op (:mod:`lstm_fast.custom_ops`), with eager's
     dtype rules applied around it as traceable casts. A custom op has no autocast kernel, so
     autocast is applied here (operands in the autocast dtype, c_0 as given, outputs in the
-    autocast dtype); on the CPU 16-bit operands run on the float32 kernels, as eager does where
-    it has no bf16 kernels."""
+    autocast dtype). On the CPU, bf16 runs on the native bf16 kernels where eager does (the
+    same operands: bf16 input and h_0, the weights as given), other 16-bit operands on the
+    float32 kernels. Which one is decided at trace time (:func:`lstm_fast.cpu.bf16_sequence.use_native`
+    is taken as constant: changing ``bf16_sequence.MODE`` later needs a new compile)."""
     from .custom_ops import lstm_layer_op
     device = x.device.type
     if torch.is_autocast_enabled(device):
         ac = torch.get_autocast_dtype(device)
+        if ac == torch.bfloat16 and resolve_backend(backend, device) == "cpu" and cpu_bf16.available_for(x, w_hh):
+            # As eager: the native bf16 kernels, taking the float32 weights as they are.
+            with torch.autocast(device, enabled=False):
+                return lstm_layer_op(x.to(ac), h0.to(ac), c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)
         cast = lambda t: None if t is None else t.to(ac)  # noqa: E731
         with torch.autocast(device, enabled=False):
             return _compiled_layer(cast(x), cast(h0), c0, cast(w_ih), cast(w_hh), cast(b_ih), cast(b_hh), backend,
                                    lengths)
     if resolve_backend(backend, device) == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        if x.dtype == torch.bfloat16 and cpu_bf16.available_for(x, w_hh):
+            return lstm_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths)   # native bf16 kernels
         up = lambda t: None if t is None else t.float()  # noqa: E731
         y, (h, c) = lstm_layer_op(up(x), up(h0), up(c0), up(w_ih), up(w_hh), up(b_ih), up(b_hh), backend, lengths)
         return y.to(x.dtype), (h.to(x.dtype), c.to(x.dtype))

@@ -65,6 +65,7 @@ def vdpbf16ps_gain() -> float:
     return (32 / dp_ns) / (16 / fma_ns)
 
 
+@torch.compiler.assume_constant_result
 def use_native() -> bool:
     """Whether bf16 CPU layers run on these kernels now, per :data:`MODE`."""
     if MODE not in MODES:
@@ -260,8 +261,10 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
             dw_ih = _transpose(dwt[:D], torch.empty(4 * H, D, dtype=w_ih.dtype), nt)
         if n[4]:
             dw_hh = _transpose(dwt[D:], torch.empty(4 * H, H, dtype=w_hh.dtype), nt)
+    db = None if db is None else db.to(w_hh.dtype)   # the biases' dtype (the custom op declares it so)
+    # db_ih and db_hh are equal but distinct tensors (a custom op's outputs may not alias)
     return (dx, DH.to(h0.dtype) if n[1] else None, DC.to(c0.dtype) if n[2] else None, dw_ih, dw_hh,
-            db if n[5] else None, db if n[6] else None)
+            db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 
 
 def _transpose(src, out, nthreads):
