@@ -109,6 +109,36 @@ BF16 INLINE __m512 v_tanh_fast(__m512 x) {
     return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), v_recip(_mm512_add_ps(one, e)), one);
 }
 
+/* r[0..15] (16 rows of 16 lanes, any 32-bit data: only moved) transposed in place: r[j] lane i
+ * becomes r[i] lane j. The 4-stage unpack / 128-bit shuffle network. */
+BF16 INLINE void transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* r[4q + j] now holds, in each 128-bit lane L, rows 4L..4L+3 of column (4 * lane-slot) ...:
+     * two 128-bit shuffle stages put lane L of r[j], r[4 + j], r[8 + j], r[12 + j] together */
+    for (int j = 0; j < 4; ++j) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);          /* lanes 0, 2 of each */
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);      /* lanes 1, 3 */
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    }
+    for (int j = 0; j < 4; ++j) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+    }
+}
+
 /* The pair (a[k], a[k+1]) as one 32-bit lane value, broadcast to all 16 lanes. */
 BF16 INLINE __m512bh pair(const uint16_t *a, int64_t k) {
     uint32_t v;
@@ -490,11 +520,10 @@ static void row_to_bf16(const void *W, int w_is_f32, int64_t r, int64_t K, uint1
 #endif
 
 /* P32[j][p][q*16 + u] = the pair (W[q*H + j*16 + u][2p], [2p + 1]); rows past H and k past K
- * are zero. Threads split the panels j. Within a panel, PACK_CHUNK pair rows at a time (16 KB of
- * panel, which stays in L1 while all 64 of its source rows are written in): each row's segment
- * is converted with vcvtne2ps2bf16 (or loaded, for bf16) and scattered down its column of pairs,
- * 16 at a time. One pass over W per call (run on every call, never cached: see prepare()). */
-#define PACK_CHUNK 64
+ * are zero. Threads split the panels j. Per gate q and 16 pair rows: the 16 units' rows are read
+ * (32 k each, converted with vcvtne2ps2bf16, or loaded for bf16), transposed as a 16 x 16 block
+ * of 32-bit pairs in registers, and stored as 16 contiguous 64-byte runs. One pass over W per call
+ * (run on every call, never cached: see prepare()). */
 #if LSTM_X86
 typedef struct {
     const void *W;
@@ -504,43 +533,33 @@ typedef struct {
     int nthreads;
 } pack_args;
 
-/* buf[i] = the pair (W[r][k0 + 2i], W[r][k0 + 2i + 1]) as bf16, i < n, zero at k >= K. */
-BF16 INLINE void row_pairs(const pack_args *a, int64_t r, int64_t k0, int64_t n, uint32_t *buf) {
-    for (int64_t i = 0; i < n; i += 16) {
-        const int64_t k = k0 + 2 * i, left = a->K - k;
-        const __mmask16 m0 = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : 0;
-        const __mmask16 m1 = left >= 32 ? 0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1u) : 0;
-        __m512i v;
-        if (a->w_is_f32) {
-            const float *src = (const float *)a->W + r * a->K + k;
-            v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, src + 16), _mm512_maskz_loadu_ps(m0, src));
-        } else {
-            v = _mm512_maskz_loadu_epi16((__mmask32)m0 | (__mmask32)m1 << 16, (const uint16_t *)a->W + r * a->K + k);
-        }
-        _mm512_store_si512(buf + i, v);
+/* The 16 bf16 pairs (W[r][k0 + 2i], W[r][k0 + 2i + 1]), i < 16, as the 32-bit lanes of one
+ * vector (zero at k >= K). */
+BF16 INLINE __m512 row_pairs(const pack_args *a, int64_t r, int64_t k0) {
+    const int64_t left = a->K - k0;
+    const __mmask16 m0 = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : 0;
+    const __mmask16 m1 = left >= 32 ? 0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1u) : 0;
+    if (a->w_is_f32) {
+        const float *src = (const float *)a->W + r * a->K + k0;
+        return (__m512)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, src + 16), _mm512_maskz_loadu_ps(m0, src));
     }
+    return (__m512)_mm512_maskz_loadu_epi16((__mmask32)m0 | (__mmask32)m1 << 16, (const uint16_t *)a->W + r * a->K + k0);
 }
 
 BF16 static void pack_worker(void *arg) {
     const pack_args *a = (const pack_args *)arg;
     team_t tm = team(a->nthreads);
     const int64_t H = a->H, nb = (H + 15) / 16, np = (a->Kpad + 1) / 2;
-    const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                           _mm512_set1_epi32(64));
-    uint32_t buf[PACK_CHUNK + 16] __attribute__((aligned(64)));
     for (int64_t j = nb * tm.tid / tm.nth; j < nb * (tm.tid + 1) / tm.nth; ++j)
-        for (int64_t p0 = 0; p0 < np; p0 += PACK_CHUNK) {
-            const int64_t n = np - p0 < PACK_CHUNK ? np - p0 : PACK_CHUNK;
-            for (int q = 0; q < 4; ++q)
-                for (int64_t u = 0; u < 16; ++u) {
-                    if (j * 16 + u < H) row_pairs(a, q * H + j * 16 + u, 2 * p0, n, buf);
-                    else memset(buf, 0, sizeof buf);
-                    uint32_t *dst = a->P32 + (j * np + p0) * 64 + q * 16 + u;
-                    for (int64_t i = 0; i < n; i += 16)
-                        _mm512_mask_i32scatter_epi32(dst + i * 64, n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1u),
-                                                     idx, _mm512_load_si512(buf + i), 4);
-                }
-        }
+        for (int q = 0; q < 4; ++q)
+            for (int64_t p0 = 0; p0 < np; p0 += 16) {
+                __m512 v[16];   /* v[u]: 16 pairs of unit j*16 + u; transposed, v[i]: pair p0 + i of 16 units */
+                for (int u = 0; u < 16; ++u)
+                    v[u] = j * 16 + u < H ? row_pairs(a, q * H + j * 16 + u, 2 * p0) : _mm512_setzero_ps();
+                transpose16(v);
+                const int64_t n = np - p0 < 16 ? np - p0 : 16;
+                for (int64_t i = 0; i < n; ++i) _mm512_storeu_ps((float *)(a->P32 + (j * np + p0 + i) * 64 + q * 16), v[i]);
+            }
 }
 #endif
 
@@ -594,34 +613,6 @@ typedef struct {
 } tr_args;
 
 #if LSTM_X86
-BF16 INLINE void transpose16(__m512 *r) {
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-    }
-    /* r[4q + j] now holds, in each 128-bit lane L, rows 4L..4L+3 of column (4 * lane-slot) ...:
-     * two 128-bit shuffle stages put lane L of r[j], r[4 + j], r[8 + j], r[12 + j] together */
-    for (int j = 0; j < 4; ++j) {
-        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);          /* lanes 0, 2 of each */
-        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);      /* lanes 1, 3 */
-        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
-    }
-    for (int j = 0; j < 4; ++j) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
-        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
-        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
-    }
-}
-
 BF16 static void tr_worker(void *arg) {
     const tr_args *a = (const tr_args *)arg;
     team_t tm = team(a->nthreads);
