@@ -172,6 +172,7 @@ def render_bf16():
             n = B * T
             lines.append(f"| {B}, {T}, {D}, {H} | {mode} | {prec} | {t['tokens_per_sec']:,.0f} ({_iqr(t, n)}) | "
                          f"{r['tokens_per_sec']:,.0f} ({_iqr(r, n)}) | {r['tokens_per_sec'] / t['tokens_per_sec']:.2f}x |")
+        lines += ["", _bf16_goals(by, doc.get("train"))]
         tr = doc.get("train")
         if tr:
             fp, bf = tr["fp32"], tr["bf16"]
@@ -188,6 +189,32 @@ def render_bf16():
                           "```", *full["output"][-4:], "```"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) or "No bf16 results measured yet."
+
+
+#: Issue 13's speed goals for bf16 against nn.LSTM under the same autocast.
+BF16_GOAL_SHAPES = ((32, 35, 28, 256), (64, 100, 128, 512))
+BF16_GOAL, BF16_FLOOR, BF16_TRAIN_GOAL = 1.5, 1.2, 1.5
+
+
+def _bf16_goals(by, train):
+    """One line: which of issue 13's goals this file's medians meet (>= 1.5x at the d2l shape and
+    B64 T100 D128 H512 in training and inference, >= 1.2x on every measured shape, the bf16
+    training run >= 1.5x the float32 one)."""
+    ratios = {}
+    for (impl, prec, mode, B, T, D, H), r in by.items():
+        if impl == "fused" and prec == "autocast-bf16" and ("torch", prec, mode, B, T, D, H) in by:
+            ratios[(mode, B, T, D, H)] = r["tokens_per_sec"] / by[("torch", prec, mode, B, T, D, H)]["tokens_per_sec"]
+    goal = {k: v for k, v in ratios.items() if k[1:] in BF16_GOAL_SHAPES}
+    short = [f"{k[0]} B{k[1]} T{k[2]} D{k[3]} H{k[4]} ({v:.2f}x)" for k, v in sorted(goal.items()) if v < BF16_GOAL]
+    parts = [f"{BF16_GOAL}x at the two goal shapes: " + ("met in all "
+             f"{len(goal)}" if not short else f"met in {len(goal) - len(short)} of {len(goal)}, short in " + ", ".join(short))]
+    low = min(ratios.values()) if ratios else None
+    if low is not None:
+        parts.append(f"{BF16_FLOOR}x everywhere: {'met' if low >= BF16_FLOOR else 'short'} (lowest {low:.2f}x)")
+    if train:
+        ok = train["bf16_over_fp32"] >= BF16_TRAIN_GOAL
+        parts.append(f"train bf16 {BF16_TRAIN_GOAL}x the fp32 run: {'met' if ok else 'short'} ({train['bf16_over_fp32']:.2f}x)")
+    return "Issue 13's goals, from the medians above: " + "; ".join(parts) + "."
 
 
 RENDER = {"results": render_results, "status": render_status, "packed": render_packed, "epoch": render_epoch,
