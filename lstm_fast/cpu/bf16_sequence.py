@@ -196,14 +196,13 @@ def forward(x, h0, c0, prepared, save, lengths=None):
             xp = workspace.zeros((T, Bp, Dp), _BF16)
             xp[:, :B, :D] = x
             x = xp
-        hb = workspace.zeros((2, Bp, Hp), _BF16)
-        hb[1, :B, :H] = h0
+        hb = workspace.zeros((2, Bp, Hp), _BF16)   # the h operand buffers (tile-blocked; h0 copied in by C)
         nt = torch.get_num_threads()
         _bf16_sequence_kernels.forward_seq_amx(
-            x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(), hb.data_ptr(),
+            x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(), h0.data_ptr(),
             c0.data_ptr(), Y.data_ptr(), C.data_ptr(), None if G is None else G.data_ptr(), T, B, D, H,
             nt, None if lengths is None else lengths.data_ptr(), Bp, Dp, Hp,
-            split_batch(Bp, (px.numel() + ph.numel()) * 2, nt))
+            split_batch(Bp, (px.numel() + ph.numel()) * 2, nt), hb.data_ptr())
         return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
     _bf16_sequence_kernels.forward_seq(
         x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(), h0.data_ptr(),

@@ -196,7 +196,9 @@ typedef struct {
     const uint16_t *zero;   /* max(D, H) + 1 zeros: the A row of tile rows past the batch */
     const int64_t *len;
     /* AMX only: X padded to (T, Bp, Dp), h operand buffers Hb (2, Bp, Hp) (h_{t-1} in
-     * Hb[(t + 1) & 1]), zero padded; Bp a multiple of 16, Dp and Hp of 32. */
+     * Hb[(t + 1) & 1]), zero padded; Bp a multiple of 16, Dp and Hp of 32. Each Hb[i] is
+     * tile-blocked, (Bp / 16, Hp / 32, 16, 32): every A tile one contiguous kilobyte (strided
+     * 16-row tiles measured ~10% slower multiplies where the weights fill L2). */
     uint16_t *Hb;
     int64_t Bp, Dp, Hp;
     int split_batch;        /* AMX only: threads own 16-row blocks of the batch (see fwd_worker_amx) */
@@ -221,7 +223,9 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
     _mm512_mask_storeu_ps(c_out + row * H + j0, m, c);
     const __m256i hb = (__m256i)_mm512_cvtneps_pbh(h);
     _mm256_mask_storeu_epi16(a->Y + (t * a->B + row) * H + j0, m, hb);
-    if (a->Hb) _mm256_mask_storeu_epi16(a->Hb + ((t & 1) * a->Bp + row) * a->Hp + j0, m, hb);
+    if (a->Hb)   /* tile-blocked: [16-row block][32-unit block][16 rows][32 units] */
+        _mm256_mask_storeu_epi16(a->Hb + (t & 1) * a->Bp * a->Hp + ((row >> 4) * (a->Hp >> 5) + (j0 >> 5)) * 512 +
+                                 (row & 15) * 32 + (j0 & 31), m, hb);
     if (a->G) {
         /* bf16 (half the bytes of the largest saved tensor), blocked per step and 16 units:
          * G[t][j0/16][row][q][16], so the backward reads each (t, unit block) as one stream */
@@ -326,12 +330,14 @@ AMX static void amx_configure(void) {
     _tile_loadconfig(&cfg);
 }
 
-/* C tiles 0-3 += A (16 rows at A, row stride lda bytes, 32 k per step, nk steps) x the four B
- * tiles of each step's 16 pair rows of panel P (256 bytes per pair row); AFTER after each step. */
-#define AMX_KLOOP_THEN(A, LDA, P, NK, AFTER)                                                          \
+/* C tiles 0-3 += A (16 rows at A, row stride LDA bytes, 32 k per step, step k's tile at A + k
+ * AK bytes, NK steps) x the four B tiles of each step's 16 pair rows of panel P (256 bytes per
+ * pair row); AFTER after each step. Row-major operands: LDA = the row's bytes, AK = 64; the h
+ * operand's tile-blocked buffer (see fwd_args.Hb): LDA = 64, AK = 1024. */
+#define AMX_KLOOP_THEN(A, LDA, AK, P, NK, AFTER)                                                      \
     for (int64_t kb = 0; kb < (NK); ++kb) {                                                           \
         const char *pb = (const char *)(P) + kb * 16 * 256;                                           \
-        _tile_loadd(4, (const char *)(A) + kb * 64, (LDA));                                           \
+        _tile_loadd(4, (const char *)(A) + kb * (AK), (LDA));                                         \
         _tile_loadd(5, pb, 256);                                                                      \
         _tile_dpbf16ps(0, 4, 5);                                                                      \
         _tile_loadd(6, pb + 64, 256);                                                                 \
@@ -342,20 +348,20 @@ AMX static void amx_configure(void) {
         _tile_dpbf16ps(3, 4, 5);                                                                      \
         AFTER                                                                                         \
     }
-#define AMX_KLOOP(A, LDA, P, NK) AMX_KLOOP_THEN(A, LDA, P, NK, )
+#define AMX_KLOOP(A, LDA, P, NK) AMX_KLOOP_THEN(A, LDA, 64, P, NK, )
 /* Two row blocks at once, two gates (columns q0, q0 + 1 of the panel) at a time: C tiles 0, 1 +=
  * rows A0 x gates q0, q0 + 1; tiles 2, 3 += rows A1 x the same. Each B tile (weights, from L2)
  * serves two row blocks: half the weight loads of AMX_KLOOP_THEN per multiply, which is what
  * bounds the forward once the batch has 32 rows or more. */
-#define AMX_KLOOP22_THEN(A0, A1, LDA, P, Q0, NK, AFTER)                                               \
+#define AMX_KLOOP22_THEN(A0, A1, LDA, AK, P, Q0, NK, AFTER)                                           \
     for (int64_t kb = 0; kb < (NK); ++kb) {                                                           \
         const char *pb = (const char *)(P) + kb * 16 * 256 + (Q0) * 64;                               \
-        _tile_loadd(4, (const char *)(A0) + kb * 64, (LDA));                                          \
+        _tile_loadd(4, (const char *)(A0) + kb * (AK), (LDA));                                        \
         _tile_loadd(6, pb, 256);                                                                      \
         _tile_dpbf16ps(0, 4, 6);                                                                      \
         _tile_loadd(7, pb + 64, 256);                                                                 \
         _tile_dpbf16ps(1, 4, 7);                                                                      \
-        _tile_loadd(5, (const char *)(A1) + kb * 64, (LDA));                                          \
+        _tile_loadd(5, (const char *)(A1) + kb * (AK), (LDA));                                        \
         _tile_dpbf16ps(2, 5, 6);                                                                      \
         _tile_dpbf16ps(3, 5, 7);                                                                      \
         AFTER                                                                                         \
@@ -390,11 +396,11 @@ AMX INLINE void cell_rows(const fwd_args *a, pending_cell *p, int64_t upto) {
 }
 
 /* AMX_KLOOP with ``rows`` rows of the pending cell after each k step. */
-#define AMX_KLOOP_CELL(A, LDA, P, NK, rows) AMX_KLOOP_THEN(A, LDA, P, NK, cell_rows(a, &pend, pend.next + (rows));)
+#define AMX_KLOOP_CELL(A, LDA, AK, P, NK, rows) AMX_KLOOP_THEN(A, LDA, AK, P, NK, cell_rows(a, &pend, pend.next + (rows));)
 /* The same for AMX_KLOOP22: twice the rows after every second k step (measured ~4% faster at
  * B64 H512 than a row after each, ~10% faster than the whole cell between blocks). */
-#define AMX_KLOOP22_CELL(A0, A1, LDA, P, Q0, NK, rows) \
-    AMX_KLOOP22_THEN(A0, A1, LDA, P, Q0, NK, if (kb & 1) cell_rows(a, &pend, pend.next + 2 * (rows));)
+#define AMX_KLOOP22_CELL(A0, A1, LDA, AK, P, Q0, NK, rows) \
+    AMX_KLOOP22_THEN(A0, A1, LDA, AK, P, Q0, NK, if (kb & 1) cell_rows(a, &pend, pend.next + 2 * (rows));)
 
 /* Two ways to split a step among threads. Hidden split (default): each thread owns a slice of
  * the 16-unit blocks for every row, so every step ends at a barrier (step t + 1 reads all of h_t)
@@ -424,19 +430,19 @@ AMX static void fwd_worker_amx(void *arg) {
             for (int64_t rb = rlo; rb < r1;) {
                 const int64_t rows = rb + 16 < r1 ? 32 : 16;   /* two row blocks where there are */
                 if (rows == 32) {
-                    const uint16_t *x0 = a->X + (t * Bp + rb) * Dp, *h0 = hp + rb * Hp;
+                    const uint16_t *x0 = a->X + (t * Bp + rb) * Dp, *h0 = hp + rb * Hp;   /* row block rb of either layout */
                     for (int q0 = 0; q0 < 4; q0 += 2) {
                         AMX_INIT(0, q0) AMX_INIT(1, q0 + 1) AMX_INIT(2, q0) AMX_INIT(3, q0 + 1)
-                        AMX_KLOOP22_CELL(x0, x0 + 16 * Dp, Dp * 2, a->Px + jb * (Dp / 2) * 128, q0, Dp / 32, per_k)
-                        AMX_KLOOP22_CELL(h0, h0 + 16 * Hp, Hp * 2, a->Ph + jb * (Hp / 2) * 128, q0, Hp / 32, per_k)
+                        AMX_KLOOP22_CELL(x0, x0 + 16 * Dp, Dp * 2, 64, a->Px + jb * (Dp / 2) * 128, q0, Dp / 32, per_k)
+                        AMX_KLOOP22_CELL(h0, h0 + 16 * Hp, 64, 1024, a->Ph + jb * (Hp / 2) * 128, q0, Hp / 32, per_k)
                         float *s = scr[cur] + q0 * 256;
                         _tile_stored(0, s, 64); _tile_stored(1, s + 256, 64);
                         _tile_stored(2, s + 1024, 64); _tile_stored(3, s + 1280, 64);
                     }
                 } else {
                     AMX_INIT(0, 0) AMX_INIT(1, 1) AMX_INIT(2, 2) AMX_INIT(3, 3)
-                    AMX_KLOOP_CELL(a->X + (t * Bp + rb) * Dp, Dp * 2, a->Px + jb * (Dp / 2) * 128, Dp / 32, per_k)
-                    AMX_KLOOP_CELL(hp + rb * Hp, Hp * 2, a->Ph + jb * (Hp / 2) * 128, Hp / 32, per_k)
+                    AMX_KLOOP_CELL(a->X + (t * Bp + rb) * Dp, Dp * 2, 64, a->Px + jb * (Dp / 2) * 128, Dp / 32, per_k)
+                    AMX_KLOOP_CELL(hp + rb * Hp, 64, 1024, a->Ph + jb * (Hp / 2) * 128, Hp / 32, per_k)
                     AMX_STORE4(scr[cur])
                 }
                 cell_rows(a, &pend, 32);
@@ -479,7 +485,7 @@ AMX static void bwd_worker_amx(void *arg) {
                 if (rows == 32) {
                     for (int q0 = 0; q0 < 4; q0 += 2) {
                         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-                        AMX_KLOOP22_THEN(g0, g0 + 16 * Kp, Kp * 2, wq, q0, Kp / 32, )
+                        AMX_KLOOP22_THEN(g0, g0 + 16 * Kp, Kp * 2, 64, wq, q0, Kp / 32, )
                         _tile_stored(0, scr + q0 * 256, 64); _tile_stored(1, scr + q0 * 256 + 256, 64);
                         _tile_stored(2, scr + 1024 + q0 * 256, 64); _tile_stored(3, scr + 1280 + q0 * 256, 64);
                     }
@@ -748,20 +754,20 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
 #endif
 }
 
-/* forward_seq_amx(Xp, Px, bias|None, Ph, Hb, c0, Y, C, G|None, T, B, D, H, nthreads, len|None, Bp, Dp, Hp,
- * split_batch): forward_seq's arguments with X padded to (T, Bp, Dp), h0 in Hb[1] of Hb (2, Bp, Hp)
- * and the bias as (4, H16), H16 = H rounded up to 16, zero padded; split_batch: threads own row
+/* forward_seq_amx(Xp, Px, bias|None, Ph, h0, c0, Y, C, G|None, T, B, D, H, nthreads, len|None, Bp, Dp, Hp,
+ * split_batch, Hb): forward_seq's arguments with X padded to (T, Bp, Dp), the bias as (4, H16),
+ * H16 = H rounded up to 16, zero padded, and Hb (2, Bp, Hp) the zeroed, tile-blocked h operand
+ * buffers (fwd_args.Hb; h0 (B, H) is copied into Hb[1] here); split_batch: threads own row
  * blocks instead of unit blocks (fwd_worker_amx). */
 static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("forward_seq_amx", 19, amx_ok(), "AMX-BF16")
+    CHECK_CALL("forward_seq_amx", 20, amx_ok(), "AMX-BF16")
 #if LSTM_X86
     PARSE_FWD_ARGS(a)
-    a.h0 = NULL;   /* h0 is in Hb[1] */
-    a.Hb = p[4];
     a.Bp = PyLong_AsLongLong(args[15]);
     a.Dp = PyLong_AsLongLong(args[16]);
     a.Hp = PyLong_AsLongLong(args[17]);
     a.split_batch = PyObject_IsTrue(args[18]);
+    a.Hb = PyLong_AsVoidPtr(args[19]);
     a.bias_tiles = a.bias;   /* (4, H16) here: into the accumulator tiles, not the cell */
     a.bias = NULL;
     if (PyErr_Occurred()) return NULL;
@@ -769,6 +775,12 @@ static PyObject *py_forward_seq_amx(PyObject *self, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_ValueError, "forward_seq_amx: bad padding");
         return NULL;
     }
+    uint16_t *h1 = a.Hb + a.Bp * a.Hp;   /* h0 into Hb[1], blocked as the cell stores h_t */
+    for (int64_t r = 0; r < a.B; ++r)
+        for (int64_t j0 = 0; j0 < a.H; j0 += 16)
+            memcpy(h1 + ((r >> 4) * (a.Hp >> 5) + (j0 >> 5)) * 512 + (r & 15) * 32 + (j0 & 31), a.h0 + r * a.H + j0,
+                   (size_t)(a.H - j0 < 16 ? a.H - j0 : 16) * 2);
+    a.h0 = NULL;
     return run_with_zero_row(fwd_worker_amx, &a, &a.zero, 1, a.nthreads);
 #else
     Py_RETURN_NONE;
