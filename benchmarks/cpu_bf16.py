@@ -133,7 +133,8 @@ def train_rows(rounds, epochs, full_epochs, log, threads=None):
         log(f"train bf16/fp32: {out['bf16_over_fp32']:.2f}x")
         if full_epochs:
             tps, ppl, wall, lines = train_once("bf16", full_epochs, Path(tmp) / "full", threads)
-            prefix = f"OMP_NUM_THREADS={threads} " if threads else ""
+            settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("LSTM_FAST_", "ONEDNN_", "DNNL_"))]
+            prefix = " ".join(settings + ([f"OMP_NUM_THREADS={threads}"] if threads else []) + [""])
             out["full_run"] = {"command": f"{prefix}lstm-fast train --precision bf16 --epochs {full_epochs}",
                                "epochs": full_epochs, "perplexity": ppl, "tokens_per_sec": tps, "seconds": wall,
                                "output": lines}
