@@ -125,7 +125,7 @@ def split_batch(Bp, weight_bytes, nthreads) -> bool:
     the 16-row blocks of the (padded) batch ``Bp`` divide evenly among the threads and the bf16
     weight panels a step reads (``weight_bytes``) fit in half of one core's L2, so that reading
     all of them on every core costs less than a barrier and h_t crossing cores every step (the d2l
-    shape: 1.6x faster backward at 2 threads; B64 H512's 2.6 MB of weights stay hidden-split)."""
+    shape: 1.5x faster backward kernel at 2 threads; B64 H512's 2.6 MB of weights stay hidden-split)."""
     if SPLIT not in SPLITS:
         raise ValueError(f"LSTM_FAST_CPU_SPLIT must be one of {SPLITS}, got {SPLIT!r}")
     if nthreads <= 1 or SPLIT == "hidden":
