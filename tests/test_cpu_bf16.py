@@ -162,6 +162,21 @@ def test_amx_batch_split_equals_hidden_split(B, lengths, two_threads, monkeypatc
             assert torch.equal(a, b), name
 
 
+@amx
+def test_amx_panel_prefetch_changes_no_value(monkeypatch, two_threads):
+    """The forward's prefetch of the next weight panel (on where a thread's weights miss its L2,
+    forced here by an L2 of 0 bytes) only hints the caches: the same bits as without it."""
+    torch.manual_seed(5)
+    m = FusedLSTM(40, 72)
+    x = torch.randn(6, 37, 40)
+    monkeypatch.setattr(bf16_sequence, "SPLIT", "hidden")
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        y0, (h0, c0) = m(x)
+        monkeypatch.setattr(bf16_sequence, "_L2_BYTES", 0)
+        y1, (h1, c1) = m(x)
+    assert torch.equal(y0, y1) and torch.equal(h0, h1) and torch.equal(c0, c1)
+
+
 def test_split_policy(monkeypatch):
     """"auto" splits the batch only where the row blocks divide among the threads and the weight
     panels fit half a core's L2; "batch"/"hidden" force it; a bad value names the variable."""

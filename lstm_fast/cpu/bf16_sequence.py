@@ -198,11 +198,14 @@ def forward(x, h0, c0, prepared, save, lengths=None):
             x = xp
         hb = workspace.zeros((2, Bp, Hp), _BF16)   # the h operand buffers (tile-blocked; h0 copied in by C)
         nt = torch.get_num_threads()
+        weight_bytes = (px.numel() + ph.numel()) * 2
+        by_batch = split_batch(Bp, weight_bytes, nt)
+        per_thread = weight_bytes if by_batch else weight_bytes // nt
         _bf16_sequence_kernels.forward_seq_amx(
             x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(), h0.data_ptr(),
             c0.data_ptr(), Y.data_ptr(), C.data_ptr(), None if G is None else G.data_ptr(), T, B, D, H,
             nt, None if lengths is None else lengths.data_ptr(), Bp, Dp, Hp,
-            split_batch(Bp, (px.numel() + ph.numel()) * 2, nt), hb.data_ptr())
+            by_batch, hb.data_ptr(), per_thread > _L2_BYTES)   # prefetch where a thread's weights miss L2
         return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
     _bf16_sequence_kernels.forward_seq(
         x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(), h0.data_ptr(),
