@@ -109,36 +109,6 @@ BF16 INLINE __m512 v_tanh_fast(__m512 x) {
     return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), v_recip(_mm512_add_ps(one, e)), one);
 }
 
-/* r[0..15] (16 rows of 16 lanes, any 32-bit data: only moved) transposed in place: r[j] lane i
- * becomes r[i] lane j. The 4-stage unpack / 128-bit shuffle network. */
-BF16 INLINE void transpose16(__m512 *r) {
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-    }
-    /* r[4q + j] now holds, in each 128-bit lane L, rows 4L..4L+3 of column (4 * lane-slot) ...:
-     * two 128-bit shuffle stages put lane L of r[j], r[4 + j], r[8 + j], r[12 + j] together */
-    for (int j = 0; j < 4; ++j) {
-        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);          /* lanes 0, 2 of each */
-        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);      /* lanes 1, 3 */
-        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
-    }
-    for (int j = 0; j < 4; ++j) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
-        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
-        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
-    }
-}
-
 /* The pair (a[k], a[k+1]) as one 32-bit lane value, broadcast to all 16 lanes. */
 BF16 INLINE __m512bh pair(const uint16_t *a, int64_t k) {
     uint32_t v;
@@ -576,7 +546,7 @@ BF16 static void pack_worker(void *arg) {
                 __m512 v[16];   /* v[u]: 16 pairs of unit j*16 + u; transposed, v[i]: pair p0 + i of 16 units */
                 for (int u = 0; u < 16; ++u)
                     v[u] = j * 16 + u < H ? row_pairs(a, q * H + j * 16 + u, 2 * p0) : _mm512_setzero_ps();
-                transpose16(v);
+                v_transpose16(v);
                 const int64_t n = np - p0 < 16 ? np - p0 : 16;
                 for (int64_t i = 0; i < n; ++i) _mm512_storeu_ps((float *)(a->P32 + (j * np + p0 + i) * 64 + q * 16), v[i]);
             }
@@ -645,7 +615,7 @@ BF16 static void tr_worker(void *arg) {
             __m512 v[16];
             for (int i = 0; i < 16; ++i)
                 v[i] = r0 + i < a->R ? load_bf16(mn, a->src + (r0 + i) * a->ld + n0) : _mm512_setzero_ps();
-            transpose16(v);
+            v_transpose16(v);
             for (int j = 0; j < nn; ++j) {   /* v[j]: column n0 + j, rows r0.. */
                 if (a->dst_is_f32) _mm512_mask_storeu_ps((float *)a->dst + (n0 + j) * a->ldd + r0, mr, v[j]);
                 else store_bf16((uint16_t *)a->dst + (n0 + j) * a->ldd + r0, mr, v[j]);

@@ -1,9 +1,10 @@
 /* What the CPU kernel files share (included by sequence_kernels.c and bf16_sequence_kernels.c,
  * through sequence_templates.h):
  * torch's OpenMP runtime (libgomp, found among the loaded libraries, so our threads are torch's
- * own pool), the AVX-512 vector math of the LSTM cell (exp, sigmoid, tanh), tail masks, the
- * register-tile row split and the Python pointer-argument parser. Every vector function carries
- * its own target attribute, so a file including this still loads on any x86-64. */
+ * own pool), the AVX-512 vector math of the LSTM cell (exp, sigmoid, tanh), a 16 x 16 register
+ * transpose, tail masks, the register-tile row split and the Python pointer-argument parser.
+ * Every vector function carries its own target attribute, so a file including this still loads
+ * on any x86-64. */
 #ifndef LSTM_FAST_KERNEL_SUPPORT_H
 #define LSTM_FAST_KERNEL_SUPPORT_H
 #include <dlfcn.h>
@@ -115,6 +116,36 @@ AVX512 INLINE __m512 v_tanh(__m512 x) {
     const __m512 one = _mm512_set1_ps(1.0f);
     __m512 e = v_exp(_mm512_add_ps(x, x));
     return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(one, e)));
+}
+
+/* r[0..15] (16 rows of 16 lanes of any 32-bit data: only moved, never computed on) transposed in
+ * place, r[j] lane i becoming r[i] lane j: the 4-stage network of 32- and 64-bit unpacks, then two
+ * rounds of 128-bit lane shuffles (64 shuffles where scalar moves take 256). */
+AVX512 INLINE void v_transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* r[4g + c], 128-bit lane l: column 4l + c of rows 4g..4g+3; gather lane l of the four groups */
+    for (int c = 0; c < 4; ++c) {
+        t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);          /* lanes 0, 2 of each */
+        t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);      /* lanes 1, 3 */
+        t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+    }
+    for (int c = 0; c < 4; ++c) {
+        r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xDD);
+        r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xDD);
+    }
 }
 
 static inline __mmask16 tail_mask(int64_t j0, int64_t H) {
