@@ -102,6 +102,13 @@ def layer_rows(shapes, rounds, round_s, log):
     return rows
 
 
+def path_settings():
+    """The environment settings that change either side's path: ours (LSTM_FAST_*) and oneDNN's
+    (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 takes AMX away from nn.LSTM too: an AVX512-BF16-only
+    CPU's instruction set), as NAME=value words for a reproducible command line."""
+    return [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("LSTM_FAST_", "ONEDNN_", "DNNL_"))]
+
+
 def train_once(precision, epochs, out_dir, threads=None):
     """One ``lstm-fast train`` subprocess (``threads``: its OMP_NUM_THREADS, or inherited);
     returns (tokens/sec, perplexity, seconds, output lines)."""
@@ -133,8 +140,7 @@ def train_rows(rounds, epochs, full_epochs, log, threads=None):
         log(f"train bf16/fp32: {out['bf16_over_fp32']:.2f}x")
         if full_epochs:
             tps, ppl, wall, lines = train_once("bf16", full_epochs, Path(tmp) / "full", threads)
-            settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("LSTM_FAST_", "ONEDNN_", "DNNL_"))]
-            prefix = " ".join(settings + ([f"OMP_NUM_THREADS={threads}"] if threads else []) + [""])
+            prefix = " ".join(path_settings() + ([f"OMP_NUM_THREADS={threads}"] if threads else []) + [""])
             out["full_run"] = {"command": f"{prefix}lstm-fast train --precision bf16 --epochs {full_epochs}",
                                "epochs": full_epochs, "perplexity": ppl, "tokens_per_sec": tps, "seconds": wall,
                                "output": lines}
@@ -161,14 +167,13 @@ def main(argv=None):
     env = environment("cpu")
     env.setdefault("load_average", list(os.getloadavg()))   # a shared machine: say how busy it was
     env.setdefault("cores", os.cpu_count())
-    # settings that change either side's path: ours (LSTM_FAST_*) and oneDNN's (ONEDNN_MAX_CPU_ISA=
-    # AVX512_CORE_BF16 takes AMX away from nn.LSTM too: an AVX512-BF16-only CPU's instruction set)
-    settings = {k: v for k, v in sorted(os.environ.items()) if k.startswith(("LSTM_FAST_", "ONEDNN_", "DNNL_"))}
-    env.update(native_bf16=bf16_sequence.use_native(), amx=bf16_sequence.use_amx(), settings=settings,
+    settings = path_settings()
+    env.update(native_bf16=bf16_sequence.use_native(), amx=bf16_sequence.use_amx(),
+               settings=dict(w.split("=", 1) for w in settings),
                vdpbf16ps_gain=bf16_sequence.vdpbf16ps_gain() if bf16_sequence.cpu_supported() else None,
                cpu_flags=sorted(f for f in open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()
                                 if f.startswith(("avx512_bf16", "amx"))) if os.path.exists("/proc/cpuinfo") else [])
-    command = [f"{k}={v}" for k, v in settings.items()] + ["python", "benchmarks/cpu_bf16.py"] + (argv or sys.argv[1:])
+    command = settings + ["python", "benchmarks/cpu_bf16.py"] + (argv or sys.argv[1:])
     doc = {"kind": "cpu-bf16", "environment": env, "command": " ".join(command),
            "commit": git_commit(), "rows": layer_rows(shape_set(a.shapes), a.rounds, a.round_seconds, log)}
     if a.train_rounds:
