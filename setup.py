@@ -26,9 +26,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["lstm_fast", "lstm_fast.cpu", "lstm_fast.kernels"],
+    packages=["lstm_fast", "lstm_fast.ops", "lstm_fast.cpu", "lstm_fast.export", "lstm_fast.d2l", "lstm_fast.kernels"],
     package_dir={"lstm_fast": "lstm_fast", "lstm_fast.kernels": "kernels"},
-    package_data={"lstm_fast": ["data/timemachine.txt"]},
+    package_data={"lstm_fast.d2l": ["corpus/timemachine.txt"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
@@ -41,5 +41,5 @@ setup(
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime"],
     },
     ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq],
-    entry_points={"console_scripts": ["lstm-fast=lstm_fast.cli:main"]},
+    entry_points={"console_scripts": ["lstm-fast=lstm_fast.d2l.cli:main"]},
 )

@@ -15,7 +15,7 @@ def pytest_addoption(parser):
 
 
 def pytest_generate_tests(metafunc):
-    from lstm_fast.bench import shape_set
+    from lstm_fast.d2l.bench import shape_set
     if "shape" in metafunc.fixturenames:
         shapes = shape_set(metafunc.config.getoption("--shapes"))
         metafunc.parametrize("shape", shapes, ids=[f"B{b}-T{t}-D{d}-H{h}" for b, t, d, h in shapes])

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lstm_fast import FusedLSTM  # noqa: E402
-from lstm_fast.bench import environment, git_commit, quartiles, shape_set  # noqa: E402
+from lstm_fast.d2l.bench import environment, git_commit, quartiles, shape_set  # noqa: E402
 from lstm_fast.cpu import bf16_sequence  # noqa: E402
-from lstm_fast.train import atomic_write_bytes  # noqa: E402
+from lstm_fast.d2l.files import atomic_write_bytes  # noqa: E402
 
 IMPLS = [("torch", "float32"), ("fused", "float32"), ("torch", "autocast-bf16"), ("fused", "autocast-bf16")]
 

@@ -41,8 +41,8 @@ def train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter=Fals
 
 def d2l_setup(device, hidden=256, batch_size=32, num_steps=35, seed=0):
     """The d2l concise LSTM language model (nn.LSTM) on the bundled Time Machine."""
-    from lstm_fast.data import SeqDataLoader, load_corpus
-    from lstm_fast.train import RNNModel
+    from lstm_fast.d2l.data import SeqDataLoader, load_corpus
+    from lstm_fast.d2l.train import RNNModel
     torch.manual_seed(seed)
     corpus, vocab = load_corpus()
     loader = SeqDataLoader(corpus, batch_size, num_steps, seed=seed)

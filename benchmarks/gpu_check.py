@@ -34,8 +34,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lstm_fast.bench import EXTRA_GPU_SHAPES, GRID, device_slug, environment, git_commit, quartiles  # noqa: E402
-from lstm_fast.train import atomic_write_bytes  # noqa: E402
+from lstm_fast.d2l.bench import EXTRA_GPU_SHAPES, GRID, device_slug, environment, git_commit, quartiles  # noqa: E402
+from lstm_fast.d2l.files import atomic_write_bytes  # noqa: E402
 
 MODES = ("inference", "training")
 IMPLS = ("torch", "fused")

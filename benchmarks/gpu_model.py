@@ -97,7 +97,7 @@ def gemm_us_per_step(B, D, H, dtype):
 
 
 def main():
-    from lstm_fast.bench import EXTRA_GPU_SHAPES, GRID
+    from lstm_fast.d2l.bench import EXTRA_GPU_SHAPES, GRID
 
     print("# GPU model: predicted microseconds per step on an H100, before any GPU run\n")
     print("Written by `python benchmarks/gpu_model.py > benchmarks/GPU_MODEL.md`; the assumptions are the")

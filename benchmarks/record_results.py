@@ -7,7 +7,7 @@
 Each writes ``benchmarks/results/<kind>-<machine>.json``: the rows (median and interquartile range
 per row), the command, the git commit and the machine; ``benchmarks/readme_table.py`` turns them
 into the README's text. Run them under ``flock /tmp/lstm-bench.lock`` on a shared machine. The
-cases compared are interleaved round by round in one process (:func:`lstm_fast.bench.time_interleaved`),
+cases compared are interleaved round by round in one process (:func:`lstm_fast.d2l.bench.time_interleaved`),
 so noise falls on all of them alike.
 """
 import argparse
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from lstm_fast import FusedLSTM  # noqa: E402
-from lstm_fast.bench import CPU_SHAPES, device_slug, environment, quartiles, time_interleaved, write_json  # noqa: E402
+from lstm_fast.d2l.bench import CPU_SHAPES, device_slug, environment, quartiles, time_interleaved, write_json  # noqa: E402
 
 
 def _summary(seconds, tokens):
@@ -62,8 +62,8 @@ def epoch(device, budget, rounds, hidden):
     """One epoch on the bundled text at the d2l settings: d2l's train_ch8 loop with nn.LSTM
     (benchmarks/d2l_reference_loop.py) against ``lstm-fast train``'s epoch with FusedLSTM."""
     from d2l_reference_loop import d2l_setup, train_epoch_ch8
-    from lstm_fast.data import SeqDataLoader, load_corpus
-    from lstm_fast.train import TrainConfig, build_model, train_epoch
+    from lstm_fast.d2l.data import SeqDataLoader, load_corpus
+    from lstm_fast.d2l.train import TrainConfig, build_model, train_epoch
     corpus, vocab = load_corpus(max_tokens=10000)
     net_d, _, loss_d, opt_d = d2l_setup(device, hidden=hidden)
     loader_d = SeqDataLoader(corpus, 32, 35, seed=0)
@@ -83,7 +83,7 @@ def epoch(device, budget, rounds, hidden):
 def default_run(device, runs):
     """``lstm-fast train`` with every default (d2l's recipe, 500 epochs), ``runs`` times: wall
     seconds, final perplexity and the closing continuations of each run."""
-    from lstm_fast.train import TrainConfig, train
+    from lstm_fast.d2l.train import TrainConfig, train
     rows = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as out:

@@ -261,7 +261,7 @@ def main(argv=None):
         print(json.dumps({k: row[k] for k in ("kernel", "driver", "dtype", "precision", "B", "H", "registers",
                                               "shared_bytes", "spill_bytes", "ldl_stl", "w_loads_in_time_loop",
                                               "mma")}), flush=True)
-    from lstm_fast.train import atomic_write_bytes
+    from lstm_fast.d2l.files import atomic_write_bytes
     atomic_write_bytes(Path(a.json), (json.dumps(rows, indent=1) + "\n").encode())
     bad = [r for r in rows if r["spill_bytes"] or r["ldl_stl"] or r["shared_bytes"] > SHARED_LIMIT]
     return 1 if bad else 0

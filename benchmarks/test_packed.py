@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from lstm_fast import FusedLSTM
-from lstm_fast.bench import environment
+from lstm_fast.d2l.bench import environment
 
 
 @pytest.mark.parametrize("impl", ["nn.LSTM", "FusedLSTM"])

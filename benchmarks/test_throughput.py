@@ -5,7 +5,7 @@ Each benchmark's group is device/mode/shape, so the three implementations of one
 by side; ``extra_info`` holds tokens/sec from the median and the environment."""
 import pytest
 
-from lstm_fast.bench import IMPLEMENTATIONS, MODES, environment, make_call
+from lstm_fast.d2l.bench import IMPLEMENTATIONS, MODES, environment, make_call
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

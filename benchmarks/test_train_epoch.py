@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from d2l_reference_loop import d2l_setup, train_epoch_ch8
-from lstm_fast.bench import environment
-from lstm_fast.train import TrainConfig, build_model, train_epoch
-from lstm_fast.data import SeqDataLoader, load_corpus
+from lstm_fast.d2l.bench import environment
+from lstm_fast.d2l.train import TrainConfig, build_model, train_epoch
+from lstm_fast.d2l.data import SeqDataLoader, load_corpus
 
 
 @pytest.mark.parametrize("impl", ["d2l-nn.LSTM", "lstm-fast-fused"])

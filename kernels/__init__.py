@@ -12,7 +12,7 @@ Shape legend for every kernel file here: B batch, T steps, D input, H hidden; ga
 * :mod:`.lstm_config`: the dispatcher (``pick_plan``) and the tile tables;
 * :mod:`.matmul`: a TF32 GEMM for float32 layers whose recurrence runs in TF32.
 
-Importing this package imports triton; :mod:`lstm_fast.backends` turns an ImportError into a clear
+Importing this package imports triton; :mod:`lstm_fast.ops.backends` turns an ImportError into a clear
 "backend='triton' is not available" error.
 """
 from .lstm_bwd import lstm_bwd

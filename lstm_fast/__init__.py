@@ -6,7 +6,7 @@ becomes a FusedLSTM, in place) and :mod:`lstm_fast.reference`.
 """
 from . import reference
 from .convert import convert
-from .functional import fused_lstm
+from .ops.functional import fused_lstm
 from .module import FusedLSTM
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """``python -m lstm_fast`` is the ``lstm-fast`` command."""
 import sys
 
-from .cli import main
+from .d2l.cli import main
 
 sys.exit(main())

@@ -27,7 +27,7 @@ import warnings
 
 from torch import nn
 
-from .backends import check_backend_name
+from .ops.backends import check_backend_name
 from .module import FusedLSTM
 
 

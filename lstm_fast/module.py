@@ -3,7 +3,7 @@
 It subclasses ``nn.LSTM``, so parameters, state_dict keys, ``isinstance`` checks, input validation
 and error messages are nn.LSTM's own; only ``forward``'s math is replaced. Layers, directions,
 projections and packed sequences are built here from calls of the single-layer
-:func:`lstm_fast.functional.lstm_layer`:
+:func:`lstm_fast.ops.functional.lstm_layer`:
 
 * bidirectional: the reverse direction runs on the time-reversed input (each sequence reversed
   within its own length when packed);
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .backends import check_backend_name
-from .functional import lstm_layer
-from .onnx_export import onnx_layers
+from .export.onnx_layers import onnx_layers
+from .ops.backends import check_backend_name
+from .ops.functional import lstm_layer
 from .projection import fold_first_step
 
 
@@ -126,7 +126,7 @@ class FusedLSTM(nn.LSTM):
 
     def _run_layers(self, x, hx, lengths):
         """All layers and directions on time-first ``x`` (T, B, D); returns (output, h_n, c_n)."""
-        if torch.onnx.is_in_onnx_export():      # one ONNX LSTM node per layer, see lstm_fast.onnx_export
+        if torch.onnx.is_in_onnx_export():      # one ONNX LSTM node per layer, see lstm_fast.export.onnx_layers
             return onnx_layers(self, x, hx, lengths)
         num_directions = 2 if self.bidirectional else 1
         h_all, c_all = [], []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lstm_fast import bench, cli
-from lstm_fast.bench import measure, quartiles, time_interleaved, with_ratios
+from lstm_fast.d2l import bench, cli
+from lstm_fast.d2l.bench import measure, quartiles, time_interleaved, with_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 

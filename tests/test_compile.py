@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from lstm_fast import FusedLSTM, custom_ops  # noqa: F401  (registers the lstm_fast:: ops)
+from lstm_fast import FusedLSTM
+from lstm_fast.ops import custom_ops  # noqa: F401  (registers the lstm_fast:: ops)
+from lstm_fast.ops.plan import plan_layer
 from lstm_fast.cpu import bf16_sequence as cpu_bf16
 
 
@@ -56,10 +58,11 @@ def test_custom_op_fake_shapes_match_real(dtype, with_lengths):
             torch.randn(4 * H), torch.randn(4 * H)]
     args = [a.to(dtype) for a in args]
     lengths = torch.tensor([4, 1, 3]) if with_lengths else None
-    real = torch.ops.lstm_fast.lstm_forward(*args, lengths, "cpu")
+    impl = plan_layer(args[0], args[4], "cpu").implementation
+    real = torch.ops.lstm_fast.lstm_forward(*args, lengths, impl)
     with FakeTensorMode() as mode:
         fake = torch.ops.lstm_fast.lstm_forward(*[mode.from_tensor(a) for a in args],
-                                                None if lengths is None else mode.from_tensor(lengths), "cpu")
+                                                None if lengths is None else mode.from_tensor(lengths), impl)
     assert [tuple(t.shape) for t in fake] == [tuple(t.shape) for t in real]
     assert [t.dtype for t in fake] == [t.dtype for t in real]
 

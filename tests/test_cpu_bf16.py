@@ -337,7 +337,7 @@ def test_native_forced_without_avx512_bf16_is_an_error_and_auto_upcasts(monkeypa
 def test_train_precision_bf16(tmp_path, kernel_calls):
     """``lstm-fast train --precision bf16``: the model runs under CPU autocast (our bf16 kernels
     where the CPU has them), perplexity falls; a bad value is refused, naming the flag."""
-    from lstm_fast.train import TrainConfig, train
+    from lstm_fast.d2l.train import TrainConfig, train
     cfg = TrainConfig(epochs=5, hidden=32, batch_size=8, num_steps=10, max_tokens=3000, precision="bf16")
     r = train(cfg, out_dir=tmp_path, progress=False, log=lambda *_: None)
     ppl = [h["perplexity"] for h in r["history"]]

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from lstm_fast import data
+from lstm_fast.d2l import data
 
 
 def test_bundled_text_cleaned():

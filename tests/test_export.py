@@ -170,7 +170,7 @@ class _LayerWithLengths(nn.Module):
         B = x.size(1)
         h0 = x.new_zeros(B, 8)
         y, h, c, _, _ = torch.ops.lstm_fast.lstm_forward(x, h0, h0, self.lstm.weight_ih_l0, self.lstm.weight_hh_l0,
-                                                         self.lstm.bias_ih_l0, self.lstm.bias_hh_l0, lengths, "cpu")
+                                                         self.lstm.bias_ih_l0, self.lstm.bias_hh_l0, lengths, "cpu_sequence")
         return y, h, c
 
 
@@ -182,7 +182,7 @@ def test_onnx_translation_table_for_captured_programs(case):
     ort = pytest.importorskip("onnxruntime")
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    from lstm_fast.onnx_translation import custom_translation_table
+    from lstm_fast.export.onnx_translation import custom_translation_table
     torch.manual_seed(5)
     T, B = Dim("T", min=1, max=64), Dim("B", max=64)
     if case == "model":

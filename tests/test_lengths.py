@@ -13,7 +13,8 @@ import torch
 
 from conftest import assert_close
 from lstm_fast import fused_lstm
-from lstm_fast.functional import check_lengths, lstm_layer
+from lstm_fast.ops.checks import check_lengths
+from lstm_fast.ops.functional import lstm_layer
 
 T, B, D, H = 7, 5, 3, 6
 LENS = [7, 2, 5, 0, 3]
@@ -121,7 +122,7 @@ def test_check_lengths_returns_cpu_int64():
 def test_triton_path_uses_the_same_validation(dtype):
     """The Triton backend (its interpreter here) goes through the same check: narrow integer
     lengths give the int64 result, bool lengths are refused."""
-    from lstm_fast.backends import triton_unavailable_reason
+    from lstm_fast.ops.backends import triton_unavailable_reason
     if triton_unavailable_reason("cpu") is not None:
         pytest.skip(triton_unavailable_reason("cpu"))
     params, hx = _setup(torch.float32, requires_grad=False)
@@ -154,7 +155,7 @@ def test_non_finite_padding_under_autocast():
 
 def test_non_finite_padding_on_triton():
     """The Triton backend (its interpreter here) gets the same zeroed padding from lstm_layer."""
-    from lstm_fast.backends import triton_unavailable_reason
+    from lstm_fast.ops.backends import triton_unavailable_reason
     if triton_unavailable_reason("cpu") is not None:
         pytest.skip(triton_unavailable_reason("cpu"))
     params, hx = _setup(torch.float32)

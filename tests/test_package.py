@@ -7,7 +7,7 @@ import lstm_fast
 
 
 def test_bundled_time_machine_text():
-    data = resources.files("lstm_fast").joinpath("data/timemachine.txt").read_bytes()
+    data = resources.files("lstm_fast.d2l").joinpath("corpus/timemachine.txt").read_bytes()
     assert hashlib.sha1(data).hexdigest() == "090b5e7e70c295757f55df93cb0a180b9691891a"
 
 

@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-from lstm_fast import cli
-from lstm_fast.train import TrainConfig, build_model, clip_gradients, load_checkpoint, train
+from lstm_fast.d2l import cli
+from lstm_fast.d2l.train import TrainConfig, build_model, clip_gradients, load_checkpoint, train
 
 SMALL = dict(hidden=32, batch_size=8, num_steps=10, max_tokens=3000, lr=1.0)
 
@@ -161,7 +161,7 @@ def test_huge_learning_rate_is_no_traceback(tmp_path, capsys):
 def test_diverged_training_keeps_the_saved_run(tmp_path, monkeypatch, capsys):
     """A non-finite loss stops the run with a clear error, and the last good checkpoint is not
     replaced by NaN weights."""
-    from lstm_fast import train as train_mod
+    from lstm_fast.d2l import train as train_mod
     assert cli.main(["train", "--epochs", "10", "--out", str(tmp_path)] + TINY) == 0
     before = (tmp_path / "checkpoint.pt").read_bytes()
     real = train_mod.train_epoch

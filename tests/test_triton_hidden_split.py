@@ -215,7 +215,7 @@ def test_tf32_gemm_wiring(path, plan, monkeypatch):
     """With the TF32 GEMMs switched on (as on a GPU whose cuDNN uses TF32), the input projection and
     every input/weight gradient go through our GEMM and still match nn.LSTM."""
     import lstm_fast.kernels as kernels
-    from lstm_fast import triton_function
+    from lstm_fast import triton_layer as triton_function
 
     calls = []
     real = kernels.matmul

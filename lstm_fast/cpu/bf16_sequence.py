@@ -1,7 +1,7 @@
 """The bfloat16 CPU path on the whole-sequence bf16 kernels (``bf16_sequence_kernels.c``).
 
-Serves CPU autocast to bfloat16 and bfloat16 parameters (routed by
-:func:`lstm_fast.functional.lstm_layer`): matmul operands in bf16, float32 accumulation, float32
+Serves CPU autocast to bfloat16 and bfloat16 parameters (chosen by
+:func:`lstm_fast.ops.plan.plan_layer`): matmul operands in bf16, float32 accumulation, float32
 cell state and gate activations, outputs h_t in bf16 (the next step's operand, as nn.LSTM under
 autocast). Weights may be float32 (autocast: the parameters themselves, converted to bf16 panels
 as they are packed, once per call) or bf16; their gradients come back in their own dtype.
@@ -21,12 +21,11 @@ Saved for the backward: the activated gates and tanh(c_t) in bf16 (T, ceil(H/16)
 """
 import functools
 import os
-import sys
 
 import torch
 
 from . import workspace
-from ..fused_function import apply_layer, final_hidden, needs_autograd
+from ..layer_math import final_hidden
 
 try:
     from . import _bf16_sequence_kernels
@@ -291,12 +290,17 @@ def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
             and w_hh.shape[1] * 4 == w_hh.shape[0] and use_native())
 
 
-def lstm_bf16(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
-    """One layer: ``x`` (T, B, D) and ``h0`` bf16, ``c0`` float32 or bf16, weights and biases
-    float32 or bf16. Returns (Y, (h_n, c_n)), all bf16 (nn.LSTM's dtypes under autocast). Without autograd the forward
-    saves nothing."""
-    if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        Y, (h, c) = apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-        return Y, (h, c)
+def forward_inference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
+    """One layer without autograd (saves nothing): ``x`` (T, B, D) and ``h0`` bf16, ``c0`` float32
+    or bf16, weights and biases float32 or bf16. Returns (Y, (h_n, c_n)), all bf16 (nn.LSTM's
+    dtypes under autocast)."""
     Y, _, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=False, lengths=lengths)
     return Y, (final_hidden(Y, h0, lengths), C[-1].to(_BF16))
+
+
+def saved_like(x, w_hh):
+    """Shapes and dtypes of what :func:`forward_saving` saves, (G, C): gates and tanh(c_t) in bf16
+    blocks of 16 units, float32 cell states (the compile-time fake's answer)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    return ((T, (H + 15) // 16, B, 80), _BF16), ((T, B, H), torch.float32)

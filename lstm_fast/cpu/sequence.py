@@ -12,13 +12,11 @@ pool. Large per-call buffers come from :mod:`lstm_fast.cpu.workspace` (no page f
 Saved for the backward: the activated gates (T, B, 4H), cell states (T, B, H), outputs, inputs,
 weights.
 """
-import sys
-
 import torch
 
 from . import workspace
 from .matmul import linear
-from ..fused_function import apply_layer, final_hidden, needs_autograd, summed_bias
+from ..layer_math import final_hidden, padding_mask, summed_bias
 
 try:
     from . import _sequence_kernels
@@ -128,7 +126,7 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
         dx = linear(dG2, w_ih.t()).view(T, B, D)
     if n[3]:
         if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
-            x = x.masked_fill((torch.arange(T).unsqueeze(1) >= lengths.unsqueeze(0)).unsqueeze(-1), 0)
+            x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
         dw_ih = _input_weight_grad(dG, x.contiguous(), nt)
     if n[4]:   # dW_hh = dG^T [h_0; Y[:-1]]: the two row blocks are read in place, not concatenated
         h0c = h0.contiguous()
@@ -138,11 +136,15 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
             db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 
 
-def lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
-    """One layer on the sequence kernels (check :func:`available_for` first). Without autograd
-    the forward saves nothing.
-    ``lengths``: (B,) CPU int64 per-row lengths (finished rows masked, not dropped), or None."""
-    if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+def forward_inference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
+    """One layer without autograd (saves nothing): (Y, (h_n, c_n)). ``lengths``: (B,) CPU int64
+    per-row lengths (finished rows masked, not dropped), or None."""
     Y, _, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=False, lengths=lengths)
     return Y, (final_hidden(Y, h0, lengths), C[-1].clone())
+
+
+def saved_like(x, w_hh):
+    """Shapes and dtypes of what :func:`forward_saving` saves, (G, C): the compile-time fake's answer."""
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    return ((T, B, 4 * H), x.dtype), ((T, B, H), x.dtype)

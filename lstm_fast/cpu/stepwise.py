@@ -1,7 +1,7 @@
 """The CPU implementation of one LSTM layer: a hand-written forward and backward through time.
 
 float32 layers on CPUs with AVX-512 run on the whole-sequence kernels of
-:mod:`lstm_fast.cpu.sequence` instead (see :func:`lstm_cpu`); this module serves float64
+:mod:`lstm_fast.cpu.sequence` instead (:func:`lstm_fast.ops.plan.plan_layer` chooses); this module serves float64
 (gradcheck), CPUs without AVX-512 and installs without a C compiler.
 
 Shapes: T steps, B batch, D input, H hidden. Gates i, f, g, o as in ``nn.LSTM`` (d2l: I, F, C_tilda, O).
@@ -27,18 +27,20 @@ ops of 3-14 us each per step. float64 (gradcheck) and installs without the exten
 algorithm as torch ops. Saved for the backward: the activated gates (T, B, 4H), the cell states
 (T, B, H), the outputs, the inputs and the weights; nothing else.
 """
-import sys
-
 import torch
 
-from . import sequence
 from .matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
-from ..fused_function import apply_layer, needs_autograd, summed_bias
+from ..layer_math import summed_bias
 
 try:
     from . import _cell_kernel
 except ImportError:  # built without a C compiler: the torch-ops cell below is used
     _cell_kernel = None
+
+
+def available_for(x, w_hh) -> bool:
+    """Whether this layer can run here: float32 or float64 CPU tensors (any batch, 0 included)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
 def uses_fused_cell(x: torch.Tensor) -> bool:
@@ -220,23 +222,18 @@ def _combined_bias(b_ih, b_hh, H):
     return None if b is None else to_internal_order(b, H)
 
 
-def lstm_cpu(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
-    """One layer, one direction, on the CPU implementation. Inputs are trusted (see fused_lstm).
-
-    float32 layers run on the whole-sequence AVX-512 kernels (:mod:`lstm_fast.cpu.sequence`) where
-    the CPU has them; the rest here. Without autograd (inference, or nothing requires grad) the
-    recurrence runs directly, saving nothing; otherwise through
-    :class:`lstm_fast.fused_function.FusedLSTMFunction`.
-    ``lengths`` (per-row lengths, masked in the kernels) only on the sequence kernels.
-    """
-    if sequence.available_for(x, w_hh):
-        return sequence.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-    if lengths is not None:
-        raise RuntimeError("lstm_cpu: lengths need the sequence kernels; use functional.lstm_layer")
-    if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+def forward_inference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One layer without autograd (saves nothing): (Y, (h_n, c_n)). No per-row lengths: the op
+    layer runs a padded batch here in segments between distinct lengths."""
     H = w_hh.shape[0] // 4
     # Weights are reordered on every call, never cached (see sequence.prepare for why).
     Y, _, C = lstm_forward_cpu(x, h0, c0, to_internal_order(w_ih, H), to_internal_order(w_hh, H),
                                _combined_bias(b_ih, b_hh, H), save=False)
     return Y, (Y[-1].clone(), C[-1].clone())
+
+
+def saved_like(x, w_hh):
+    """Shapes and dtypes of what :func:`forward_saving` saves, (G, C) (the compile-time fake's answer)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    return ((T, B, 4 * H), x.dtype), ((T, B, H), x.dtype)

@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -29,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import reference
+from .. import reference
+from ..module import FusedLSTM
 from .data import SeqDataLoader, load_corpus
-from .module import FusedLSTM
+from .files import atomic_write_bytes
+from .generate import predict
 
 CHECKPOINT_FORMAT = "lstm-fast-checkpoint-v1"
 MODELS = ("fused", "torch", "scratch")
@@ -137,52 +138,7 @@ def clip_gradients(params, theta):
     torch._foreach_mul_(grads, torch.clamp(theta / norm, max=1.0))
 
 
-@torch.no_grad()
-def predict(prefix, num_preds, net, vocab, device, temperature=0.0, token="char", generator=None):
-    """d2l's ``predict_ch8``: warm up on ``prefix``, then ``num_preds`` tokens (greedy when
-    temperature is 0, else sampled from softmax(logits / temperature))."""
-    was_training = net.training
-    net.eval()
-    tokens = list(prefix) if token == "char" else prefix.split()
-    if not tokens:
-        raise ValueError("--prefix must contain at least one token")
-    state = net.begin_state(1, device)
-    outputs = [vocab[tokens[0]]]
-    for y in tokens[1:]:
-        _, state = net(torch.tensor([[outputs[-1]]], device=device), state)
-        outputs.append(vocab[y])
-    for _ in range(num_preds):
-        y, state = net(torch.tensor([[outputs[-1]]], device=device), state)
-        if temperature > 0:
-            probs = torch.softmax(y[0].float() / temperature, 0)
-            outputs.append(int(torch.multinomial(probs.cpu(), 1, generator=generator)))
-        else:
-            outputs.append(int(y.argmax(dim=1)))
-    net.train(was_training)
-    sep = "" if token == "char" else " "
-    return sep.join(vocab.idx_to_token[i] for i in outputs)
-
-
 # ----------------------------------------------------------------------------------- files
-def atomic_write_bytes(path: Path, data: bytes):
-    """Write via a temporary file in the same folder and rename: a kill never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)     # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path, net, opt, vocab, cfg, epoch, history, loader=None):
     """Everything a resumed run needs to continue exactly as an uninterrupted one would: weights,
     optimizer, config, history, and the random states (the loader's offsets, torch's dropout)."""

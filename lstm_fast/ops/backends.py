@@ -30,7 +30,7 @@ def triton_unavailable_reason(device_type: str):
         return (f"Triton runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set before "
                 f"triton is imported); got {device_type} tensors")
     try:
-        from . import kernels
+        from .. import kernels
     except ImportError as e:  # triton missing, or too old
         return f"the Triton kernels could not be imported ({e})"
     if not getattr(kernels, "HAS_KERNELS", False):

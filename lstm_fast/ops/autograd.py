@@ -2,9 +2,8 @@
 
 An implementation is a module with ``forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh[, lengths])``
 -> ``(Y, h_n, c_n, saved)`` and ``backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved,
-needs[, lengths])`` -> the seven gradients: :mod:`lstm_fast.cpu.sequence` (float32 CPU kernels),
-:mod:`lstm_fast.cpu.stepwise` (float64 / no AVX-512) and :mod:`lstm_fast.triton_function` (Triton).
-The torch.compile custom ops (:mod:`lstm_fast.custom_ops`) call the same two functions.
+needs[, lengths])`` -> the seven gradients (see :data:`lstm_fast.ops.plan.IMPLEMENTATIONS`). The
+torch.compile custom ops (:mod:`lstm_fast.ops.custom_ops`) call the same two functions.
 """
 import torch
 
@@ -28,27 +27,6 @@ class FusedLSTMFunction(torch.autograd.Function):
         grads = ctx.impl.backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, (G, C),
                                         ctx.needs_input_grad[1:8], *extra)
         return (None, *grads, None)
-
-
-def summed_bias(b_ih, b_hh):
-    """b_ih + b_hh, either of which may be None (nn.LSTM adds the two); None when both are."""
-    if b_ih is None:
-        return b_hh
-    return b_ih if b_hh is None else b_ih + b_hh
-
-
-def final_hidden(Y, h0, lengths):
-    """h_n: the output at each row's last step (h_0 for a row of length 0), on any device."""
-    if lengths is None:
-        return Y[-1].clone()
-    lengths = lengths.to(Y.device)
-    rows = torch.arange(Y.shape[1], device=Y.device)
-    h = Y[(lengths - 1).clamp(min=0), rows]
-    return torch.where((lengths > 0).unsqueeze(1), h, h0)
-
-
-def needs_autograd(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def apply_layer(impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):

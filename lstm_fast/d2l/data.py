@@ -1,7 +1,7 @@
 """The d2l text pipeline (our code, d2l's semantics): read, clean, tokenize, Vocab, and the two
 minibatch iterators (random sampling, sequential partitioning) of the language-model chapter.
 
-The Time Machine ships inside the package (``lstm_fast/data/timemachine.txt``), so training needs
+The Time Machine ships inside the package (``lstm_fast/d2l/corpus/timemachine.txt``), so training needs
 no network.
 """
 import collections
@@ -22,7 +22,7 @@ def read_text(path=None):
     ValueError naming the path.
     """
     if path is None:
-        raw = resources.files("lstm_fast").joinpath("data/timemachine.txt").read_text(encoding="utf-8")
+        raw = resources.files("lstm_fast.d2l").joinpath("corpus/timemachine.txt").read_text(encoding="utf-8")
     else:
         p = Path(path)
         if not p.is_file():

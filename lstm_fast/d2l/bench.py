@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from . import reference
-from .module import FusedLSTM
+from .. import reference
+from ..module import FusedLSTM
+from .files import atomic_write_bytes
 
 IMPLEMENTATIONS = ("scratch", "torch", "fused")
 MODES = ("inference", "training")
@@ -239,7 +240,6 @@ def invocation():
 def write_json(path, env, rows, extra=None, command=None):
     """Write results atomically (a temporary file renamed into place), with the command that
     wrote them (``command``, default this process's), the git commit and the machine (``env``)."""
-    from .train import atomic_write_bytes
     doc = {"environment": env, "command": command or invocation(), "commit": git_commit(),
            "rows": [asdict(r) if isinstance(r, Row) else r for r in rows], **(extra or {})}
     atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
@@ -287,7 +287,6 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .train import atomic_write_bytes
     import io
     rows = with_ratios(rows)
     groups = sorted({(r["device"], r["mode"], r["dtype"], r["B"], r["T"], r["D"], r["H"]) for r in rows})

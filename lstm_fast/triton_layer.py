@@ -1,5 +1,6 @@
-"""The Triton implementation of one layer (one direction): what :class:`FusedLSTMFunction
-<lstm_fast.fused_function.FusedLSTMFunction>` runs on CUDA tensors.
+"""The Triton implementation of one layer (one direction), on CUDA tensors (or CPU tensors under
+Triton's interpreter): ``forward_saving`` / ``backward_saved`` for the op layer's autograd Function
+and custom ops, ``forward_inference`` without autograd.
 
 Forward: the input projection of all steps as one GEMM, then one persistent kernel launch for
 the recurrence (:func:`lstm_fast.kernels.lstm_fwd`: hidden-split or batch-tiled, as the dispatcher
@@ -10,12 +11,9 @@ TF32 for float32 layers whose recurrence is TF32 (our :func:`lstm_fast.kernels.m
 otherwise. Accumulation and state are float32 (float64 for float64 inputs); outputs are in the
 input dtype.
 """
-import sys
-
 import torch
 
-from .functional import padding_mask
-from .fused_function import apply_layer, final_hidden, needs_autograd, summed_bias
+from .layer_math import final_hidden, padding_mask, summed_bias
 
 
 def tf32_gemms(x):
@@ -52,7 +50,7 @@ def _freeze_finished_rows(xg, lengths):
     F = 1, I = 0, O = 0 and C_tilda = 0 exactly. The cell state is carried unchanged, the output is
     0, and in the backward the same saved gates make every gate gradient 0 and carry dc through.
     Every value written here is finite or an exact saturation (x itself arrives with its padding
-    zeroed by :func:`lstm_fast.functional.lstm_layer`)."""
+    zeroed by the op layer, :func:`lstm_fast.ops.functional.lstm_layer`)."""
     T, B, G4 = xg.shape
     H = G4 // 4
     finished = padding_mask(lengths, T, xg.device)
@@ -119,11 +117,9 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
             dw_ih, dw_hh, db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 
 
-def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
-    """One layer on the Triton kernels. Inputs are trusted (see fused_lstm). Without autograd the
-    forward saves nothing. ``lengths``: per-row lengths masked in the kernels, or None."""
-    if needs_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        return apply_layer(sys.modules[__name__], x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+def forward_inference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
+    """One layer without autograd (saves nothing): (Y, (h_n, c_n)). ``lengths``: per-row lengths
+    masked in the kernels, or None."""
     from .kernels import lstm_fwd
 
     xg = _input_projection(x, w_ih, b_ih, b_hh)
@@ -131,3 +127,12 @@ def lstm_triton(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
         xg = _freeze_finished_rows(xg, lengths)
     Y, C, _ = lstm_fwd(xg, h0, c0, w_hh, save_gates=False)
     return Y, (final_hidden(Y, h0, lengths), C[-1].to(x.dtype))
+
+
+def saved_like(x, w_hh):
+    """Shapes and dtypes of what :func:`forward_saving` saves, (G, C): float32 (float64 for float64)
+    gates and T + 1 cell states (the compile-time fake's answer)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return ((T, B, 4 * H), acc), ((T + 1, B, H), acc)

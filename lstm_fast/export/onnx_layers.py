@@ -24,7 +24,7 @@ Why not ``nn.LSTM.forward`` (which exports through ``aten.lstm``): with torch 2.
 onnxscript 0.7 that translation writes the example's sequence length into a Reshape, so a file
 exported with a dynamic length fails in onnxruntime at any other length, and its projection
 export gives a file onnxruntime rejects. Under ``torch.export.export`` (no ONNX) nothing here
-runs: the layers stay lstm_fast's custom ops (:mod:`lstm_fast.onnx_translation` translates those
+runs: the layers stay lstm_fast's custom ops (:mod:`lstm_fast.export.onnx_translation` translates those
 when such a program is exported to ONNX).
 
 Not exported: a PackedSequence (``pack_padded_sequence`` does not export, for nn.LSTM either).
@@ -32,7 +32,7 @@ Not exported: a PackedSequence (``pack_padded_sequence`` does not export, for nn
 import torch
 import torch.nn.functional as F
 
-from .projection import first_step_mask
+from ..projection import first_step_mask
 
 
 def onnx_layers(module, x, hx, lengths=None):

@@ -1,12 +1,12 @@
 """ONNX translation of the ``lstm_fast::lstm_forward`` custom op, for programs that already hold it.
 
 ``torch.onnx.export(model, ...)`` of a module never meets the custom op: while it traces, FusedLSTM
-writes ONNX's LSTM operator itself (:mod:`lstm_fast.onnx_export`). A graph captured without that
+writes ONNX's LSTM operator itself (:mod:`lstm_fast.export.onnx_layers`). A graph captured without that
 flag does hold the op: a ``torch.export.export`` program passed to ``torch.onnx.export``, or the
 exporter's own fallback to ``strict=True`` capture (dynamo reads ``is_in_onnx_export()`` as
 False). For those, pass this table::
 
-    from lstm_fast.onnx_translation import custom_translation_table
+    from lstm_fast.export.onnx_translation import custom_translation_table
     torch.onnx.export(program, dynamo=True, custom_translation_table=custom_translation_table())
 
 Each op becomes one ONNX ``LSTM`` node (gates reordered from nn.LSTM's i, f, g, o to ONNX's
@@ -28,7 +28,7 @@ def custom_translation_table():
         i, f, g, o = op.Split(t, num_outputs=4, axis=0)
         return op.Concat(i, o, f, g, axis=0)
 
-    def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, backend="auto"):
+    def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, implementation="cpu_sequence"):
         hidden = w_hh.shape[1]
         bias = None
         if b_ih is not None or b_hh is not None:

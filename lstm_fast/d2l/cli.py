@@ -28,7 +28,8 @@ def _generate(a):
     import torch
 
     from .data import Vocab
-    from .train import build_model, load_checkpoint, predict, resolve_device
+    from .generate import predict
+    from .train import build_model, load_checkpoint, resolve_device
     ckpt = load_checkpoint(a.checkpoint)
     cfg = ckpt["config"]
     device = resolve_device(a.device)

@@ -1,0 +1,94 @@
+"""The checks of one layer call's arguments: :func:`check_lstm_args` (``fused_lstm``'s tensors)
+and :func:`check_lengths` (per-row lengths, for every path). Errors name the argument and use
+nn.LSTM's exception classes."""
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_lengths(lengths, T, B, values=True):
+    """The one validation of per-row lengths, used by every path (:func:`lstm_layer` calls it, so
+    the CPU kernels, the Triton kernels and the segment loop all get the same): returns a
+    contiguous CPU int64 tensor. The C kernels read int64, so narrower integers (int32, int16,
+    uint8) are converted here, never reinterpreted; a list or a tensor on any device is accepted.
+
+    Raises ValueError for anything but a 1-D integer tensor of B entries (bool, float and complex
+    lengths included: a mask or a fraction is not a length) and RuntimeError for values outside
+    [0, T]. ``values=False`` skips the range check, which reads the values: under torch.compile
+    the custom op checks them when it runs."""
+    if not isinstance(lengths, torch.Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"lengths must be a 1-D integer tensor of {B} entries (one per batch row), "
+                             f"got {type(lengths).__name__}") from None
+    if (lengths.dim() != 1 or lengths.numel() != B or lengths.dtype == torch.bool or lengths.is_floating_point()
+            or lengths.is_complex()):
+        raise ValueError(f"lengths must be a 1-D integer tensor of {B} entries (one per batch row), "
+                         f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
+    lengths = lengths.to("cpu", torch.int64).contiguous()
+    if values and B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise RuntimeError(f"lengths must lie in [0, {T}] (the sequence length), got "
+                           f"min {int(lengths.min())}, max {int(lengths.max())}")
+    return lengths
+
+
+def _require_tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+
+
+def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh):
+    """Validate fused_lstm's arguments; return (h_0, c_0), zeros when hx is None."""
+    _require_tensor("input", input)
+    _require_tensor("weight_ih", w_ih)
+    _require_tensor("weight_hh", w_hh)
+    if input.dim() != 3:
+        raise ValueError(f"fused_lstm: expected input to be 3-D (T, B, D), got {input.dim()}-D")
+    # Under autocast every floating operand is cast to the autocast dtype (as nn.LSTM does), so
+    # a state carried from an autocast call (bf16) may meet a float32 input.
+    autocast = torch.is_autocast_enabled(input.device.type)
+    weights_match = input.dtype == w_ih.dtype or (autocast and w_ih.dtype in _FLOAT_DTYPES)
+    if input.dtype not in _FLOAT_DTYPES or not weights_match:
+        raise ValueError(f"fused_lstm: input dtype ({input.dtype}) does not match weight dtype "
+                         f"({w_ih.dtype}); inputs and weights must share one floating dtype")
+    T, B, D = input.shape
+    if T == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    if w_hh.dim() != 2 or w_hh.shape[0] % 4 != 0 or w_hh.shape[0] == 0:
+        raise RuntimeError(f"weight_hh must be (4*hidden_size, hidden_size), got {tuple(w_hh.shape)}")
+    H = w_hh.shape[0] // 4
+    if tuple(w_hh.shape) != (4 * H, H):
+        raise RuntimeError(f"weight_hh must be (4*hidden_size, hidden_size) = ({4 * H}, {H}), "
+                           f"got {tuple(w_hh.shape)}")
+    if tuple(w_ih.shape) != (4 * H, D):
+        raise RuntimeError(f"weight_ih must be (4*hidden_size, input.size(-1)) = ({4 * H}, {D}), "
+                           f"got {tuple(w_ih.shape)}")
+    named = [("weight_hh", w_hh)]
+    for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+        if b is not None:
+            _require_tensor(name, b)
+            if tuple(b.shape) != (4 * H,):
+                raise RuntimeError(f"{name} must be (4*hidden_size,) = ({4 * H},), got {tuple(b.shape)}")
+            named.append((name, b))
+    if hx is None:
+        h0 = input.new_zeros(B, H)
+        c0 = input.new_zeros(B, H)
+    else:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx must be a tuple (h_0, c_0) or None")
+        h0, c0 = hx
+        _require_tensor("h_0", h0)
+        _require_tensor("c_0", c0)
+        for name, t in (("h_0", h0), ("c_0", c0)):
+            if tuple(t.shape) != (B, H):
+                raise RuntimeError(f"Expected {name} size ({B}, {H}), got {list(t.shape)}")
+            named.append((name, t))
+    for name, t in named:
+        if t.dtype != input.dtype and not (autocast and t.dtype in _FLOAT_DTYPES):
+            raise RuntimeError(f"{name} dtype ({t.dtype}) does not match input dtype ({input.dtype})")
+    for name, t in [("weight_ih", w_ih)] + named:
+        if t.device != input.device:
+            raise RuntimeError(f"{name} is on {t.device} but input is on {input.device}; "
+                               f"all tensors must be on one device")
+    return h0, c0
