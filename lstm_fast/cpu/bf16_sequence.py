@@ -58,9 +58,9 @@ def vdpbf16ps_gain() -> float:
     core, measured once (~0.2 ms, best of 5 interleaved runs). Why measured: it is a property of
     the core, not of the ISA flags. On the Intel Xeon this project measures on (AMX switched
     off) it is 0.5: vdpbf16ps issues every ~2 cycles, so the bf16 vector kernels ran 1.4x slower
-    than the float32 ones and no faster than oneDNN's bf16 RNN. On the AMD EPYC (Zen 4) issue 13
-    was measured on, oneDNN's vdpbf16ps RNN ran 1.1-1.7x faster than our float32 kernels, so the
-    gain there is above 1 (not probed: no Zen 4 here)."""
+    than the float32 ones and no faster than oneDNN's bf16 RNN. A core whose vdpbf16ps
+    out-multiplies its FMAs (reported for AMD Zen 4; no such core here to probe) gets the
+    vdpbf16ps kernels."""
     dp_ns, fma_ns = _bf16_sequence_kernels.probe_dot_rates(4000)
     return (32 / dp_ns) / (16 / fma_ns)
 
