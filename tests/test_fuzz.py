@@ -12,6 +12,7 @@ every failure; ``LSTM_FAST_FUZZ_SEED=<seed>`` replays a run.
 """
 import os
 import random
+import signal
 
 import pytest
 
@@ -145,8 +146,6 @@ def test_fuzz_devices():
 def test_fuzz_runner_sees_a_crash():
     """The harness itself: a case that kills its child is reported as a signal exit naming it, and
     the cases after it still run."""
-    from lstm_case_runner import run_cases as run
-    import json, os, signal, subprocess, sys  # noqa: E401
-    r = run([dict(id="ok0", seed=1), dict(id="boom", seed=2, _crash=True), dict(id="ok1", seed=3)])
+    r = run_cases([dict(id="ok0", seed=1), dict(id="boom", seed=2, _crash=True), dict(id="ok1", seed=3)])
     assert r["ok0"]["close"] is True and r["ok1"]["close"] is True
     assert r["boom"].get("signal") == signal.SIGSEGV
