@@ -31,8 +31,10 @@ from .ops.backends import check_backend_name
 from .module import FusedLSTM
 
 
-def convert(model, backend="auto"):
+def convert(model, backend="auto", to=FusedLSTM):
     """Replace every ``torch.nn.LSTM`` in ``model`` (``model`` itself included) by a ``FusedLSTM``, in place.
+
+    ``convert(model, to=torch.nn.LSTM)`` is :func:`revert` instead.
 
     Args:
         model: an ``nn.Module``; ``nn.LSTM`` modules are found at any depth (``Sequential``,
@@ -46,8 +48,12 @@ def convert(model, backend="auto"):
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: unknown ``backend``.
+        ValueError: unknown ``backend``, or ``to`` is neither ``FusedLSTM`` nor ``torch.nn.LSTM``.
     """
+    if to is nn.LSTM:
+        return revert(model)
+    if to is not FusedLSTM:
+        raise ValueError(f"convert: to must be lstm_fast.FusedLSTM or torch.nn.LSTM, got {to!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
     check_backend_name(backend)
@@ -81,3 +87,37 @@ def _convert_lstm(lstm, backend):
     vars(lstm).update(added)
     lstm.backend = backend
 
+
+
+def revert(model):
+    """Turn every ``FusedLSTM`` in ``model`` (``model`` itself included) back into a plain ``torch.nn.LSTM``, in place.
+
+    The inverse of :func:`convert`, for shipping a model to a machine without lstm_fast: the same
+    ``Parameter`` objects, buffers, hooks and ``state_dict`` keys; only the class changes and the
+    attributes ``FusedLSTM`` adds (``backend``) are dropped, so ``torch.save(model)`` afterwards
+    refers to ``torch.nn.LSTM`` only. Only modules whose type is exactly ``FusedLSTM`` change.
+
+    Returns:
+        ``model``, the same object.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"revert: model must be a torch.nn.Module, got {type(model).__name__}")
+    for module in model.modules():
+        if type(module) is FusedLSTM:
+            plain = vars(_plain_template(module))
+            for k in [k for k in vars(module) if k not in plain]:
+                delattr(module, k)
+            module.__class__ = nn.LSTM
+    return model
+
+
+def _plain_template(lstm):
+    """An ``nn.LSTM`` with ``lstm``'s options on the meta device: the attributes a plain one has."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nn.LSTM(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, bias=lstm.bias,
+                       batch_first=lstm.batch_first, dropout=lstm.dropout, bidirectional=lstm.bidirectional,
+                       proj_size=lstm.proj_size, device="meta")

@@ -165,7 +165,7 @@ class FusedLSTM(nn.LSTM):
             u = torch.cat((u0, u_rest), 0)
         else:
             u, u_last, c_last = u0, u0[0], c1
-        y = (u.reshape(-1, u.size(-1)) @ w_hr.t()).view(u.size(0), u.size(1), -1)
+        y = (u.reshape(-1, u.size(-1)) @ w_hr.t()).view(u.size(0), u.size(1), w_hr.size(0))  # explicit: batch 0 has no -1
         return y, u_last @ w_hr.t(), c_last
 
 
