@@ -11,7 +11,8 @@ cpu_cell = Extension("lstm_fast.cpu._cell_kernel", sources=["lstm_fast/cpu/cell_
                      extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 # Whole-sequence AVX-512 kernels (one call walks T; threads from torch's own OpenMP runtime).
 cpu_seq = Extension("lstm_fast.cpu._sequence_kernels", sources=["lstm_fast/cpu/sequence_kernels.c"], libraries=["dl"],
-                    depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/sequence_templates.h"],
+                    depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/sequence_templates.h",
+                             "lstm_fast/cpu/weight_gradient_gemm.h"],
                     extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 # The same in bfloat16 (AVX512-BF16 dot products; per-function target attributes and a runtime CPU
 # check, so the module loads on any x86-64 and reports itself unavailable where the CPU lacks them).

@@ -6,8 +6,7 @@ Forward: one C call walks all T steps; per step a register-blocked GEMM computes
 ``x_t W_ih^T + h_{t-1} W_hh^T`` for a tile of rows and 16 hidden units of all four gates (weights
 packed once per call into contiguous panels), and the LSTM cell runs in its epilogue. Backward:
 one C call walks T in reverse (gate gradients and the bias gradient, then
-``dh_{t-1} = dgates_t W_hh``), then the weight gradients come from a C kernel that reads dgates in
-its own layout (no transposes), and ``dx`` from one oneDNN GEMM. Threads are torch's own OpenMP
+``dh_{t-1} = dgates_t W_hh``), then the weight gradients come from one packed GEMM (``weight_gradient_gemm.h``), and ``dx`` from one oneDNN GEMM. Threads are torch's own OpenMP
 pool. Large per-call buffers come from :mod:`lstm_fast.cpu.workspace` (no page faults).
 Saved for the backward: the activated gates (T, B, 4H), cell states (T, B, H), outputs, inputs,
 weights.
@@ -16,6 +15,7 @@ import torch
 
 from . import workspace
 from .matmul import linear
+from .weight_gradient import weight_gradients
 from ..layer_math import final_hidden, padding_mask, summed_bias
 
 try:
@@ -80,23 +80,6 @@ def forward(x, h0, c0, prepared, save, lengths=None):
     return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
 
 
-def _input_weight_grad(dG, x, nthreads):
-    """dW_ih (4H, D) = dG^T x over all T*B rows. The kernel's tile is 6 rows of the output by 64
-    columns: for a narrow input (the d2l one-hot D = 28) the columns would be mostly padding, so
-    it computes (x^T dG)^T instead, with D on the row side and 4H across the columns."""
-    T, B, G4 = dG.shape
-    D = x.shape[2]
-    padded_direct = -(-D // 64) * 64 * G4          # output D padded to 64-wide column tiles
-    padded_transposed = -(-D // 6) * 6 * G4        # output D padded to 6-row tiles
-    if padded_transposed < padded_direct:
-        out_t = torch.empty(D, G4, dtype=dG.dtype)
-        _sequence_kernels.weight_grad(x.data_ptr(), D, dG.data_ptr(), T * B, None, T * B, G4, out_t.data_ptr(), nthreads)
-        return out_t.t().contiguous()
-    out = torch.empty(G4, D, dtype=dG.dtype)
-    _sequence_kernels.weight_grad(dG.data_ptr(), G4, x.data_ptr(), T * B, None, T * B, D, out.data_ptr(), nthreads)
-    return out
-
-
 def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C))."""
     Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True, lengths=lengths)
@@ -124,14 +107,14 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     dx = dw_ih = dw_hh = None
     if n[0]:
         dx = linear(dG2, w_ih.t()).view(T, B, D)
-    if n[3]:
+    if n[3] or n[4]:   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
         if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
             x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
-        dw_ih = _input_weight_grad(dG, x.contiguous(), nt)
-    if n[4]:   # dW_hh = dG^T [h_0; Y[:-1]]: the two row blocks are read in place, not concatenated
-        h0c = h0.contiguous()
-        dw_hh = torch.empty(4 * H, H, dtype=G.dtype)
-        _sequence_kernels.weight_grad(dG.data_ptr(), 4 * H, h0c.data_ptr(), B, Y.data_ptr(), T * B, H, dw_hh.data_ptr(), nt)
+        a0 = [x.contiguous().view(T * B, D)]
+        a1 = [h0.contiguous(), Y[:-1].contiguous().view((T - 1) * B, H)] if T > 1 else [h0.contiguous()]
+        dw_ih, dw_hh = weight_gradients(dG2, a0, a1, nt)
+        dw_ih = dw_ih if n[3] else None
+        dw_hh = dw_hh if n[4] else None
     return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
             db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
 

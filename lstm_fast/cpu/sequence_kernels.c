@@ -31,15 +31,16 @@
  *   W (4H, K) as nn.LSTM stores it -> P (ceil(H/16), K, 64) forward panels, zero padded past H.
  * pack_backward_panels(W, H, K, Q)
  *   W_hh (K = 4H, H) -> Q (ceil(H/64), 4H, 64): 64-column panels, zero padded past H.
- * weight_grad(dG, N, P0, R0, P1, R, K, dW, nthreads)
- *   dW (N, K) = dG^T @ P over R rows (any N, K), dG (R, N) row-major and P's rows R0 rows at P0 then the
- *   rest at P1 (h_0 then Y[:-1] for dW_hh, no concatenation); no transposes: row r contributes
- *   dG[r, n0..n0+5] (broadcast) times P[r, k0..k0+63] to a 6 x 64 register tile.
+ * weight_grad(dG, N, R, A0p0, A0rows0, A0p1, M0, A1p0, A1rows0, A1p1, M1, out0, out1|None, scratch, nthreads)
+ *   out0 (N, M0) = dG^T A0 and out1 (N, M1) = dG^T A1 over R rows, dG (R, N); each A part read in
+ *   place from two row segments (weight_gradient_gemm.h: one packed GEMM for dW_ih and dW_hh).
+ * weight_grad_scratch(N, M0 + M1, R, nthreads) -> the floats of scratch weight_grad needs.
  * available() -> bool: AVX-512 present (the caller falls back otherwise).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "sequence_templates.h"
+#include "weight_gradient_gemm.h"
 
 #if LSTM_X86
 /* The register tiles, workers and argument parsing of sequence_templates.h, on float32 operands. */
@@ -160,75 +161,6 @@ BWD_TILE(6, DECL6, FMA6)
 BWD_TILE(4, DECL4, FMA4)
 DEFINE_BWD_WORKER()
 
-/* ---------------------------------------------------------------- weight gradient */
-typedef struct {
-    const float *dG, *P0, *P1;
-    float *dW;
-    int64_t N, R0, R, K;
-    int nthreads;
-} wg_args;
-
-#define WG_FMA(i)                                                                    \
-    {                                                                                \
-        __m512 x = _mm512_set1_ps(g[i < nr ? i : 0]);                                \
-        c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                                   \
-        c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);                                   \
-        c##i##2 = _mm512_fmadd_ps(x, b2, c##i##2);                                   \
-        c##i##3 = _mm512_fmadd_ps(x, b3, c##i##3);                                   \
-    }
-#define WG_STORE(i)                                                                  \
-    if (i < nr) {                                                                    \
-        float *o = a->dW + (n0 + i) * K + k0;                                        \
-        if (accumulate) {                                                            \
-            c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, o));          \
-            c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, o + 16));     \
-            c##i##2 = _mm512_add_ps(c##i##2, _mm512_maskz_loadu_ps(m2, o + 32));     \
-            c##i##3 = _mm512_add_ps(c##i##3, _mm512_maskz_loadu_ps(m3, o + 48));     \
-        }                                                                            \
-        _mm512_mask_storeu_ps(o, m0, c##i##0);                                       \
-        _mm512_mask_storeu_ps(o + 16, m1, c##i##1);                                  \
-        _mm512_mask_storeu_ps(o + 32, m2, c##i##2);                                  \
-        _mm512_mask_storeu_ps(o + 48, m3, c##i##3);                                  \
-    }
-#define WG_TILE(MR, DECLS, FMAS, STORES)                                                              \
-    AVX512 static void wg_tile##MR(const wg_args *a, int64_t n0, int64_t k0, int64_t r_lo, int64_t r_hi, \
-                                   int accumulate) {                                                  \
-        const int64_t N = a->N, K = a->K, nr = N - n0 < MR ? N - n0 : MR;                             \
-        const __mmask16 m0 = k0 < K ? tail_mask(k0, K) : 0, m1 = k0 + 16 < K ? tail_mask(k0 + 16, K) : 0; \
-        const __mmask16 m2 = k0 + 32 < K ? tail_mask(k0 + 32, K) : 0;                                 \
-        const __mmask16 m3 = k0 + 48 < K ? tail_mask(k0 + 48, K) : 0;                                 \
-        DECLS                                                                                         \
-        for (int64_t r = r_lo; r < r_hi; ++r) {                                                       \
-            const float *p = (r < a->R0 ? a->P0 + r * K : a->P1 + (r - a->R0) * K) + k0;              \
-            const float *g = a->dG + r * N + n0;                                                      \
-            __m512 b0 = _mm512_maskz_loadu_ps(m0, p), b1 = _mm512_maskz_loadu_ps(m1, p + 16);         \
-            __m512 b2 = _mm512_maskz_loadu_ps(m2, p + 32), b3 = _mm512_maskz_loadu_ps(m3, p + 48);    \
-            FMAS                                                                                      \
-        }                                                                                             \
-        STORES                                                                                        \
-    }
-WG_TILE(6, DECL6, WG_FMA(0) WG_FMA(1) WG_FMA(2) WG_FMA(3) WG_FMA(4) WG_FMA(5),
-        WG_STORE(0) WG_STORE(1) WG_STORE(2) WG_STORE(3) WG_STORE(4) WG_STORE(5))
-WG_TILE(4, DECL4, WG_FMA(0) WG_FMA(1) WG_FMA(2) WG_FMA(3), WG_STORE(0) WG_STORE(1) WG_STORE(2) WG_STORE(3))
-
-/* Threads split the n tiles (each owns its rows of dW). The reduction runs in chunks of WG_ROWS
- * rows and, within a chunk, k blocks outer: a chunk's 64-column slice of P (64 KB) stays in cache
- * while every n tile of the thread uses it; later chunks add into dW. */
-#define WG_ROWS 256
-AVX512 static void wg_worker(void *arg) {
-    const wg_args *a = (const wg_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t n6 = six_row_tiles(a->N), ntiles = n6 + (a->N - 6 * n6 + 3) / 4;
-    const int64_t lo = ntiles * tm.tid / tm.nth, hi = ntiles * (tm.tid + 1) / tm.nth;
-    for (int64_t r0 = 0; r0 < a->R; r0 += WG_ROWS) {
-        const int64_t r1 = r0 + WG_ROWS < a->R ? r0 + WG_ROWS : a->R;
-        for (int64_t k0 = 0; k0 < a->K; k0 += 64)
-            for (int64_t i = lo; i < hi; ++i) {
-                if (i < n6) wg_tile6(a, 6 * i, k0, r0, r1, r0 > 0);
-                else wg_tile4(a, 6 * n6 + 4 * (i - n6), k0, r0, r1, r0 > 0);
-            }
-    }
-}
 #endif /* LSTM_X86 */
 
 /* ---------------------------------------------------------------- panel packing */
@@ -327,25 +259,32 @@ static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize
 }
 
 static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("weight_grad", 9, avx512_ok(), "AVX-512")
+    CHECK_CALL("weight_grad", 15, avx512_ok(), "AVX-512")
 #if LSTM_X86
-    wg_args a;
-    a.dG = PyLong_AsVoidPtr(args[0]);
-    a.N = PyLong_AsLongLong(args[1]);
-    a.P0 = PyLong_AsVoidPtr(args[2]);
-    a.R0 = PyLong_AsLongLong(args[3]);
-    a.P1 = args[4] == Py_None ? NULL : PyLong_AsVoidPtr(args[4]);
-    a.R = PyLong_AsLongLong(args[5]);
-    a.K = PyLong_AsLongLong(args[6]);
-    a.dW = PyLong_AsVoidPtr(args[7]);
-    a.nthreads = (int)PyLong_AsLong(args[8]);
+    void *p[15];
+    const int is_ptr[15] = {1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0};
+    int64_t v[15];
+    for (int i = 0; i < 15; ++i) {
+        if (is_ptr[i]) { p[i] = args[i] == Py_None ? NULL : PyLong_AsVoidPtr(args[i]); v[i] = 0; }
+        else { v[i] = PyLong_AsLongLong(args[i]); p[i] = NULL; }
+    }
     if (PyErr_Occurred()) return NULL;
+    wgg_args a = {p[0], {{p[3], p[5], v[4], v[6]}, {p[7], p[9], v[8], v[10]}}, {p[11], p[12]}, p[13], v[1], v[2],
+                  (int)v[14]};
     resolve_gomp();
     Py_BEGIN_ALLOW_THREADS
-    run(wg_worker, &a, a.nthreads);
+    run(wgg_worker, &a, a.nthreads);
     Py_END_ALLOW_THREADS
 #endif
     Py_RETURN_NONE;
+}
+
+static PyObject *py_weight_grad_scratch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "weight_grad_scratch takes 4 arguments"); return NULL; }
+    int64_t N = PyLong_AsLongLong(args[0]), M = PyLong_AsLongLong(args[1]), R = PyLong_AsLongLong(args[2]);
+    int64_t nt = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(weight_grad_scratch_floats(N, M, R, nt < 1 ? 1 : nt));
 }
 
 static PyObject *py_pack_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -376,7 +315,8 @@ static PyMethodDef methods[] = {
     {"backward_seq", (PyCFunction)(void (*)(void))py_backward_seq, METH_FASTCALL, "LSTM backward over all steps"},
     {"pack_panels", (PyCFunction)(void (*)(void))py_pack_panels, METH_FASTCALL, "forward weight panels"},
     {"pack_backward_panels", (PyCFunction)(void (*)(void))py_pack_backward_panels, METH_FASTCALL, "backward weight panels"},
-    {"weight_grad", (PyCFunction)(void (*)(void))py_weight_grad, METH_FASTCALL, "dW = dG^T @ [P0; P1]"},
+    {"weight_grad", (PyCFunction)(void (*)(void))py_weight_grad, METH_FASTCALL, "[dW0 | dW1] = dG^T @ [A0 | A1]"},
+    {"weight_grad_scratch", (PyCFunction)(void (*)(void))py_weight_grad_scratch, METH_FASTCALL, "scratch floats of weight_grad"},
     {NULL, NULL, 0, NULL},
 };
 
