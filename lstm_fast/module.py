@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .export.onnx_layers import onnx_layers
 from .ops.backends import check_backend_name
+from .ops.checks import autocast_enabled, check_devices
 from .ops.functional import lstm_layer
 from .projection import fold_first_step
 
@@ -95,12 +96,11 @@ class FusedLSTM(nn.LSTM):
             lengths = None
         if x.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        autocast = torch.is_autocast_enabled(x.device.type)  # casts the state too, as in nn.LSTM
+        check_devices(x, self._flat_weights, hx)
+        autocast = autocast_enabled(x.device.type)  # casts the state too, as in nn.LSTM
         for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
             if t.dtype != x.dtype and not (autocast and t.is_floating_point()):
                 raise RuntimeError(f"LSTM: {name} dtype ({t.dtype}) does not match input dtype ({x.dtype})")
-            if t.device != x.device:
-                raise RuntimeError(f"LSTM: {name} is on {t.device} but input is on {x.device}")
 
         output, h_n, c_n = self._run_layers(x, hx, lengths)
 
@@ -117,8 +117,17 @@ class FusedLSTM(nn.LSTM):
 
     @staticmethod
     def _check_hx_pair(hx):
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, torch.Tensor) for t in hx):
+        """hx must be a pair of tensors; a tuple of another length or holding something else fails
+        with the exception class nn.LSTM raises for it."""
+        if not isinstance(hx, (tuple, list)):
             raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of Tensors or None")
+        if len(hx) < 2:
+            raise IndexError("tuple index out of range")
+        for t in hx[:2]:
+            if not isinstance(t, torch.Tensor):
+                raise AttributeError(f"'{type(t).__name__}' object has no attribute 'dim'")
+        if len(hx) > 2:
+            raise RuntimeError("lstm expects two hidden states")
 
     def _zero_state(self, batch, real_hidden, like):
         n = self.num_layers * (2 if self.bidirectional else 1)

@@ -13,7 +13,6 @@ import pytest
 
 from lstm_case_runner import run_cases
 
-PENDING = pytest.mark.xfail(strict=False, reason="issue 19 item 1: the lead's device guards are not merged yet")
 
 CASES = {
     "module-params-meta": dict(param_device="meta"),
@@ -42,7 +41,7 @@ def results():
     return run_cases([dict(spec, id=k, seed=i) for i, (k, spec) in enumerate(CASES.items())])
 
 
-@pytest.mark.parametrize("case", [pytest.param(k, marks=PENDING) for k in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_same_outcome_as_nn_lstm(results, case):
     r = results[case]
     assert "signal" not in r and "exit" not in r, f"child died in {case}: {r}"

@@ -6,6 +6,26 @@ import torch
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def autocast_enabled(device_type) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False for devices autocast does not know (meta),
+    where torch raises instead."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
+
+
+def check_devices(input, parameters, hidden):
+    """The device guard in front of every implementation: each parameter and each hidden-state
+    tensor on ``input``'s device, with nn.LSTM's RuntimeError and wording. Nothing that fails it
+    reaches a kernel (a CPU kernel given a meta tensor would read through a null pointer)."""
+    for p in parameters:
+        if p is not None and p.device != input.device:
+            raise RuntimeError(f"Input and parameter tensors are not at the same device, found input tensor at "
+                               f"{input.device} and parameter tensor at {p.device}")
+    for h in hidden:
+        if h.device != input.device:
+            raise RuntimeError(f"Input and hidden tensors are not at the same device, found input tensor at "
+                               f"{input.device} and hidden tensor at {h.device}")
+
+
 def check_lengths(lengths, T, B, values=True):
     """The one validation of per-row lengths, used by every path (:func:`lstm_layer` calls it, so
     the CPU kernels, the Triton kernels and the segment loop all get the same): returns a
@@ -47,7 +67,7 @@ def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh):
         raise ValueError(f"fused_lstm: expected input to be 3-D (T, B, D), got {input.dim()}-D")
     # Under autocast every floating operand is cast to the autocast dtype (as nn.LSTM does), so
     # a state carried from an autocast call (bf16) may meet a float32 input.
-    autocast = torch.is_autocast_enabled(input.device.type)
+    autocast = autocast_enabled(input.device.type)
     weights_match = input.dtype == w_ih.dtype or (autocast and w_ih.dtype in _FLOAT_DTYPES)
     if input.dtype not in _FLOAT_DTYPES or not weights_match:
         raise ValueError(f"fused_lstm: input dtype ({input.dtype}) does not match weight dtype "
@@ -84,11 +104,8 @@ def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh):
             if tuple(t.shape) != (B, H):
                 raise RuntimeError(f"Expected {name} size ({B}, {H}), got {list(t.shape)}")
             named.append((name, t))
+    check_devices(input, (w_ih, w_hh, b_ih, b_hh), (h0, c0))
     for name, t in named:
         if t.dtype != input.dtype and not (autocast and t.dtype in _FLOAT_DTYPES):
             raise RuntimeError(f"{name} dtype ({t.dtype}) does not match input dtype ({input.dtype})")
-    for name, t in [("weight_ih", w_ih)] + named:
-        if t.device != input.device:
-            raise RuntimeError(f"{name} is on {t.device} but input is on {input.device}; "
-                               f"all tensors must be on one device")
     return h0, c0

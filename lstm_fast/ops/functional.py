@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..layer_math import zero_padding
 from .autograd import apply_layer
 from .backends import check_backend_name
-from .checks import check_lengths, check_lstm_args
+from .checks import autocast_enabled, check_lengths, check_lstm_args
 from .custom_ops import lstm_layer_op
 from .plan import cast_inputs, cast_outputs, plan_layer
 
@@ -66,7 +66,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
         raise RuntimeError("lengths under torch.compile need the Triton kernels or the CPU sequence kernels "
                            "(float32, AVX-512)")
     device = x.device.type
-    with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+    with torch.autocast(device, enabled=False) if autocast_enabled(device) else nullcontext():
         x, h0, c0, w_ih, w_hh, b_ih, b_hh = cast_inputs(plan, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         run = _run_segments if plan.segments else _run_compiled if compiling else _run_eager
         y, (h, c) = run(plan, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)

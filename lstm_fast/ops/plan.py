@@ -18,6 +18,8 @@ The rules, in order:
 4. float32 on the CPU: the whole-sequence AVX-512 kernels where this CPU has them
    (:mod:`lstm_fast.cpu.sequence`), else the stepwise implementation (also float64).
 5. CUDA (or ``backend="triton"``): the Triton implementation (:mod:`lstm_fast.triton_layer`).
+   Meta tensors (every tensor on ``meta``; the op layer's guard sees to that): outputs of the
+   right shapes, nothing computed (:mod:`lstm_fast.meta_layer`).
 6. Per-row lengths on an implementation that does not mask them (stepwise): segments between
    distinct lengths (eager only; under torch.compile an error).
 """
@@ -28,7 +30,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..cpu import bf16_sequence, sequence, stepwise  # noqa: F401  (imported here, not while tracing)
+from .. import meta_layer  # noqa: F401  (imported here, not while tracing)
+from ..cpu import bf16_sequence, sequence, stepwise  # noqa: F401
 from .backends import resolve_backend
 
 #: Implementation name -> module. Each module provides ``available_for(x, w_hh)``,
@@ -39,6 +42,7 @@ IMPLEMENTATIONS = {
     "cpu_bf16": ("lstm_fast.cpu.bf16_sequence", True),
     "cpu_stepwise": ("lstm_fast.cpu.stepwise", False),
     "triton": ("lstm_fast.triton_layer", True),
+    "meta": ("lstm_fast.meta_layer", True),
 }
 
 _16BIT = (torch.float16, torch.bfloat16)
@@ -101,6 +105,8 @@ def plan_layer(x, w_hh, backend, has_lengths=False) -> LayerPlan:
     from the tensors' dtype and device, the ``backend`` argument and the autocast state.
     Raises RuntimeError where no implementation can run it."""
     device = x.device.type
+    if device == "meta":        # shape inference, torch.device("meta") model building
+        return LayerPlan("meta")
     chosen = resolve_backend(backend, device)
     autocast_dtype, keep_weights = None, False
     if torch.is_autocast_enabled(device):
