@@ -20,6 +20,12 @@ cpu_bf16_seq = Extension("lstm_fast.cpu._bf16_sequence_kernels", sources=["lstm_
                          libraries=["dl"], depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/sequence_templates.h"],
                          extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 
+# Small-batch kernels (batch 1..a few, one step per call): weights read in nn.LSTM's own layout,
+# nothing packed per call; each thread keeps its slice of W_hh in its own L2.
+cpu_small_batch = Extension("lstm_fast.cpu._small_batch_kernels", sources=["lstm_fast/cpu/small_batch_kernels.c"],
+                            libraries=["dl"], depends=["lstm_fast/cpu/kernel_support.h"],
+                            extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
+
 setup(
     name="lstm-fast",
     version="0.1.0",
@@ -39,8 +45,10 @@ setup(
     ],
     extras_require={
         # onnx, onnxscript, onnxruntime: tests/test_export.py exports to ONNX and runs the file.
+        # the runtimes users pick instead of FusedLSTM for serving, to measure against.
+        "bench": ["onnx", "onnxscript", "onnxruntime", "openvino"],
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime"],
     },
-    ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq],
+    ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq, cpu_small_batch],
     entry_points={"console_scripts": ["lstm-fast=lstm_fast.d2l.cli:main"]},
 )

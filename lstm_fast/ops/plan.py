@@ -15,8 +15,10 @@ The rules, in order:
 2. bf16 on the CPU with the native bf16 kernels: those kernels.
 3. Other 16-bit operands on the CPU: the float32 implementation on exactly upcast operands
    (16-bit products are exact in float32), outputs cast back to the 16-bit dtype.
-4. float32 on the CPU: the whole-sequence AVX-512 kernels where this CPU has them
-   (:mod:`lstm_fast.cpu.sequence`), else the stepwise implementation (also float64).
+4. float32 on the CPU: the small-batch kernels where their measured crossover table says they
+   win (:func:`lstm_fast.cpu.small_batch.use_for`, env ``LSTM_FAST_CPU_SMALL_BATCH``), else the
+   whole-sequence AVX-512 kernels where this CPU has them (:mod:`lstm_fast.cpu.sequence`), else
+   the stepwise implementation (also float64).
 5. CUDA (or ``backend="triton"``): the Triton implementation (:mod:`lstm_fast.triton_layer`).
    Meta tensors (every tensor on ``meta``; the op layer's guard sees to that): outputs of the
    right shapes, nothing computed (:mod:`lstm_fast.meta_layer`).
@@ -31,7 +33,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import meta_layer  # noqa: F401  (imported here, not while tracing)
-from ..cpu import bf16_sequence, sequence, stepwise  # noqa: F401
+from ..cpu import bf16_sequence, sequence, small_batch, stepwise  # noqa: F401
 from .backends import resolve_backend
 
 #: Implementation name -> module. Each module provides ``available_for(x, w_hh)``,
@@ -39,6 +41,7 @@ from .backends import resolve_backend
 #: :class:`lstm_fast.ops.autograd.FusedLSTMFunction`), plus whether it masks per-row lengths.
 IMPLEMENTATIONS = {
     "cpu_sequence": ("lstm_fast.cpu.sequence", True),
+    "cpu_small_batch": ("lstm_fast.cpu.small_batch", True),
     "cpu_bf16": ("lstm_fast.cpu.bf16_sequence", True),
     "cpu_stepwise": ("lstm_fast.cpu.stepwise", False),
     "triton": ("lstm_fast.triton_layer", True),
@@ -126,7 +129,12 @@ def plan_layer(x, w_hh, backend, has_lengths=False) -> LayerPlan:
             x, w_hh = _like(x, torch.float32), _like(w_hh, torch.float32)
         if x.dtype not in _CPU_DTYPES:
             raise RuntimeError(f"backend='cpu' supports float32 and float64, got {x.dtype}")
-        impl = "cpu_sequence" if implementation_module("cpu_sequence").available_for(x, w_hh) else "cpu_stepwise"
+        if small_batch.use_for(x, w_hh):
+            impl = "cpu_small_batch"
+        elif sequence.available_for(x, w_hh):
+            impl = "cpu_sequence"
+        else:
+            impl = "cpu_stepwise"
     segments = has_lengths and not IMPLEMENTATIONS[impl][1]
     return LayerPlan(impl, autocast_dtype, keep_weights, upcast, out, segments)
 

@@ -1,0 +1,198 @@
+"""The float32 CPU path for small batches on ``small_batch_kernels.c``: batch 1..a few, one step
+per call (serving, generation) or whole sequences.
+
+Shapes: T steps, B batch, D input, H hidden; gates in nn.LSTM's order i, f, g, o.
+
+Why a separate path: at small B a step is a matrix-vector product per weight matrix, bound by
+the weight bytes over cache bandwidth. The whole-sequence kernels (:mod:`.sequence`) pack both
+weight matrices into panels on every call, which at T = 1 costs more than the step itself. These
+kernels read W_ih and W_hh in PyTorch's own layout (nothing packed or cached: every way of
+changing a parameter is seen by the next call); each thread owns a fixed slice of hidden units
+so its slice of W_hh stays in its own L2; the threads meet once per step at a spin-then-yield
+barrier. Results are bitwise independent of the thread count (fixed reduction order per gate).
+
+Saved for the backward: the activated gates (T, B, 4H) and cell states (T, B, H), the layout of
+:mod:`.sequence`. The backward through time is a C call here too (one barrier per step: the cell
+gradients, then dh_{t-1} = dG_t W_hh with each thread owning 16 columns of dh); the weight
+gradients come from the packed weight-gradient GEMM (:mod:`.weight_gradient`) and ``dx`` from one GEMM.
+
+Dispatch: :func:`use_for` (env ``LSTM_FAST_CPU_SMALL_BATCH``: ``auto`` (default, the measured
+crossovers in :data:`CROSSOVERS`), ``1`` (always, where the kernels can run), ``0`` (never)).
+"""
+import os
+
+import torch
+
+from . import workspace
+from .matmul import linear
+from .weight_gradient import weight_gradients
+from ..layer_math import final_hidden, padding_mask
+
+try:
+    from . import _small_batch_kernels
+    if not _small_batch_kernels.available():  # no AVX-512 on this CPU
+        _small_batch_kernels = None
+except ImportError:              # built without a C compiler
+    _small_batch_kernels = None
+
+try:
+    from . import _sequence_kernels       # the weight-gradient GEMM (weight_gradient.py), shared with .sequence
+    if not _sequence_kernels.available():
+        _sequence_kernels = None
+except ImportError:
+    _sequence_kernels = None
+
+_F32 = torch.float32
+_I64 = torch.int64
+
+
+def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
+    """Whether this layer can run here: float32 CPU tensors, a non-empty batch, W_hh (4H, H)."""
+    return (_small_batch_kernels is not None and _sequence_kernels is not None and x.dtype == _F32
+            and x.device.type == "cpu" and x.shape[1] > 0 and w_hh.dtype == _F32 and w_hh.dim() == 2
+            and w_hh.shape[1] * 4 == w_hh.shape[0])
+
+
+def _f32(t, shape, name):
+    """t as a contiguous float32 CPU tensor of ``shape`` (a copy only if it is not one already)."""
+    if t.dtype != _F32 or t.device.type != "cpu" or t.shape != shape:
+        raise RuntimeError(f"small_batch: {name} must be a float32 CPU tensor of shape {tuple(shape)}, "
+                           f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+    """The checked operands (every shape, dtype, device and layout the C kernel relies on)."""
+    T, B, D = x.shape
+    G4 = w_hh.shape[0]
+    H = G4 // 4
+    x = _f32(x, (T, B, D), "x")
+    w_ih = _f32(w_ih, (G4, D), "w_ih")
+    w_hh = _f32(w_hh, (G4, H), "w_hh")
+    h0 = _f32(h0, (B, H), "h0")
+    c0 = _f32(c0, (B, H), "c0")
+    if b_ih is not None:
+        b_ih = _f32(b_ih, (G4,), "b_ih")
+    if b_hh is not None:
+        b_hh = _f32(b_hh, (G4,), "b_hh")
+    if lengths is not None and (lengths.dtype != _I64 or lengths.device.type != "cpu" or lengths.shape != (B,)
+                                or not lengths.is_contiguous()):
+        raise RuntimeError(f"small_batch: lengths must be a contiguous CPU int64 tensor of shape ({B},)")
+    return x, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, D, H
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, save):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, D, H = _args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    Y = torch.empty(T, B, H) if T * B * H < workspace.MIN_ELEMENTS else workspace.empty((T, B, H))
+    hn = torch.empty(B, H)
+    cn = torch.empty(B, H)
+    G = C = P = S = None
+    if save:
+        G = workspace.empty((T, B, 4 * H))
+        C = workspace.empty((T, B, H))
+    elif T > 1:
+        P = workspace.empty((T, B, 4 * H))
+        S = torch.empty(B, H)
+    _small_batch_kernels.forward(x.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh),
+                                 h0.data_ptr(), c0.data_ptr(), Y.data_ptr(), hn.data_ptr(), cn.data_ptr(),
+                                 _ptr(G), _ptr(C), _ptr(P), _ptr(S), T, B, D, H, torch.get_num_threads(),
+                                 _ptr(lengths))
+    return Y, hn, cn, G, C
+
+
+def saved_like(x, w_hh):
+    """Shapes and dtypes of what :func:`forward_saving` saves, (G, C) (the compile-time fake's answer)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    return ((T, B, 4 * H), x.dtype), ((T, B, H), x.dtype)
+
+
+def forward_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
+    """The layer without autograd: (Y (T, B, H), (h_n, c_n)), each row's state at its length.
+    ``lengths`` (B,) CPU int64 or None: from step lengths[b] on, row b is frozen and outputs 0."""
+    Y, hn, cn, _, _ = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, save=False)
+    return Y, (hn, cn)
+
+
+def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
+    """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C))."""
+    Y, hn, cn, G, C = _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, save=True)
+    return Y, hn, cn, (G, C)
+
+
+def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengths=None):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) from :func:`forward_saving`'s tensors;
+    ``needs``: which of the seven are wanted (None for the others)."""
+    G, C = saved
+    n = needs
+    T, B, H = C.shape
+    D = x.shape[2]
+    nt = torch.get_num_threads()
+    w_hh = _f32(w_hh, (4 * H, H), "w_hh")
+    c0 = _f32(c0, (B, H), "c0")
+    if dY is not None:
+        dY = _f32(dY, (T, B, H), "dY")
+    DH = torch.zeros(B, H) if dh_n is None else _f32(dh_n, (B, H), "dh_n").clone()
+    DC = torch.zeros(B, H) if dc_n is None else _f32(dc_n, (B, H), "dc_n").clone()
+    db = torch.zeros(4 * H) if n[5] or n[6] else None
+    dG = workspace.empty((T, B, 4 * H))
+    _small_batch_kernels.backward(_ptr(dY), w_hh.data_ptr(), G.data_ptr(), C.data_ptr(), c0.data_ptr(),
+                                  dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), _ptr(db), T, B, H, nt,
+                                  _ptr(lengths))
+    dx = dw_ih = dw_hh = None
+    if n[0]:
+        dx = linear(dG.view(T * B, 4 * H), w_ih.t()).view(T, B, D)
+    if n[3] or n[4]:   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
+        if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
+            x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
+        h0c = _f32(h0, (B, H), "h0")
+        a0 = [x.contiguous().view(T * B, D)]
+        a1 = [h0c, Y[:-1].contiguous().view((T - 1) * B, H)] if T > 1 else [h0c]
+        dw_ih, dw_hh = weight_gradients(dG.view(T * B, 4 * H), a0, a1, nt)
+        dw_ih = dw_ih if n[3] else None
+        dw_hh = dw_hh if n[4] else None
+    return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
+            db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
+
+
+# ---------------------------------------------------------------- dispatch
+SWITCH = "LSTM_FAST_CPU_SMALL_BATCH"
+#: "auto" (the measured crossovers), "1" (always where available), "0" (never). Read on every
+#: call of :func:`use_for`, so a test or a server may set it at run time.
+SWITCH_VALUES = ("auto", "1", "0")
+
+#: Crossovers against the whole-sequence kernels (:mod:`.sequence`): (dtype, threads) -> list of
+#: (max_H, max_B for T == 1 calls, max_B for T > 1 calls), first entry with max_H >= H wins; H
+#: beyond the last entry: not chosen.
+#: NOT YET MEASURED as a committed results file. The measurement behind these entries: B=1, T=1,
+#: D=H in {256, 512, 1024}, 1 and 2 threads, interleaved on an idle machine (no results JSON yet):
+#: small-batch 19-1200 us against the sequence kernels' 276-7150 us per call. T > 1 is not chosen
+#: in auto: at B1 T35 H256 with a competing process on the other core the small-batch kernels ran
+#: 8x slower than the sequence kernels (their per-step barrier waits on a descheduled thread),
+#: and no quiet measurement of T > 1 exists yet.
+CROSSOVERS = {
+    ("float32", 1): [(1024, 1, 0)],
+    ("float32", 2): [(1024, 1, 0)],
+}
+
+
+def use_for(x, w_hh, lengths=None) -> bool:
+    """Whether a float32 CPU layer call should run on these kernels (see :data:`SWITCH`)."""
+    mode = os.environ.get(SWITCH, "auto")
+    if mode == "0" or not available_for(x, w_hh):
+        return False
+    if mode == "1":
+        return True
+    if mode != "auto":
+        raise ValueError(f"{SWITCH} must be one of {SWITCH_VALUES}, got {mode!r}")
+    T, B = x.shape[0], x.shape[1]
+    H = w_hh.shape[1]
+    threads = min(torch.get_num_threads(), 2)
+    for max_h, max_b1, max_bseq in CROSSOVERS.get((str(x.dtype).replace("torch.", ""), threads), ()):
+        if H <= max_h:
+            return B <= (max_b1 if T == 1 else max_bseq)
+    return False

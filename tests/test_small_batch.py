@@ -1,0 +1,129 @@
+"""The small-batch CPU kernels (lstm_fast.cpu.small_batch) forced on with the documented switch
+LSTM_FAST_CPU_SMALL_BATCH=1, against nn.LSTM with the same weights: every output and every
+gradient, across the drop-in grid (layers, bidirectional, projections, lengths and packed input,
+hx given or not, odd H), weights changed between calls by every route, and bitwise equality
+across 1 and 2 threads."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from lstm_fast import FusedLSTM
+from lstm_fast.cpu import small_batch
+from lstm_fast.ops.plan import plan_layer
+
+pytestmark = pytest.mark.skipif(small_batch._small_batch_kernels is None,
+                                reason="small-batch kernels not built or no AVX-512 on this CPU")
+
+
+@pytest.fixture(autouse=True)
+def forced(monkeypatch):
+    monkeypatch.setenv(small_batch.SWITCH, "1")
+
+
+def _pair(D, H, **kw):
+    ref = nn.LSTM(D, H, **kw)
+    fused = FusedLSTM(D, H, **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def _compare(ref, fused, x, hx=None, atol=2e-5):
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    hxs = [None, None] if hx is None else [tuple(t.clone().requires_grad_() for t in hx) for _ in range(2)]
+    outs = [m(xi, h) for m, xi, h in zip((ref, fused), xs, hxs)]
+    (y0, (h0, c0)), (y1, (h1, c1)) = outs
+    for a, b in ((y0, y1), (h0, h1), (c0, c1)):
+        torch.testing.assert_close(b, a, atol=atol, rtol=1e-4)
+    gy, gh, gc = torch.randn_like(y0), torch.randn_like(h0), torch.randn_like(c0)
+    grads = []
+    for (y, (h, c)), xi, hh, m in zip(outs, xs, hxs, (ref, fused)):
+        inputs = [xi, *m.parameters()] + ([] if hh is None else list(hh))
+        grads.append(torch.autograd.grad((y * gy).sum() + (h * gh).sum() + (c * gc).sum(), inputs))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, atol=atol * 10, rtol=1e-4)
+
+
+def test_plan_takes_the_small_batch_kernels_when_forced():
+    assert plan_layer(torch.randn(1, 1, 3), torch.randn(8, 2), "auto").implementation == "cpu_small_batch"
+
+
+@pytest.mark.parametrize("H", [1, 33, 130, 520], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("B", [1, 2, 5], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("T", [1, 7], ids=lambda t: f"T{t}")
+def test_one_layer_against_nn_lstm(T, B, H):
+    torch.manual_seed(T * 100 + B * 10 + H)
+    ref, fused = _pair(11, H)
+    hx = (torch.randn(1, B, H), torch.randn(1, B, H)) if B % 2 else None
+    _compare(ref, fused, torch.randn(T, B, 11), hx)
+
+
+@pytest.mark.parametrize("kw", [dict(num_layers=2), dict(bidirectional=True), dict(proj_size=5),
+                                dict(num_layers=2, bidirectional=True, proj_size=3), dict(bias=False),
+                                dict(batch_first=True)],
+                         ids=["layers2", "bidirectional", "proj5", "layers2-bi-proj3", "no-bias", "batch-first"])
+def test_options_against_nn_lstm(kw):
+    torch.manual_seed(0)
+    ref, fused = _pair(6, 17, **kw)
+    x = torch.randn(3, 4, 6) if kw.get("batch_first") else torch.randn(4, 3, 6)
+    _compare(ref, fused, x)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_packed_input_against_nn_lstm(bidirectional):
+    torch.manual_seed(1)
+    ref, fused = _pair(5, 9, bidirectional=bidirectional)
+    x = torch.randn(6, 4, 5)
+    lengths = torch.tensor([6, 2, 5, 1])
+    outs = [m(pack_padded_sequence(x, lengths, enforce_sorted=False)) for m in (ref, fused)]
+    torch.testing.assert_close(outs[1][0].data, outs[0][0].data, atol=2e-5, rtol=1e-4)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+    g = [torch.autograd.grad(o[0].data.sum() + o[1][0].sum(), list(m.parameters()))
+         for o, m in zip(outs, (ref, fused))]
+    for a, b in zip(*g):
+        torch.testing.assert_close(b, a, atol=2e-4, rtol=1e-4)
+
+
+def test_parameter_changes_are_seen_by_the_next_call():
+    torch.manual_seed(2)
+    ref, fused = _pair(4, 16)
+    x = torch.randn(1, 1, 4)
+    with torch.no_grad():
+        fused(x)
+        for route in ("data", "copy", "load"):
+            new = {k: torch.randn_like(v) for k, v in ref.state_dict().items()}
+            ref.load_state_dict(new)
+            if route == "data":
+                fused.weight_hh_l0.data = new["weight_hh_l0"].clone()
+                fused.weight_ih_l0.data.copy_(new["weight_ih_l0"])
+                fused.bias_ih_l0.data.copy_(new["bias_ih_l0"])
+                fused.bias_hh_l0.data.copy_(new["bias_hh_l0"])
+            elif route == "copy":
+                for k, v in fused.named_parameters():
+                    v.copy_(new[k])
+            else:
+                fused.load_state_dict(new)
+            torch.testing.assert_close(fused(x)[0], ref(x)[0], atol=2e-5, rtol=1e-4)
+    params = {k: torch.randn_like(v) for k, v in fused.named_parameters()}
+    ref.load_state_dict(params)
+    out = torch.func.functional_call(fused, params, (x,))[0]
+    torch.testing.assert_close(out, ref(x)[0], atol=2e-5, rtol=1e-4)
+
+
+def test_bitwise_equal_across_thread_counts():
+    torch.manual_seed(3)
+    _, fused = _pair(13, 130, num_layers=2)
+    x = torch.randn(5, 3, 13, requires_grad=True)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y, (h, c) = fused(x)
+            grads = torch.autograd.grad(y.sum() + c.sum(), [x, *fused.parameters()])
+            results.append((y, h, c) + grads)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
