@@ -22,6 +22,16 @@
 #define LSTM_X86 0
 #endif
 
+/* Whether this CPU runs the float32 AVX-512 kernels (the sequence and small-batch modules). */
+static inline int avx512_ok(void) {
+#if LSTM_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+#else
+    return 0;
+#endif
+}
+
 /* ---------------------------------------------------------------- torch's OpenMP runtime */
 typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
 typedef void (*gomp_barrier_t)(void);

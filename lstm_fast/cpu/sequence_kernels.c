@@ -220,16 +220,6 @@ static void pack_backward_panels(const float *W, int64_t H, int64_t K, float *Q)
 }
 
 /* ---------------------------------------------------------------- Python bindings */
-static int avx512_ok(void) {
-#if LSTM_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-#else
-    return 0;
-#endif
-}
-
-
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx512_ok()); }
 
 #if LSTM_X86

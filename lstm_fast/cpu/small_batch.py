@@ -180,9 +180,20 @@ CROSSOVERS = {
 }
 
 
+@torch.compiler.assume_constant_result
+def _mode() -> str:
+    """The switch's value now (a constant to torch.compile's tracing: a change needs a new compile)."""
+    return os.environ.get(SWITCH, "auto")
+
+
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    return min(torch.get_num_threads(), 2)
+
+
 def use_for(x, w_hh, lengths=None) -> bool:
     """Whether a float32 CPU layer call should run on these kernels (see :data:`SWITCH`)."""
-    mode = os.environ.get(SWITCH, "auto")
+    mode = _mode()
     if mode == "0" or not available_for(x, w_hh):
         return False
     if mode == "1":
@@ -191,7 +202,7 @@ def use_for(x, w_hh, lengths=None) -> bool:
         raise ValueError(f"{SWITCH} must be one of {SWITCH_VALUES}, got {mode!r}")
     T, B = x.shape[0], x.shape[1]
     H = w_hh.shape[1]
-    threads = min(torch.get_num_threads(), 2)
+    threads = _threads()
     for max_h, max_b1, max_bseq in CROSSOVERS.get((str(x.dtype).replace("torch.", ""), threads), ()):
         if H <= max_h:
             return B <= (max_b1 if T == 1 else max_bseq)

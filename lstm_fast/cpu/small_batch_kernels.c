@@ -297,15 +297,6 @@ AVX512 static void bwd_worker(void *arg) {
 #endif /* LSTM_X86 */
 
 /* ---------------------------------------------------------------- Python bindings */
-static int avx512_ok(void) {
-#if LSTM_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-#else
-    return 0;
-#endif
-}
-
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx512_ok()); }
 
 /* The team: torch's OpenMP pool, at most one thread per 16-unit block. */
