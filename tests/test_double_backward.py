@@ -66,3 +66,22 @@ def test_first_derivatives_stay_on_the_fast_path(monkeypatch):
     monkeypatch.setattr(autograd, "differentiable_backward", lambda *a, **k: pytest.fail("recomputed"))
     m = FusedLSTM(3, 4)
     m(torch.randn(2, 2, 3, requires_grad=True))[0].sum().backward()
+
+
+def test_gradgradcheck_on_the_triton_backend():
+    """The same second derivatives when the layer's forward ran on the Triton kernels (their
+    interpreter on the CPU)."""
+    import os
+    from lstm_fast.ops.backends import triton_unavailable_reason
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if triton_unavailable_reason(device) is not None or (device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"):
+        pytest.skip("needs CUDA or Triton's interpreter")
+    torch.manual_seed(3)
+    m = FusedLSTM(2, 3, dtype=torch.float64, device=device, backend="triton")
+    x = torch.randn(2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x, *p):
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, p)), (x,))
+        return out, h, c
+    assert torch.autograd.gradgradcheck(f, (x, *m.parameters()))

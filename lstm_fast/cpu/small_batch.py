@@ -49,7 +49,7 @@ _I64 = torch.int64
 def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
     """Whether this layer can run here: float32 CPU tensors, a non-empty batch, W_hh (4H, H)."""
     return (_small_batch_kernels is not None and _sequence_kernels is not None and x.dtype == _F32
-            and x.device.type == "cpu" and x.shape[1] > 0 and w_hh.dtype == _F32 and w_hh.dim() == 2
+            and x.device.type == "cpu" and x.shape[1] > 0 and w_hh.dtype == _F32 and len(w_hh.shape) == 2
             and w_hh.shape[1] * 4 == w_hh.shape[0])
 
 
