@@ -213,6 +213,9 @@ def main(argv=None):
     ap.add_argument("--json", required=True, help="write the rows here (a JSON list)")
     ap.add_argument("--sass-dir", help="write each kernel's SASS here")
     ap.add_argument("--only", choices=("hidden_split", "batch_tiled", "matmul"), help="one path only")
+    ap.add_argument("--dtype", action="append", help="only these dtypes (bfloat16, float16, float32, float64); repeatable")
+    ap.add_argument("--hidden", type=int, action="append", help="only these H; repeatable")
+    ap.add_argument("--driver", choices=("persistent", "step"), help="hidden-split: one driver only")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
     a = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -227,7 +230,8 @@ def main(argv=None):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     entries, jobs, seen = [], {}, set()   # every row's launch first, then the distinct kernels in parallel
     for path, driver, dtype, precision, B, H, direction in plans():
-        if a.only and path != a.only:
+        if (a.only and path != a.only) or (a.dtype and DTYPE_NAMES[str(dtype)] not in a.dtype) or \
+                (a.hidden and H not in a.hidden) or (a.driver and driver not in (a.driver, "-")):
             continue
         for fn, args, kwargs in launches(path, None if driver == "-" else driver, dtype, precision, B, H):
             if path == "hidden_split" and not (fn.__name__.startswith("_hs_") and direction in fn.__name__):

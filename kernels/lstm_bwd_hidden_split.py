@@ -21,7 +21,9 @@ import triton
 import triton.language as tl
 
 from .activations import tanh
-from .grid_sync import grid_barrier, launch_persistent, program_slice
+from . import grid_sync
+from .grid_sync import (check_barrier_flag, grid_barrier, launch_persistent, ll_exchange, ll_publish,
+                        ll_wait_read, payload_bits, program_slice)
 
 
 @triton.jit
@@ -73,22 +75,44 @@ def _dh_streamed(W, stride_w, DG_t1, stride_dg_b, units, rows, rmask, H, dc,
 
 
 @triton.jit
-def _hs_bwd_cell(Wi, Wf, Wg, Wo, W, stride_w, DG_t1, stride_dg_b, DY_t, stride_dy_b, G_t, stride_g_b, C_t, C_t1,
-                 stride_c_b, dc, units, rows, rmask, m, H,
-                 STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, KP: tl.constexpr, BK: tl.constexpr):
-    """One reverse step for one program. Returns (dI, dF, dC_tilda, dO) pre-activation gradients
-    and dc_{t-1}, each [HS, BB] in the accumulation dtype of dc. STATIONARY: the recurrent product
-    runs gate by gate against the on-chip column slices (K = KP each, so only one [KP, BB] tile of
-    dG_{t+1} is live at a time); else W_hh is streamed from L2."""
-    ACC = dc.dtype
+def _recurrent_dh(Wi, Wf, Wg, Wo, W, stride_w, DG_t1, stride_dg_b, X_slot, stride_x_b, units, rows, rmask, H, HW, tag,
+                  err, failed, max_spins, dc, STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  PROTOCOL: tl.constexpr, KP: tl.constexpr, BK: tl.constexpr, BITS: tl.constexpr):
+    """``dG_{t+1} @ W_hh[:, S]`` as [HS, BB] (the accumulation dtype of dc) and ``failed``.
+    STATIONARY: gate by gate against the on-chip column slices (K = KP each, so one [KP, BB] tile
+    of dG_{t+1} is live at a time), that tile from the exchange words ("ll": polled until every
+    word carries ``tag``) or from DG_t1 in L2 ("counter": the barrier already ordered it); else
+    W_hh and dG_{t+1} streamed from L2 in chunks."""
     if STATIONARY:
-        dh = tl.zeros(dc.shape, dtype=ACC)
-        dh = _dgate_dot(Wi, DG_t1, stride_dg_b, H, rows, rmask, dh, 0, DOT_PRECISION, KP)
-        dh = _dgate_dot(Wf, DG_t1, stride_dg_b, H, rows, rmask, dh, 1, DOT_PRECISION, KP)
-        dh = _dgate_dot(Wg, DG_t1, stride_dg_b, H, rows, rmask, dh, 2, DOT_PRECISION, KP)
-        dh = _dgate_dot(Wo, DG_t1, stride_dg_b, H, rows, rmask, dh, 3, DOT_PRECISION, KP)
+        dh = tl.zeros(dc.shape, dtype=dc.dtype)
+        if PROTOCOL == "ll":
+            DT = Wi.dtype
+            NWP: tl.constexpr = KP * BITS // 32
+            dg, failed = ll_wait_read(X_slot, stride_x_b, 0, rows, rmask, HW, tag, err, failed, max_spins, NWP, DT, BITS)
+            dh = tl.dot(Wi, tl.trans(dg), dh, input_precision=DOT_PRECISION)
+            dg, failed = ll_wait_read(X_slot, stride_x_b, HW, rows, rmask, HW, tag, err, failed, max_spins, NWP, DT, BITS)
+            dh = tl.dot(Wf, tl.trans(dg), dh, input_precision=DOT_PRECISION)
+            dg, failed = ll_wait_read(X_slot, stride_x_b, 2 * HW, rows, rmask, HW, tag, err, failed, max_spins, NWP, DT,
+                                      BITS)
+            dh = tl.dot(Wg, tl.trans(dg), dh, input_precision=DOT_PRECISION)
+            dg, failed = ll_wait_read(X_slot, stride_x_b, 3 * HW, rows, rmask, HW, tag, err, failed, max_spins, NWP, DT,
+                                      BITS)
+            dh = tl.dot(Wo, tl.trans(dg), dh, input_precision=DOT_PRECISION)
+        else:
+            dh = _dgate_dot(Wi, DG_t1, stride_dg_b, H, rows, rmask, dh, 0, DOT_PRECISION, KP)
+            dh = _dgate_dot(Wf, DG_t1, stride_dg_b, H, rows, rmask, dh, 1, DOT_PRECISION, KP)
+            dh = _dgate_dot(Wg, DG_t1, stride_dg_b, H, rows, rmask, dh, 2, DOT_PRECISION, KP)
+            dh = _dgate_dot(Wo, DG_t1, stride_dg_b, H, rows, rmask, dh, 3, DOT_PRECISION, KP)
     else:
         dh = _dh_streamed(W, stride_w, DG_t1, stride_dg_b, units, rows, rmask, H, dc, DOT_PRECISION, BK)
+    return dh, failed
+
+
+@triton.jit
+def _hs_bwd_cell(dh, DY_t, stride_dy_b, G_t, stride_g_b, C_t, C_t1, stride_c_b, dc, units, rows, m, H):
+    """The cell backward of one step for one program from ``dh`` (the recurrent part of dh_t):
+    (dI, dF, dC_tilda, dO) pre-activation gradients and dc_{t-1}, each [HS, BB] in dc's dtype."""
+    ACC = dc.dtype
     dh += tl.load(DY_t + rows[None, :] * stride_dy_b + units[:, None], mask=m, other=0.0).to(ACC)
     g = G_t + rows[None, :] * stride_g_b + units[:, None]
     I = tl.load(g, mask=m, other=0.0)
@@ -104,24 +128,31 @@ def _hs_bwd_cell(Wi, Wf, Wg, Wo, W, stride_w, DG_t1, stride_dg_b, DY_t, stride_d
 
 
 @triton.jit
-def _store_gate_grads(DG_t, stride_dg_b, H, units, rows, m, dI, dF, dC_tilda, dO):
-    """The four gate gradients into dG[t] (in dG's dtype: the dot operand dtype)."""
+def _store_gate_grads(DG_t, stride_dg_b, X_slot, stride_x_b, HW, tag, H, units, rows, rmask, m, dI, dF, dC_tilda, dO,
+                      PROTOCOL: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, BITS: tl.constexpr):
+    """The four gate gradients into dG[t] (in dG's dtype: the dot operand dtype) for the weight
+    GEMMs, and ("ll") as tagged words into the exchange slot the next step reads."""
     p = DG_t + rows[None, :] * stride_dg_b + units[:, None]
     ty = DG_t.dtype.element_ty
     tl.store(p, dI.to(ty), mask=m)
     tl.store(p + H, dF.to(ty), mask=m)
     tl.store(p + 2 * H, dC_tilda.to(ty), mask=m)
     tl.store(p + 3 * H, dO.to(ty), mask=m)
+    if PROTOCOL == "ll":
+        ll_publish(X_slot, stride_x_b, 0, tl.where(m, dI, 0.0).to(ty), rows, rmask, HW, tag, HS, BB, BITS)
+        ll_publish(X_slot, stride_x_b, HW, tl.where(m, dF, 0.0).to(ty), rows, rmask, HW, tag, HS, BB, BITS)
+        ll_publish(X_slot, stride_x_b, 2 * HW, tl.where(m, dC_tilda, 0.0).to(ty), rows, rmask, HW, tag, HS, BB, BITS)
+        ll_publish(X_slot, stride_x_b, 3 * HW, tl.where(m, dO, 0.0).to(ty), rows, rmask, HW, tag, HS, BB, BITS)
 
 
 @triton.jit(do_not_specialize=["T"])
 def _hs_bwd_persistent_kernel(
-    DY, W, G, C, DG, DC, COUNTER, ERR,
+    DY, W, G, C, DG, DC, X, COUNTER, ERR,
     T, B, H, max_spins,
     stride_dy_t, stride_dy_b, stride_w, stride_g_t, stride_g_b, stride_c_t, stride_c_b, stride_dg_t, stride_dg_b,
-    stride_dc,
+    stride_dc, stride_x_s, stride_x_b, HW,
     STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
-    BK: tl.constexpr,
+    BK: tl.constexpr, PROTOCOL: tl.constexpr, BITS: tl.constexpr,
 ):
     pid_h, pid_b, n_h = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
     units, rows, rmask, m = program_slice(B, H, HS, BB)
@@ -130,37 +161,46 @@ def _hs_bwd_persistent_kernel(
     dc = tl.load(dc_ptr, mask=m, other=0.0)
     counter = COUNTER + pid_b
     failed = 0
-    for s in range(T):
+    for s in range(T):          # step s is time t = T-1-s; it reads slot s % 2 (tag s), writes (s+1) % 2
         t64 = tl.cast(T - 1 - s, tl.int64)
-        dI, dF, dC_tilda, dO, dc = _hs_bwd_cell(
-            Wi, Wf, Wg, Wo, W, stride_w, DG + (t64 + 1) * stride_dg_t, stride_dg_b, DY + t64 * stride_dy_t, stride_dy_b,
-            G + t64 * stride_g_t, stride_g_b, C + t64 * stride_c_t, C + (t64 + 1) * stride_c_t, stride_c_b, dc,
-            units, rows, rmask, m, H, STATIONARY, DOT_PRECISION, KP, BK)
-        _store_gate_grads(DG + t64 * stride_dg_t, stride_dg_b, H, units, rows, m, dI, dF, dC_tilda, dO)
-        failed = grid_barrier(counter, (s + 1) * n_h, ERR, failed, max_spins)
+        dh, failed = _recurrent_dh(Wi, Wf, Wg, Wo, W, stride_w, DG + (t64 + 1) * stride_dg_t, stride_dg_b,
+                                   X + (s % 2) * stride_x_s, stride_x_b, units, rows, rmask, H, HW, s, ERR, failed,
+                                   max_spins, dc, STATIONARY, DOT_PRECISION, PROTOCOL, KP, BK, BITS)
+        dI, dF, dC_tilda, dO, dc = _hs_bwd_cell(dh, DY + t64 * stride_dy_t, stride_dy_b, G + t64 * stride_g_t,
+                                                stride_g_b, C + t64 * stride_c_t, C + (t64 + 1) * stride_c_t,
+                                                stride_c_b, dc, units, rows, m, H)
+        _store_gate_grads(DG + t64 * stride_dg_t, stride_dg_b, X + ((s + 1) % 2) * stride_x_s, stride_x_b, HW, s + 1,
+                          H, units, rows, rmask, m, dI, dF, dC_tilda, dO, PROTOCOL, HS, BB, BITS)
+        if PROTOCOL == "counter":
+            failed = grid_barrier(counter, (s + 1) * n_h, ERR, failed, max_spins)
     tl.store(dc_ptr, dc, mask=m)
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(do_not_specialize=["s"])
 def _hs_bwd_step_kernel(
-    DY, W, G, C, DG, DC,
-    t, B, H,
+    DY, W, G, C, DG, DC, X, ERR,
+    s, T, B, H, max_spins,
     stride_dy_t, stride_dy_b, stride_w, stride_g_t, stride_g_b, stride_c_t, stride_c_b, stride_dg_t, stride_dg_b,
-    stride_dc,
+    stride_dc, stride_x_s, stride_x_b, HW,
     STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
-    BK: tl.constexpr,
+    BK: tl.constexpr, PROTOCOL: tl.constexpr, BITS: tl.constexpr,
 ):
-    """Reverse step ``t`` only; dc is read from and written back to DC (each program its own slice)."""
+    """Reverse step ``s`` (time T-1-s) only, with the persistent driver's read and publish; dc is
+    read from and written back to DC (each program its own slice)."""
     pid_h = tl.program_id(0)
     units, rows, rmask, m = program_slice(B, H, HS, BB)
-    t64 = tl.cast(t, tl.int64)
+    t64 = tl.cast(T - 1 - s, tl.int64)
     Wi, Wf, Wg, Wo = _load_w_slices(W, stride_w, H, pid_h, STATIONARY, HS, KP)
     dc_ptr = DC + rows[None, :] * stride_dc + units[:, None]
-    dI, dF, dC_tilda, dO, dc = _hs_bwd_cell(
-        Wi, Wf, Wg, Wo, W, stride_w, DG + (t64 + 1) * stride_dg_t, stride_dg_b, DY + t64 * stride_dy_t, stride_dy_b,
-        G + t64 * stride_g_t, stride_g_b, C + t64 * stride_c_t, C + (t64 + 1) * stride_c_t, stride_c_b,
-        tl.load(dc_ptr, mask=m, other=0.0), units, rows, rmask, m, H, STATIONARY, DOT_PRECISION, KP, BK)
-    _store_gate_grads(DG + t64 * stride_dg_t, stride_dg_b, H, units, rows, m, dI, dF, dC_tilda, dO)
+    dc = tl.load(dc_ptr, mask=m, other=0.0)
+    dh, failed = _recurrent_dh(Wi, Wf, Wg, Wo, W, stride_w, DG + (t64 + 1) * stride_dg_t, stride_dg_b,
+                               X + (s % 2) * stride_x_s, stride_x_b, units, rows, rmask, H, HW, s, ERR, 0,
+                               max_spins, dc, STATIONARY, DOT_PRECISION, PROTOCOL, KP, BK, BITS)
+    dI, dF, dC_tilda, dO, dc = _hs_bwd_cell(dh, DY + t64 * stride_dy_t, stride_dy_b, G + t64 * stride_g_t, stride_g_b,
+                                            C + t64 * stride_c_t, C + (t64 + 1) * stride_c_t, stride_c_b, dc,
+                                            units, rows, m, H)
+    _store_gate_grads(DG + t64 * stride_dg_t, stride_dg_b, X + ((s + 1) % 2) * stride_x_s, stride_x_b, HW, s + 1,
+                      H, units, rows, rmask, m, dI, dF, dC_tilda, dO, PROTOCOL, HS, BB, BITS)
     tl.store(dc_ptr, dc, mask=m)
 
 
@@ -181,15 +221,30 @@ def lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, cfg, precision, driver):
     DG[T].zero_()
     DC = dc_n.to(acc).clone().contiguous() if dc_n is not None else torch.zeros(B, H, dtype=acc, device=dev)
     grid = cfg.grid(B, H)
+    if cfg.protocol == "ll":
+        X, hw, bits = ll_exchange(None, B, H, 4, cfg, w_hh.dtype, dev)     # slot 0: dG_T = 0, tag 0
+    else:
+        X, hw, bits = DG, 0, payload_bits(w_hh.dtype)       # placeholder pointer: nothing exchanged in words
     strides = (DY.stride(0), DY.stride(1), w_hh.stride(0), G.stride(0), G.stride(1), C.stride(0), C.stride(1),
-               DG.stride(0), DG.stride(1), DC.stride(0))
-    tiles = cfg.launch_options(precision)
+               DG.stride(0), DG.stride(1), DC.stride(0), X.stride(0), X.stride(1), hw)
+    tiles = dict(cfg.launch_options(precision), BITS=bits)
     if driver == "persistent":
-        launch_persistent(_hs_bwd_persistent_kernel, grid, (DY, w_hh, G, C, DG, DC), T, B, H, strides, tiles,
+        launch_persistent(_hs_bwd_persistent_kernel, grid, (DY, w_hh, G, C, DG, DC, X), T, B, H, strides, tiles,
                           "lstm_bwd (hidden-split)")
     else:
-        for t in range(T - 1, -1, -1):
-            _hs_bwd_step_kernel[grid](DY, w_hh, G, C, DG, DC, t, B, H, *strides, **tiles)
+        err = torch.zeros(1, dtype=torch.int32, device=dev)
+        for s in range(T):
+            if poison_steps:
+                DG[:T - s].fill_(float("nan"))      # dG_t for t <= T-1-s: not written yet
+                if cfg.protocol == "ll":
+                    X[(s + 1) % 2].fill_(-1)
+            _hs_bwd_step_kernel[grid](DY, w_hh, G, C, DG, DC, X, err, s, T, B, H, grid_sync.MAX_SPINS, *strides,
+                                      **tiles)
+        check_barrier_flag(err, "lstm_bwd (hidden-split, step driver)")
     dG = DG[:T]
     dh0 = (dG[0] @ w_hh).to(acc)       # dh_0 = dG_0 W_hh
     return dG, dh0, DC
+
+
+poison_steps = False    # tests: before each step of the step driver, NaN into the dG rows not yet written and
+                        # poison the exchange slot the step writes (tag -1: a read of it would time out)

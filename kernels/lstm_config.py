@@ -136,6 +136,7 @@ H100_SM_COUNT = 132               # what the interpreter and the sm_90 report as
 forced_path = None                # tests: "hidden_split" or "batch_tiled" overrides pick_plan
 forced_driver = None              # tests: "step" or "persistent" overrides the hidden-split driver
 forced_streamed = False           # tests: with forced_path, stream W_hh instead of keeping it on chip
+forced_protocol = None            # tests, gpu_check: "ll" or "counter" overrides the hidden-split step protocol
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class HiddenSplitConfig:
     num_warps: int = 4
     stationary: bool = True   # W_hh slice on chip for all T; False: streamed from L2 in chunks
     bk: int = 32              # K chunk of the streamed variant
+    protocol: str = "ll"      # step exchange (kernels/grid_sync.py): "ll" words (stationary only) or "counter"
 
     def grid(self, B, H):
         return (-(-H // self.hs), -(-B // self.bb))
@@ -153,7 +155,7 @@ class HiddenSplitConfig:
     def launch_options(self, precision):
         """The constexprs and launch options of the hidden-split kernels for this partition."""
         return dict(STATIONARY=self.stationary, DOT_PRECISION=precision, HS=self.hs, BB=self.bb, KP=self.kp,
-                    BK=self.bk, num_warps=self.num_warps, num_stages=1)
+                    BK=self.bk, PROTOCOL=self.protocol, num_warps=self.num_warps, num_stages=1)
 
     def on_chip_bytes(self, itemsize):
         """Stationary W_hh slice plus the per-step operand (see SMEM_BUDGET)."""
@@ -193,7 +195,7 @@ def _hidden_split_config(B, H, itemsize, sm_count, precision, direction="fwd", u
             if streamed is None and hs >= 16 and not fma:
                 # 8 warps and 32-wide K chunks: 4 warps or 64-wide chunks spilled on sm_90; so did
                 # slices under 16 units (a dot M below the MMA's 16 rows) and exact fp32 (FMA) dots
-                streamed = HiddenSplitConfig(hs, bb, kp, num_warps=8, stationary=False, bk=32)
+                streamed = HiddenSplitConfig(hs, bb, kp, num_warps=8, stationary=False, bk=32, protocol="counter")
         hs *= 2
     return streamed
 
@@ -219,7 +221,9 @@ def pick_plan(B, H, dtype, device_type, sm_count=H100_SM_COUNT, square=True, dir
         itemsize = torch.empty(0, dtype=dtype).element_size()
         hs = _hidden_split_config(B, H, itemsize, sm_count, precision, direction, unlimited=forced_path is not None)
     if hs is not None and forced_path and forced_streamed:
-        hs = dataclasses.replace(hs, stationary=False, num_warps=8, bk=32)
+        hs = dataclasses.replace(hs, stationary=False, num_warps=8, bk=32, protocol="counter")
+    if hs is not None and forced_protocol and (hs.stationary or forced_protocol == "counter"):
+        hs = dataclasses.replace(hs, protocol=forced_protocol)
     if hs is not None:
         return LSTMPlan("hidden_split", hs, precision)
     return LSTMPlan("batch_tiled", pick_config(B, H, dtype, precision), precision)

@@ -30,7 +30,9 @@ import triton
 import triton.language as tl
 
 from .activations import sigmoid, tanh
-from .grid_sync import grid_barrier, launch_persistent, program_slice
+from . import grid_sync
+from .grid_sync import (check_barrier_flag, grid_barrier, launch_persistent, ll_exchange, ll_publish,
+                        ll_wait_read, payload_bits, program_slice)
 
 
 @triton.jit
@@ -92,18 +94,33 @@ def _preact_streamed(W, stride_w, HB_t, stride_hb_b, units, rows, rmask, H, c_pr
 
 
 @triton.jit
-def _hs_fwd_cell(Wt, W, stride_w, HB_t, stride_hb_b, xi, xf, xg, xo, c_prev, units, rows, rmask, H,
+def _h_operand(X, stride_x_s, stride_x_b, HB_t, stride_hb_b, rows, rmask, H, HW, t, err, failed, max_spins,
+               DT: tl.constexpr, PROTOCOL: tl.constexpr, KP: tl.constexpr, BITS: tl.constexpr):
+    """h_{t-1}^T [KP, BB] (zero past H) in the dot dtype DT, the stationary dot's operand: "ll" polls
+    slot t % 2 of the exchange words until all carry tag t; "counter" loads HB[t] from L2 (the
+    barrier before this step already ordered it). Returns (h, failed)."""
+    if PROTOCOL == "ll":
+        hw, failed = ll_wait_read(X + (t % 2) * stride_x_s, stride_x_b, 0, rows, rmask, HW, t, err, failed, max_spins,
+                                  KP * BITS // 32, DT, BITS)
+        h = tl.trans(hw)
+    else:
+        ks = tl.arange(0, KP)
+        h = tl.load(HB_t + rows[None, :] * stride_hb_b + ks[:, None], mask=(ks < H)[:, None] & rmask[None, :],
+                    other=0.0, cache_modifier=".cg").to(DT)
+    return h, failed
+
+
+@triton.jit
+def _hs_fwd_cell(Wt, W, stride_w, h, HB_t, stride_hb_b, xi, xf, xg, xo, c_prev, units, rows, rmask, H,
                  STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr,
-                 KP: tl.constexpr, BK: tl.constexpr):
+                 BK: tl.constexpr):
     """One step for one program: gate pre-activations ``W_slice @ h_{t-1}^T + XG[t]``, the cell.
-    STATIONARY: one dot against the on-chip slice ``Wt`` [4*HS, KP]; else W_hh streamed from L2.
+    STATIONARY: one dot of the on-chip slice ``Wt`` [4*HS, KP] with ``h`` (:func:`_h_operand`);
+    else W_hh streamed from L2 against h read from HB_t in chunks.
     Returns I, F, C_tilda, O, c_t, h_t, each [HS, BB] in the accumulation dtype of c_prev."""
     ACC = c_prev.dtype
     if STATIONARY:
-        ks = tl.arange(0, KP)
-        h = tl.load(HB_t + rows[None, :] * stride_hb_b + ks[:, None], mask=(ks < H)[:, None] & rmask[None, :],
-                    other=0.0, cache_modifier=".cg")                              # h_{t-1}^T [KP, BB], from L2
-        acc = tl.dot(Wt, h.to(Wt.dtype), tl.zeros((4 * HS, BB), dtype=ACC), input_precision=DOT_PRECISION)
+        acc = tl.dot(Wt, h, tl.zeros((4 * HS, BB), dtype=ACC), input_precision=DOT_PRECISION)
         a_i, a_f, a_g, a_o = split_gates(acc, HS, BB)
     else:
         a_i, a_f, a_g, a_o = _preact_streamed(W, stride_w, HB_t, stride_hb_b, units, rows, rmask, H, c_prev,
@@ -133,14 +150,16 @@ def _store_step(HB_t1, stride_hb_b, C_t1, stride_c_b, G_t, stride_g_b, H, units,
 
 @triton.jit(do_not_specialize=["T"])
 def _hs_fwd_persistent_kernel(
-    XG, W, HB, C, G, COUNTER, ERR,
+    XG, W, HB, C, G, X, COUNTER, ERR,
     T, B, H, max_spins,
     stride_xg_t, stride_xg_b, stride_w, stride_hb_t, stride_hb_b, stride_c_t, stride_c_b, stride_g_t, stride_g_b,
+    stride_x_s, stride_x_b, HW,
     SAVE: tl.constexpr, STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr,
-    KP: tl.constexpr, BK: tl.constexpr,
+    KP: tl.constexpr, BK: tl.constexpr, PROTOCOL: tl.constexpr, BITS: tl.constexpr,
 ):
     pid_h, pid_b, n_h = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
     units, rows, rmask, m = program_slice(B, H, HS, BB)
+    DT = W.dtype.element_ty
     Wt = 0
     if STATIONARY:
         Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)                 # on chip for all T
@@ -150,50 +169,68 @@ def _hs_fwd_persistent_kernel(
     failed = 0
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
-        I, F, C_tilda, O, c, h = _hs_fwd_cell(Wt, W, stride_w, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo,
-                                              c, units, rows, rmask, H, STATIONARY, DOT_PRECISION, HS, BB, KP, BK)
+        h = 0
+        if STATIONARY:
+            h, failed = _h_operand(X, stride_x_s, stride_x_b, HB + t64 * stride_hb_t, stride_hb_b, rows, rmask, H, HW, t,
+                                   ERR, failed, max_spins, DT, PROTOCOL, KP, BITS)
+        I, F, C_tilda, O, c, h_t = _hs_fwd_cell(Wt, W, stride_w, h, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo,
+                                                c, units, rows, rmask, H, STATIONARY, DOT_PRECISION, HS, BB, BK)
+        if PROTOCOL == "ll":
+            ll_publish(X + ((t + 1) % 2) * stride_x_s, stride_x_b, 0, tl.where(m, h_t, 0.0).to(DT), rows, rmask, HW,
+                       t + 1, HS, BB, BITS)
         _store_step(HB + (t64 + 1) * stride_hb_t, stride_hb_b, C + (t64 + 1) * stride_c_t, stride_c_b,
-                    G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h, SAVE, SAVE)
+                    G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h_t, SAVE, SAVE)
         if t + 1 < T:   # prefetch XG[t+1] before waiting on the other programs
             xi, xf, xg, xo = _load_xg(XG + (t64 + 1) * stride_xg_t, stride_xg_b, H, units, rows, m)
-        failed = grid_barrier(counter, (t + 1) * n_h, ERR, failed, max_spins)
+        if PROTOCOL == "counter":
+            failed = grid_barrier(counter, (t + 1) * n_h, ERR, failed, max_spins)
     if not SAVE:        # C is (2, B, H): c_T into C[1]
         tl.store(C + stride_c_t + rows[None, :] * stride_c_b + units[:, None], c, mask=m)
 
 
 @triton.jit(do_not_specialize=["t", "c_in", "c_out"])
 def _hs_fwd_step_kernel(
-    XG, W, HB, C, G,
-    t, c_in, c_out, B, H,
+    XG, W, HB, C, G, X, ERR,
+    t, c_in, c_out, B, H, max_spins,
     stride_xg_t, stride_xg_b, stride_w, stride_hb_t, stride_hb_b, stride_c_t, stride_c_b, stride_g_t, stride_g_b,
+    stride_x_s, stride_x_b, HW,
     SAVE: tl.constexpr, STATIONARY: tl.constexpr, DOT_PRECISION: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr,
-    KP: tl.constexpr, BK: tl.constexpr,
+    KP: tl.constexpr, BK: tl.constexpr, PROTOCOL: tl.constexpr, BITS: tl.constexpr,
 ):
-    """Step ``t`` only: c_{t-1} from C[c_in], c_t into C[c_out] (the launcher ping-pongs two
-    slots when nothing is saved)."""
+    """Step ``t`` only, with the persistent driver's read and publish: c_{t-1} from C[c_in], c_t
+    into C[c_out] (the launcher ping-pongs two slots when nothing is saved)."""
     pid_h = tl.program_id(0)
     units, rows, rmask, m = program_slice(B, H, HS, BB)
+    DT = W.dtype.element_ty
     t64 = tl.cast(t, tl.int64)
     Wt = 0
+    h = 0
+    failed = 0
     if STATIONARY:
         Wt = _load_w_rows(W, stride_w, H, pid_h, HS, KP)
+        h, failed = _h_operand(X, stride_x_s, stride_x_b, HB + t64 * stride_hb_t, stride_hb_b, rows, rmask, H, HW, t,
+                               ERR, failed, max_spins, DT, PROTOCOL, KP, BITS)
     c = tl.load(C + c_in.to(tl.int64) * stride_c_t + rows[None, :] * stride_c_b + units[:, None], mask=m, other=0.0)
     xi, xf, xg, xo = _load_xg(XG + t64 * stride_xg_t, stride_xg_b, H, units, rows, m)
-    I, F, C_tilda, O, c, h = _hs_fwd_cell(Wt, W, stride_w, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo, c,
-                                          units, rows, rmask, H, STATIONARY, DOT_PRECISION, HS, BB, KP, BK)
+    I, F, C_tilda, O, c, h_t = _hs_fwd_cell(Wt, W, stride_w, h, HB + t64 * stride_hb_t, stride_hb_b, xi, xf, xg, xo, c,
+                                            units, rows, rmask, H, STATIONARY, DOT_PRECISION, HS, BB, BK)
+    if PROTOCOL == "ll":
+        ll_publish(X + ((t + 1) % 2) * stride_x_s, stride_x_b, 0, tl.where(m, h_t, 0.0).to(DT), rows, rmask, HW,
+                   t + 1, HS, BB, BITS)
     _store_step(HB + (t64 + 1) * stride_hb_t, stride_hb_b, C + c_out.to(tl.int64) * stride_c_t, stride_c_b,
-                G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h, True, SAVE)
+                G + t64 * stride_g_t, stride_g_b, H, units, rows, m, I, F, C_tilda, O, c, h_t, True, SAVE)
 
 
-poison_steps = False    # tests: fill HB[t+1] with NaN before each step of the step driver
+poison_steps = False    # tests: before each step of the step driver, NaN into HB[t+1:] and poison the
+                        # exchange slot the step writes (tag -1: a read of it would time out)
 
 
 def lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, cfg, precision, driver):
     """Launch the hidden-split forward (see the module docstring).
 
     Args: as :func:`lstm_fast.kernels.lstm_fwd` (w_hh square), plus the partition ``cfg``
-    (:class:`.lstm_config.HiddenSplitConfig`), the dot ``precision`` and ``driver``
-    ("persistent" or "step").
+    (:class:`.lstm_config.HiddenSplitConfig`, which names the step protocol), the dot
+    ``precision`` and ``driver`` ("persistent" or "step").
     Returns: (Y (T, B, H) = HB[1:], C, G): C (T+1, B, H) with C[0] = c_0 when saving, else (2, B, H)
     whose last row is c_T; G (T, B, 4H) or None.
     """
@@ -210,18 +247,27 @@ def lstm_fwd_hidden_split(xg, h0, c0, w_hh, save_gates, cfg, precision, driver):
     G = torch.empty(T, B, 4 * H, dtype=acc, device=dev) if save_gates else None
     Gp = G if G is not None else C
     grid = cfg.grid(B, H)
+    if cfg.protocol == "ll":
+        X, hw, bits = ll_exchange(HB[0], B, H, 1, cfg, w_hh.dtype, dev)
+    else:
+        X, hw, bits = HB, 0, payload_bits(w_hh.dtype)       # placeholder pointer: nothing exchanged in words
     strides = (xg.stride(0), xg.stride(1), w_hh.stride(0), HB.stride(0), HB.stride(1), C.stride(0), C.stride(1),
-               Gp.stride(0), Gp.stride(1))
-    tiles = cfg.launch_options(precision)
+               Gp.stride(0), Gp.stride(1), X.stride(0), X.stride(1), hw)
+    tiles = dict(cfg.launch_options(precision), BITS=bits)
     if driver == "persistent":
-        launch_persistent(_hs_fwd_persistent_kernel, grid, (xg, w_hh, HB, C, Gp), T, B, H, strides,
+        launch_persistent(_hs_fwd_persistent_kernel, grid, (xg, w_hh, HB, C, Gp, X), T, B, H, strides,
                           dict(SAVE=save_gates, **tiles), "lstm_fwd (hidden-split)")
     else:
+        err = torch.zeros(1, dtype=torch.int32, device=dev)
         for t in range(T):
             if poison_steps:
                 HB[t + 1:].fill_(float("nan"))
+                if cfg.protocol == "ll":
+                    X[(t + 1) % 2].fill_(-1)
             c_in, c_out = (t, t + 1) if save_gates else (t % 2, (t + 1) % 2)
-            _hs_fwd_step_kernel[grid](xg, w_hh, HB, C, Gp, t, c_in, c_out, B, H, *strides, SAVE=save_gates, **tiles)
+            _hs_fwd_step_kernel[grid](xg, w_hh, HB, C, Gp, X, err, t, c_in, c_out, B, H, grid_sync.MAX_SPINS, *strides,
+                                      SAVE=save_gates, **tiles)
+        check_barrier_flag(err, "lstm_fwd (hidden-split, step driver)")
         if not save_gates and T % 2 == 0:
             C[1].copy_(C[0])      # c_T sits in slot T % 2; the caller reads C[-1]
     return HB[1:], C, G

@@ -2,10 +2,12 @@
 dispatcher that chooses it, without a GPU: through Triton's interpreter on CPU tensors.
 
 The interpreter runs programs one after another, so the multi-program partition runs on the
-step-launch driver (the kernel boundary is the barrier), with each step's output slot poisoned
-with NaN before the step (a read of anything but h_{t-1} shows up), and the persistent driver
-(grid barrier) runs with one program per batch block. Forward, final states and every gradient
-against nn.LSTM."""
+step-launch driver (the kernel boundary orders the steps) with the persistent driver's own publish
+and read functions and data layout, for each step protocol ("ll" tagged words, "counter"). Before
+each step everything it must not read is poisoned: the h / dG rows not yet written hold NaN, and
+the exchange slot it writes holds words tagged -1 (a read of them times out, which raises). The
+persistent driver (its waits included) runs with one program per batch block. Forward, final states
+and every gradient against nn.LSTM."""
 import importlib.util
 import os
 
@@ -26,13 +28,15 @@ pytestmark = [
 @pytest.fixture
 def plan(monkeypatch):
     """``plan(path, driver)``: force the kernel path and hidden-split driver for this test."""
-    from lstm_fast.kernels import lstm_config, lstm_fwd_hidden_split
+    from lstm_fast.kernels import lstm_bwd_hidden_split, lstm_config, lstm_fwd_hidden_split
 
-    def force(path, driver=None, poison=True, streamed=False):
+    def force(path, driver=None, poison=True, streamed=False, protocol=None):
         monkeypatch.setattr(lstm_config, "forced_path", path)
         monkeypatch.setattr(lstm_config, "forced_driver", driver)
         monkeypatch.setattr(lstm_config, "forced_streamed", streamed)
         monkeypatch.setattr(lstm_fwd_hidden_split, "poison_steps", poison)
+        monkeypatch.setattr(lstm_bwd_hidden_split, "poison_steps", poison)
+        monkeypatch.setattr(lstm_config, "forced_protocol", protocol)
     return force
 
 
@@ -53,29 +57,45 @@ def _against_nn_lstm(T, B, D, H, dtype):
         assert_close(a, b, dtype, name)
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["stationary", "streamed"])
+VARIANTS = [pytest.param(False, "ll", id="stationary-ll"), pytest.param(False, "counter", id="stationary-counter"),
+            pytest.param(True, "counter", id="streamed-counter")]
+
+
+@pytest.mark.parametrize("streamed,protocol", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("T,B,D,H", [
     pytest.param(3, 5, 4, 130, id="T3-B5-D4-H130"),       # 130 units: a partial last slice, K padded to 256
     pytest.param(2, 17, 3, 33, id="T2-B17-D3-H33"),        # two batch blocks of 16
     pytest.param(4, 1, 2, 1, id="T4-B1-D2-H1"),
 ])
-def test_hidden_split_step_driver_matches_nn_lstm(T, B, D, H, dtype, streamed, plan):
-    """The real multi-program partition (N > 1 programs per step), outputs poisoned per step;
-    W_hh on chip, or streamed in K chunks (H = 130: a partial last chunk)."""
-    plan("hidden_split", "step", streamed=streamed)
+def test_hidden_split_step_driver_matches_nn_lstm(T, B, D, H, dtype, streamed, protocol, plan):
+    """The real multi-program partition (N > 1 programs per step), everything a step must not read
+    poisoned; W_hh on chip, or streamed in K chunks (H = 130: a partial last chunk)."""
+    plan("hidden_split", "step", streamed=streamed, protocol=protocol)
     _against_nn_lstm(T, B, D, H, dtype)
 
 
-def test_hidden_split_odd_H520(plan):
-    plan("hidden_split", "step")
-    _against_nn_lstm(2, 3, 5, 520, torch.float64)
+@pytest.mark.parametrize("protocol", ["ll", "counter"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_hidden_split_odd_H520(dtype, protocol, plan):
+    plan("hidden_split", "step", protocol=protocol)
+    _against_nn_lstm(2, 3, 5, 520, dtype)
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["stationary", "streamed"])
+def test_step_driver_uses_the_partition_it_claims(plan):
+    """The forced plan at H = 130 really splits H over several programs (else the step tests
+    would not exercise the exchange between programs)."""
+    from lstm_fast.kernels import lstm_config
+
+    plan("hidden_split", "step", protocol="ll")
+    p = lstm_config.pick_plan(5, 130, torch.float32, "cpu")
+    assert p.path == "hidden_split" and p.config.protocol == "ll" and p.config.grid(5, 130)[0] > 1
+
+
+@pytest.mark.parametrize("streamed,protocol", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("B", [3, 20], ids=["B3", "B20-two-blocks"])
-def test_persistent_driver_one_program_per_block(dtype, B, streamed):
+def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol):
     """The persistent kernels (grid barrier, W and c/dc held across steps) with one program per
     batch block (all the interpreter can run without deadlock), against the step driver and the
     batch-tiled kernels."""
@@ -84,7 +104,8 @@ def test_persistent_driver_one_program_per_block(dtype, B, streamed):
     from lstm_fast.kernels.lstm_fwd_hidden_split import lstm_fwd_hidden_split
 
     T, H = 4, 24
-    cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, stationary=not streamed, bk=16)   # one program: all of H
+    cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, stationary=not streamed, bk=16,   # one program: all of H
+                                        protocol=protocol)
     xg = torch.randn(T, B, 4 * H, dtype=dtype)
     w = torch.randn(4 * H, H, dtype=dtype) * 0.3
     h0, c0 = torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=dtype)
@@ -109,18 +130,28 @@ def test_persistent_driver_one_program_per_block(dtype, B, streamed):
         assert_close(p, b.to(p.dtype), dtype, f"{name}: persistent vs batch-tiled")
 
 
-def test_persistent_barrier_timeout_raises_instead_of_hanging(monkeypatch):
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("protocol", ["ll", "counter"])
+def test_persistent_wait_timeout_raises_instead_of_hanging(protocol, direction, monkeypatch):
     """Two hidden slices under the interpreter: program 0 waits for program 1, which (programs run
-    one after another) has not started. The bounded spin gives up, flags it, and the launcher
+    one after another) has not started. The bounded wait gives up, flags it, and the launcher
     raises RuntimeError: no hang, no silent result."""
-    from lstm_fast.kernels import grid_sync, lstm_config, lstm_fwd_hidden_split as fwd
+    from lstm_fast.kernels import grid_sync, lstm_config
+    from lstm_fast.kernels.lstm_bwd_hidden_split import lstm_bwd_hidden_split
+    from lstm_fast.kernels.lstm_fwd_hidden_split import lstm_fwd_hidden_split
 
     monkeypatch.setattr(grid_sync, "MAX_SPINS", 20)
     T, B, H = 2, 2, 32
-    cfg = lstm_config.HiddenSplitConfig(hs=16, bb=16, kp=32)
-    with pytest.raises(RuntimeError, match="grid barrier timed out"):
-        fwd.lstm_fwd_hidden_split(torch.randn(T, B, 4 * H), torch.zeros(B, H), torch.zeros(B, H),
-                                  torch.randn(4 * H, H), True, cfg, "ieee", "persistent")
+    one = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, protocol=protocol)     # one program: no wait
+    two = lstm_config.HiddenSplitConfig(hs=16, bb=16, kp=32, protocol=protocol)     # two: program 0 waits
+    w, xg, zeros = torch.randn(4 * H, H), torch.randn(T, B, 4 * H), torch.zeros(B, H)
+    if direction == "fwd":
+        with pytest.raises(RuntimeError, match="step wait timed out"):
+            lstm_fwd_hidden_split(xg, zeros, zeros, w, True, two, "ieee", "persistent")
+    else:
+        Y, C, G = lstm_fwd_hidden_split(xg, zeros, zeros, w, True, one, "ieee", "persistent")
+        with pytest.raises(RuntimeError, match="step wait timed out"):
+            lstm_bwd_hidden_split(torch.randn(T, B, H), None, None, w, G, C, two, "ieee", "persistent")
 
 
 @pytest.mark.parametrize("path", ["hidden_split", "batch_tiled"])
