@@ -132,6 +132,9 @@ FMA_BUDGET = 48 * 1024
 # for tf32. Exact fp32 dots spilled even at 16 KB, so an "ieee" float32 backward is batch-tiled.
 BWD_BUDGET = {2: 128 * 1024, 4: 48 * 1024, 8: 1 << 40}
 H100_SM_COUNT = 132               # what the interpreter and the sm_90 report assume
+# The "ll" protocol holds one polled tile of tagged words ([BB, KP/2] for 16-bit) in registers:
+# 64 KB compiled without spills on sm_90 (8 warps), 128 KB spilled (benchmarks/sm90_report.py).
+LL_TILE_BUDGET = 64 * 1024
 
 forced_path = None                # tests: "hidden_split" or "batch_tiled" overrides pick_plan
 forced_driver = None              # tests: "step" or "persistent" overrides the hidden-split driver
@@ -169,35 +172,65 @@ def _pow2(n, lo=16):
     return p
 
 
-def _hidden_split_config(B, H, itemsize, sm_count, precision, direction="fwd", unlimited=False):
-    """The smallest slice (most programs) whose grid fits within ``sm_count`` and whose W_hh slice
-    fits on chip; failing that, the smallest of at least 16 units whose grid fits, with W_hh
-    streamed from L2 (each program still reads only its own slice, spread over n_h SMs, instead of
-    every program reading all of W_hh as in the batch-tiled kernels; not for exact fp32 dots);
-    None (batch-tiled) otherwise."""
+def _ll_tile_bytes(cfg, itemsize):
+    """Bytes of the tagged words one "ll" poll holds in registers: [BB, KP * bits / 32] words."""
+    return cfg.bb * (cfg.kp * itemsize * 8 // 32) * 8
+
+
+def _candidates(B, H, itemsize, sm_count, precision, direction):
+    """Every (stationary) partition and protocol whose grid fits ``sm_count``, whose W_hh slice fits
+    on chip and whose tiles compiled without spills on sm_90; else the streamed ones."""
     kp = _pow2(H)
-    bb = _pow2(min(B, HS_MAX_BATCH))
-    n_b = -(-B // bb)
     fma = precision == "ieee" and itemsize == 4
+    stationary, streamed = [], []
     hs = 16 if itemsize == 2 else 4   # 4*hs = 64 rows: wgmma's M for 16-bit; 16: tl.dot's minimum
-    streamed = None
-    while hs <= HS_MAX_UNITS and hs * bb <= MAX_TILE:
-        if -(-H // hs) * n_b <= sm_count:
-            w_bytes = 4 * hs * kp * itemsize
-            if direction == "bwd":
-                cfg = HiddenSplitConfig(hs, bb, kp, num_warps=4 if w_bytes <= 16 * 1024 else 8)
-                fits = not fma and w_bytes + kp * bb * itemsize <= BWD_BUDGET[itemsize]
-            else:
-                cfg = HiddenSplitConfig(hs, bb, kp, num_warps=4 if w_bytes <= 32 * 1024 else 8)
-                fits = cfg.on_chip_bytes(itemsize) <= (FMA_BUDGET if fma else SMEM_BUDGET)
-            if fits or unlimited:
-                return cfg
-            if streamed is None and hs >= 16 and not fma:
-                # 8 warps and 32-wide K chunks: 4 warps or 64-wide chunks spilled on sm_90; so did
-                # slices under 16 units (a dot M below the MMA's 16 rows) and exact fp32 (FMA) dots
-                streamed = HiddenSplitConfig(hs, bb, kp, num_warps=8, stationary=False, bk=32, protocol="counter")
+    while hs <= HS_MAX_UNITS:
+        bb = 16
+        while bb <= _pow2(min(B, HS_MAX_BATCH)):
+            if hs * bb <= MAX_TILE and -(-H // hs) * -(-B // bb) <= sm_count:
+                w_bytes = 4 * hs * kp * itemsize
+                if direction == "bwd":
+                    fits = not fma and w_bytes + kp * bb * itemsize <= BWD_BUDGET[itemsize]
+                    warps = 4 if w_bytes <= 16 * 1024 else 8
+                else:
+                    fits = (4 * hs * kp + kp * bb) * itemsize <= (FMA_BUDGET if fma else SMEM_BUDGET)
+                    warps = 4 if w_bytes <= 32 * 1024 else 8
+                if fits:
+                    cfg = HiddenSplitConfig(hs, bb, kp, num_warps=warps, protocol="counter")
+                    stationary.append(cfg)
+                    if _ll_tile_bytes(cfg, itemsize) <= LL_TILE_BUDGET:
+                        stationary.append(dataclasses.replace(
+                            cfg, protocol="ll", num_warps=8 if _ll_tile_bytes(cfg, itemsize) > 32 * 1024 else warps))
+                elif hs >= 16 and not fma:
+                    # 8 warps and 32-wide K chunks: 4 warps or 64-wide chunks spilled on sm_90; so did
+                    # slices under 16 units (a dot M below the MMA's 16 rows) and exact fp32 (FMA) dots
+                    streamed.append(HiddenSplitConfig(hs, bb, kp, num_warps=8, stationary=False, bk=32,
+                                                      protocol="counter"))
+            bb *= 2
         hs *= 2
-    return streamed
+    return stationary or streamed
+
+
+def _hidden_split_config(B, H, itemsize, sm_count, precision, direction="fwd", unlimited=False):
+    """The partition and step protocol with the lowest modelled step time
+    (:func:`.step_cost.step_us`; ties: fewer programs) among :func:`_candidates`: W_hh on chip where
+    a slice fits, else streamed from L2 (each program still reads only its own slice, spread over
+    n_h SMs, instead of every program reading all of W_hh as in the batch-tiled kernels; not for
+    exact fp32 dots); None (batch-tiled) when nothing fits. ``unlimited`` (forced plans, tests):
+    the smallest slice whose grid fits, on chip whatever its size, "ll"."""
+    from . import step_cost
+
+    if unlimited:
+        kp, bb = _pow2(H), _pow2(min(B, HS_MAX_BATCH))
+        hs = 16 if itemsize == 2 else 4
+        while hs < HS_MAX_UNITS and (-(-H // hs) * -(-B // bb) > sm_count or hs * bb > MAX_TILE):
+            hs *= 2
+        return HiddenSplitConfig(hs, bb, kp, num_warps=4 if 4 * hs * kp * itemsize <= 32 * 1024 else 8)
+    cands = _candidates(B, H, itemsize, sm_count, precision, direction)
+    if not cands:
+        return None
+    return min(cands, key=lambda c: (round(step_cost.step_us(c, B, H, itemsize, precision, direction), 3),
+                                     c.grid(B, H)[0] * c.grid(B, H)[1], c.protocol != "ll"))
 
 
 @dataclass(frozen=True)
