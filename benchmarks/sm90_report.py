@@ -19,7 +19,9 @@ Rows (one per kernel and configuration): kernel, path ("hidden_split" / "batch_t
 dtype, precision, B, H, config, registers, shared_bytes, spill_bytes (local memory and stack),
 ldl_stl (count in the SASS), w_loads_in_time_loop (loads of W_hh inside the outermost loop of a
 persistent kernel: W loads carry an evict-last hint, so they are told apart in SASS as ``LDG...EL``),
-mma, triton, commit. Exit status 1 when any row spills, has LDL/STL or needs more than 227 KB of shared memory.
+protocol (hidden-split step exchange: "ll" or "counter"), atomics_in_time_loop (ATOM/ATOMG/RED
+instructions inside that loop: 0 for "ll", whose waits poll with plain volatile loads), mma,
+triton, commit. The "ll" exchange's init kernel (``_ll_init_kernel``) has rows too. Exit status 1 when any row spills, has LDL/STL or needs more than 227 KB of shared memory.
 Runs without TRITON_INTERPRET (the interpreter replaces @triton.jit functions).
 """
 import argparse
@@ -101,9 +103,12 @@ def analyse(sass):
     w_in_loop = None
     if loop is not None:
         w_in_loop = sum(1 for a, t in insns if loop[0] <= a <= loop[1] and re.search(r"\bLDG\.\S*EL\b", t))
+    atomics = None
+    if loop is not None:
+        atomics = sum(1 for a, t in insns if loop[0] <= a <= loop[1] and re.search(r"\b(ATOM|ATOMG|ATOMS|RED|REDG)\.", t))
     return dict(mma=mma, ldl_stl=sum(1 for t in ops if re.search(r"\b(LDL|STL)\b", t)),
                 w_loads_total=sum(1 for t in ops if re.search(r"\bLDG\.\S*EL\b", t)), w_loads_in_time_loop=w_in_loop,
-                has_time_loop=loop is not None)
+                atomics_in_time_loop=atomics, has_time_loop=loop is not None)
 
 
 class _Interceptor:
@@ -234,7 +239,8 @@ def main(argv=None):
                 (a.hidden and H not in a.hidden) or (a.driver and driver not in (a.driver, "-")):
             continue
         for fn, args, kwargs in launches(path, None if driver == "-" else driver, dtype, precision, B, H):
-            if path == "hidden_split" and not (fn.__name__.startswith("_hs_") and direction in fn.__name__):
+            if path == "hidden_split" and not ((fn.__name__.startswith("_hs_") and direction in fn.__name__)
+                                               or fn.__name__ == "_ll_init_kernel"):
                 continue      # this (B, H) picks hidden-split for the other direction only
             key = (fn.__name__, str(dtype), tuple(sorted(kwargs.items())))    # kwargs alone omit the dtype
             if path == "matmul":
@@ -247,15 +253,17 @@ def main(argv=None):
     built = _build_all(jobs, a.jobs)
     for key, path, driver, dname, precision, B, H, fn, kwargs in entries:
         sass, usage, info, dyn_shared = built[key]
-        kdir = "bwd" if "bwd" in fn.__name__ else "fwd" if "fwd" in fn.__name__ else "gemm"
-        variant = ("" if kwargs.get("SAVE", True) else "_nosave") + ("" if kwargs.get("STATIONARY", True) else "_streamed")
+        kdir = "bwd" if "bwd" in fn.__name__ else "fwd" if "fwd" in fn.__name__ else \
+            "init" if fn.__name__ == "_ll_init_kernel" else "gemm"
+        variant = ("" if kwargs.get("SAVE", True) else "_nosave") + ("" if kwargs.get("STATIONARY", True) else "_streamed") \
+            + (f"_{kwargs['PROTOCOL']}" if "PROTOCOL" in kwargs else "") + (f"_G{kwargs['GATES']}" if "GATES" in kwargs else "")
         tag = f"{path}_{kdir}{variant}_{driver}_{SHORT[dname]}_{precision}_B{B}_H{H}".replace("_-_", "_")
         if path == "matmul":
             tag += f"_BM{kwargs['BM']}_BN{kwargs['BN']}"
         if a.sass_dir:
             Path(a.sass_dir, tag + ".sass").write_text(sass)
         row = dict(kernel=fn.__name__, path=path, driver=driver, direction=kdir, save=kwargs.get("SAVE", True),
-                   stationary=kwargs.get("STATIONARY", path == "hidden_split"),
+                   stationary=kwargs.get("STATIONARY", path == "hidden_split"), protocol=kwargs.get("PROTOCOL"),
                    dtype=dname, precision=precision, B=B, H=H,
                    config={k: v for k, v in kwargs.items() if k.isupper() or k.startswith('num_')},
                    registers=usage.get("reg", 0), shared_bytes=usage.get("shared", 0) + dyn_shared,
@@ -264,7 +272,7 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("kernel", "driver", "dtype", "precision", "B", "H", "registers",
                                               "shared_bytes", "spill_bytes", "ldl_stl", "w_loads_in_time_loop",
-                                              "mma")}), flush=True)
+                                              "atomics_in_time_loop", "protocol", "mma")}), flush=True)
     from lstm_fast.d2l.files import atomic_write_bytes
     atomic_write_bytes(Path(a.json), (json.dumps(rows, indent=1) + "\n").encode())
     bad = [r for r in rows if r["spill_bytes"] or r["ldl_stl"] or r["shared_bytes"] > SHARED_LIMIT]

@@ -132,10 +132,9 @@ def ll_wait_read(X_slot, stride_x_b, gate_word0, rows, rmask, HW, tag, err, fail
         stale = need & ((w >> 32) != tag)
         n_stale = tl.sum(stale.to(tl.int32))
         spins += 1
-    if n_stale > 0:
-        failed = 1
-        tl.store(err, 1)
-    return ll_unpack(w, DT, BITS), failed
+    timed_out = n_stale > 0
+    tl.store(err, 1, mask=timed_out)
+    return ll_unpack(w, DT, BITS), tl.where(timed_out, 1, failed)
 
 
 @triton.jit

@@ -135,6 +135,10 @@ H100_SM_COUNT = 132               # what the interpreter and the sm_90 report as
 # The "ll" protocol holds one polled tile of tagged words ([BB, KP/2] for 16-bit) in registers:
 # 64 KB compiled without spills on sm_90 (8 warps), 128 KB spilled (benchmarks/sm90_report.py).
 LL_TILE_BUDGET = 64 * 1024
+# Where the W slice is an mma.sync A operand (the backward; a forward slice under 64 gate rows)
+# it lives in registers beside that tile: W + words <= 64 KB compiled without spills (16-bit and
+# tf32), 96 KB spilled; exact fp32 (FMA) dots spilled with any tile, so they never use "ll".
+LL_REG_BUDGET = 64 * 1024
 
 forced_path = None                # tests: "hidden_split" or "batch_tiled" overrides pick_plan
 forced_driver = None              # tests: "step" or "persistent" overrides the hidden-split driver
@@ -198,9 +202,11 @@ def _candidates(B, H, itemsize, sm_count, precision, direction):
                 if fits:
                     cfg = HiddenSplitConfig(hs, bb, kp, num_warps=warps, protocol="counter")
                     stationary.append(cfg)
-                    if _ll_tile_bytes(cfg, itemsize) <= LL_TILE_BUDGET:
+                    ll = _ll_tile_bytes(cfg, itemsize)
+                    w_in_registers = direction == "bwd" or 4 * hs < 64     # mma.sync A operand, not wgmma's smem
+                    if not fma and ll <= LL_TILE_BUDGET and (not w_in_registers or ll + w_bytes <= LL_REG_BUDGET):
                         stationary.append(dataclasses.replace(
-                            cfg, protocol="ll", num_warps=8 if _ll_tile_bytes(cfg, itemsize) > 32 * 1024 else warps))
+                            cfg, protocol="ll", num_warps=8 if ll > 32 * 1024 else warps))
                 elif hs >= 16 and not fma:
                     # 8 warps and 32-wide K chunks: 4 warps or 64-wide chunks spilled on sm_90; so did
                     # slices under 16 units (a dot M below the MMA's 16 rows) and exact fp32 (FMA) dots

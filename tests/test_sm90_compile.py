@@ -1,7 +1,9 @@
 """Every kernel the dispatcher can launch builds for an H100 (sm_90a), as a real launch
 specialises it, with no spills, no local memory, shared memory within 227 KB; the hidden-split
 kernels with W_hh on chip load it only before their time loop, and their 16-bit forward uses Hopper's wgmma
-(HGMMA). Runs the project's own ``benchmarks/sm90_report.py`` (no GPU needed, a few minutes)."""
+(HGMMA); the "ll" step protocol's persistent time loops hold no atomic instruction at all (their
+waits poll with plain volatile loads), while the "counter" fallback's do (the check can fail).
+Runs the project's own ``benchmarks/sm90_report.py`` (no GPU needed, a few minutes)."""
 import importlib.util
 import json
 import os
@@ -67,3 +69,37 @@ def test_16bit_hidden_split_forward_uses_wgmma(report):
     fwd16 = [r for r in rows if r["path"] == "hidden_split" and r["direction"] == "fwd" and r["stationary"]
              and r["dtype"] in ("bfloat16", "float16")]
     assert fwd16 and all(r["mma"] == "HGMMA" for r in fwd16), [(r["sass"], r["mma"]) for r in fwd16]
+
+
+def test_ll_time_loops_have_no_atomics_and_every_protocol_is_reported(report):
+    _, rows, _ = report
+    persistent = [r for r in rows if r["path"] == "hidden_split" and r["driver"] == "persistent"
+                  and r["direction"] in ("fwd", "bwd")]
+    ll = [r for r in persistent if r["protocol"] == "ll"]
+    counter = [r for r in persistent if r["protocol"] == "counter"]
+    for dtype in ("bfloat16", "float32"):
+        for direction in ("fwd", "bwd"):
+            assert any(r["dtype"] == dtype and r["direction"] == direction for r in ll), (dtype, direction)
+    assert all(r["has_time_loop"] and r["atomics_in_time_loop"] == 0 for r in ll), \
+        [r["sass"] for r in ll if r["atomics_in_time_loop"]]
+    assert counter and all(r["atomics_in_time_loop"] > 0 for r in counter), \
+        [r["sass"] for r in counter if not r["atomics_in_time_loop"]]
+    assert any(r["kernel"] == "_ll_init_kernel" for r in rows)
+
+
+def test_rows_for_every_plan_the_dispatcher_returns(report):
+    """Each (direction, partition, protocol, dtype, precision) of lstm_config.all_plans() has its
+    persistent and step rows."""
+    import sys
+    sys.path.insert(0, str(ROOT))
+    from lstm_fast.kernels import lstm_config
+
+    _, rows, _ = report
+    short = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32"}
+    for direction, cfg, dtype, precision, B, H in lstm_config.all_plans():
+        for driver in ("persistent", "step"):
+            assert any(r["path"] == "hidden_split" and r["direction"] == direction and r["driver"] == driver
+                       and r["dtype"] == short[str(dtype)] and r["precision"] == precision
+                       and r["config"]["HS"] == cfg.hs and r["config"]["BB"] == cfg.bb
+                       and r["protocol"] == cfg.protocol and r["stationary"] == cfg.stationary
+                       for r in rows), (direction, cfg, dtype, precision, B, H, driver)
