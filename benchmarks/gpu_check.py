@@ -15,10 +15,13 @@ Why this shape: device time is scarce and a first run of new kernels can fail in
   all (cuDNN's 5.19 ms fwd+bwd on an H100 in fp16); after a call slower than ``--slow-call``, an
   implementation/mode/dtype's larger shapes are skipped and listed under "skipped".
 
-Per shape and mode the two implementations are timed interleaved over several rounds (CUDA
-events around forward and backward separately). Each row: implementation, path (the dispatcher's
-forward/backward paths for FusedLSTM, "cudnn" for nn.LSTM), config, dot precision, median seconds
-with quartiles, tokens/sec, ratio to cuDNN, peak memory, forward and backward seconds. The record
+Per shape and mode the implementations are timed interleaved over several rounds (CUDA events
+around forward and backward separately): nn.LSTM (cuDNN), FusedLSTM as the dispatcher plans it,
+and FusedLSTM with each hidden-split step protocol forced ("fused-ll": tagged words, "fused-counter":
+the counter barrier), so one run measures every protocol against cuDNN. Each row: implementation,
+protocol, path (the dispatcher's forward/backward paths for FusedLSTM, "cudnn" for nn.LSTM),
+config, dot precision, median seconds with quartiles, tokens/sec, ratio to cuDNN, peak memory,
+forward and backward seconds. The record
 holds the GPU, driver, torch/triton/CUDA/cuDNN versions and the TF32 settings.
 """
 import argparse
@@ -38,7 +41,10 @@ from lstm_fast.d2l.bench import EXTRA_GPU_SHAPES, GRID, device_slug, environment
 from lstm_fast.d2l.files import atomic_write_bytes  # noqa: E402
 
 MODES = ("inference", "training")
-IMPLS = ("torch", "fused")
+IMPLS = ("torch", "fused", "fused-ll", "fused-counter")
+# FusedLSTM as the dispatcher plans it, and with each hidden-split step protocol forced (where the
+# plan keeps W_hh on chip; "counter" is the barrier the "ll" words replace): all timed in one run
+PROTOCOL_OF = {"fused": None, "fused-ll": "ll", "fused-counter": "counter"}
 
 
 def gpu_environment(device):
@@ -104,31 +110,38 @@ def measure_shape(dtype, B, T, D, H, mode, device, budget_s, rounds=7):
     from lstm_fast import FusedLSTM
     from torch import nn
     span, seconds = _timer(device)
+    from lstm_fast.kernels import lstm_config
     mods = {"torch": nn.LSTM(D, H, device=device, dtype=dtype)}
-    mods["fused"] = FusedLSTM(D, H, device=device, dtype=dtype)
-    mods["fused"].load_state_dict(mods["torch"].state_dict())
+    for k in IMPLS[1:]:
+        mods[k] = FusedLSTM(D, H, device=device, dtype=dtype)
+        mods[k].load_state_dict(mods["torch"].state_dict())
     x = torch.randn(T, B, D, device=device, dtype=dtype, requires_grad=mode == "training")
 
-    def once(m):
-        if mode == "inference":
-            with torch.no_grad():
-                _, fwd = span(lambda: m(x))
-            return fwd, None
-        (y, (h, c)), fwd = span(lambda: m(x))
-        _, bwd = span(lambda: torch.autograd.backward((y, h, c), (torch.ones_like(y), torch.ones_like(h),
-                                                                   torch.ones_like(c))))
-        return fwd, bwd
+    def once(k):
+        m = mods[k]
+        lstm_config.forced_protocol = PROTOCOL_OF.get(k)
+        try:
+            if mode == "inference":
+                with torch.no_grad():
+                    _, fwd = span(lambda: m(x))
+                return fwd, None
+            (y, (h, c)), fwd = span(lambda: m(x))
+            _, bwd = span(lambda: torch.autograd.backward((y, h, c), (torch.ones_like(y), torch.ones_like(h),
+                                                                       torch.ones_like(c))))
+            return fwd, bwd
+        finally:
+            lstm_config.forced_protocol = None
 
     times = {k: {"fwd": [], "bwd": [], "peak": 0} for k in mods}
-    for k, m in mods.items():     # warm-up (Triton compiles, cuDNN plans)
-        once(m)
+    for k in mods:                # warm-up (Triton compiles, cuDNN plans)
+        once(k)
     t_start = time.perf_counter()
     for r in range(rounds):
-        order = list(mods)[r % 2:] + list(mods)[:r % 2]
+        order = list(mods)[r % len(mods):] + list(mods)[:r % len(mods)]
         for k in order:
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            fwd, bwd = once(mods[k])
+            fwd, bwd = once(k)
             times[k]["fwd"].append(seconds(fwd))
             times[k]["bwd"].append(seconds(bwd) if bwd is not None else 0.0)
             if device == "cuda":
@@ -138,9 +151,13 @@ def measure_shape(dtype, B, T, D, H, mode, device, budget_s, rounds=7):
                 p.grad = None
         if r >= 2 and time.perf_counter() - t_start > budget_s:
             break
-    path, config, precision = plan_of(B, H, dtype, device)
     rows = []
     for k in IMPLS:
+        lstm_config.forced_protocol = PROTOCOL_OF.get(k)
+        try:
+            path, config, precision = plan_of(B, H, dtype, device)
+        finally:
+            lstm_config.forced_protocol = None
         total = [f + b for f, b in zip(times[k]["fwd"], times[k]["bwd"], strict=True)]
         q1, med, q3 = quartiles(total)
         rows.append(dict(implementation=k, device=device, mode=mode, dtype=str(dtype).replace("torch.", ""),
@@ -148,8 +165,10 @@ def measure_shape(dtype, B, T, D, H, mode, device, budget_s, rounds=7):
                          repeats=len(total), fwd_seconds=statistics.median(times[k]["fwd"]),
                          bwd_seconds=statistics.median(times[k]["bwd"]), peak_memory_bytes=times[k]["peak"],
                          path="cudnn" if k == "torch" else path, config={} if k == "torch" else config,
-                         dot_precision=None if k == "torch" else precision))
-    rows[1]["ratio_to_cudnn"] = rows[0]["seconds"] / rows[1]["seconds"]
+                         dot_precision=None if k == "torch" else precision,
+                         protocol=None if k == "torch" else PROTOCOL_OF[k] or "dispatcher"))
+    for r in rows[1:]:
+        r["ratio_to_cudnn"] = rows[0]["seconds"] / r["seconds"]
     return rows
 
 
@@ -213,14 +232,15 @@ def summary(doc):
     """At most ~8,000 characters: one line per shape, training and inference ratios."""
     by = {}
     for r in doc["rows"]:
-        if r["implementation"] == "fused":
+        if r["implementation"] != "torch":
             key = (r["dtype"], r["B"], r["T"], r["D"], r["H"])
-            by.setdefault(key, {})[r["mode"]] = r
-    lines = [f"{'dtype':9} {'B':>4} {'T':>5} {'D':>5} {'H':>5}  {'train x':>8} {'infer x':>8}  path"]
+            by.setdefault(key, {})[(r["mode"], r["implementation"])] = r
+    lines = [f"{'dtype':9} {'B':>4} {'T':>5} {'D':>5} {'H':>5}  train x (plan/ll/counter)  infer x (plan/ll/counter)  path"]
     for (d, B, T, D, H), m in by.items():
-        tr, inf = m.get("training"), m.get("inference")
-        fmt = lambda r: f"{r['ratio_to_cudnn']:8.2f}" if r else f"{'-':>8}"  # noqa: E731
-        lines.append(f"{d:9} {B:4d} {T:5d} {D:5d} {H:5d}  {fmt(tr)} {fmt(inf)}  {(tr or inf)['path']}")
+        fmt = lambda mode: "/".join(f"{m[(mode, k)]['ratio_to_cudnn']:.2f}" if (mode, k) in m else "-"  # noqa: E731
+                                    for k in IMPLS[1:])
+        any_row = next(iter(m.values()))
+        lines.append(f"{d:9} {B:4d} {T:5d} {D:5d} {H:5d}  {fmt('training'):>25}  {fmt('inference'):>25}  {any_row['path']}")
     for k in ("failures", "skipped"):
         if doc.get(k):
             lines.append(f"{k}: {len(doc[k])}: " + "; ".join(doc[k][:8]))

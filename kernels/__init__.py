@@ -8,7 +8,9 @@ Shape legend for every kernel file here: B batch, T steps, D input, H hidden; ga
 * :mod:`.lstm_bwd`: ``lstm_bwd`` and the batch-tiled ``_lstm_bwd_kernel`` (walks T in reverse);
 * :mod:`.lstm_fwd_hidden_split`, :mod:`.lstm_bwd_hidden_split`: the hidden-split path (W_hh split
   by hidden units across programs, on chip for all T), persistent and step-launch drivers;
-* :mod:`.grid_sync`: the bounded grid barrier and the shared activation helpers;
+* :mod:`.grid_sync`: how the hidden-split programs exchange a step ("ll" tagged words, the
+  "counter" barrier), bounded waits, the launch;
+* :mod:`.step_cost`: the hidden-split step-cost model (sourced H100 constants) the dispatcher uses;
 * :mod:`.lstm_config`: the dispatcher (``pick_plan``) and the tile tables;
 * :mod:`.matmul`: a TF32 GEMM for float32 layers whose recurrence runs in TF32.
 

@@ -12,7 +12,10 @@ registers. Per step t (from T-1 down to 0):
 * the cell backward for S from the saved activations G[t] and cell states C[t], C[t+1]: the four
   gate gradients into dG[t][:, gates of S] (stored in W_hh's dtype, the dot operand dtype: half
   the bytes per step for 16-bit models), and dc_{t-1} = dc_t * F;
-* the grid barrier (or the kernel boundary in the step driver) before step t-1 reads dG[t].
+* the step protocol (:mod:`.grid_sync`) hands dG[t] to every program: "ll" publishes it as
+  tagged words (dG[t] is also stored plainly for the weight GEMMs) and step t-1 polls them, gate
+  by gate; "counter" meets at the counter barrier and step t-1 loads dG[t] from L2 (the step
+  driver: the kernel boundary orders the steps).
 
 The launcher folds dh_n into dY[T-1] and gives dG a zeroed slot T, so the first step needs no
 special case; ``dh_0 = dG_0 @ W_hh`` and the weight gradients are GEMMs after the loop.

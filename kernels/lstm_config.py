@@ -4,7 +4,10 @@ Two paths (see :func:`pick_plan`):
 
 * ``"hidden_split"`` (:mod:`.lstm_fwd_hidden_split`, :mod:`.lstm_bwd_hidden_split`): W_hh split by
   hidden units across up to SM-count programs and kept on chip for all T; chosen wherever a
-  program's slice fits the on-chip budget and the grid fits the SMs (small and medium batches);
+  program's slice fits the on-chip budget and the grid fits the SMs (small and medium batches).
+  The partition (units and batch rows per program) and the step protocol ("ll" tagged words or
+  the "counter" barrier, :mod:`.grid_sync`) are those with the lowest modelled step time
+  (:mod:`.step_cost`) among the ones that compiled without spills on sm_90;
 * ``"batch_tiled"`` (:mod:`.lstm_fwd`, :mod:`.lstm_bwd`): each program owns a block of batch rows
   and streams W_hh from L2 every step; everything else (large batches, very large H, the
   projected first step where W_hh is not square).

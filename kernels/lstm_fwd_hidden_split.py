@@ -9,18 +9,21 @@ of H, so at small B only a few SMs work and each re-reads all of W_hh from L2 ev
 program (n, m) owns hidden units [n*HS, (n+1)*HS) of all four gates and batch rows
 [m*BB, (m+1)*BB): its slice of W_hh, the 4*HS rows [i | f | g | o] of those units (4*HS x H), is
 loaded once before the time loop and stays on chip for all T, and its c stays in registers. Per
-step it loads h_{t-1} (B x H, from L2), computes ``W_slice @ h^T`` as one dot with the gate rows
-as M (4*HS >= 64 for 16-bit: Hopper's wgmma), adds the precomputed input projection XG[t]
-(prefetched before the barrier wait), runs the cell, writes its slice of h_t and meets the other
-programs of its batch block at a grid barrier (:func:`.grid_sync.grid_barrier`).
+step it takes h_{t-1} (B x H) from the other programs by the plan's step protocol
+(:mod:`.grid_sync`: "ll" polls the tagged exchange words until every one carries step t, which
+is also the load of h; "counter" meets the batch block at the counter barrier after the step and
+loads HB[t] from L2), computes ``W_slice @ h^T`` as one dot with the gate rows as M (4*HS >= 64:
+Hopper's wgmma), adds the precomputed input projection XG[t] (prefetched before the wait), runs
+the cell, writes its slice of h_t to HB[t+1] and ("ll") publishes it as tagged words.
 
-Two drivers share one step body (:func:`_hs_fwd_cell`):
+Two drivers share one step body (:func:`_h_operand`, :func:`_hs_fwd_cell`, the publish):
 
-* ``_hs_fwd_persistent_kernel``: one launch walks T, with the grid barrier between steps. Needs
+* ``_hs_fwd_persistent_kernel``: one launch walks T, the protocol's wait between steps. Needs
   every program co-resident (the dispatcher keeps the grid <= the SM count).
-* ``_hs_fwd_step_kernel``: one launch per step, the kernel boundary is the barrier. Runs under
-  Triton's interpreter with the real multi-program partition (which would deadlock the persistent
-  driver there), and is a GPU fallback that CUDA graphs can capture.
+* ``_hs_fwd_step_kernel``: one launch per step (the kernel boundary orders the steps; the waits
+  find their words already there). Runs under Triton's interpreter with the real multi-program
+  partition and data layout (which would deadlock the persistent driver there), and is a GPU
+  fallback that CUDA graphs can capture.
 
 Hidden states live in one buffer HB (T+1, B, H) with HB[0] = h_0: step t reads HB[t], writes
 HB[t+1] (the output is HB[1:], and the backward's h_{t-1} is HB[:-1] with no concatenation).
