@@ -93,7 +93,9 @@ def test_gpu_check_smoke(tmp_path):
     assert len(files) == 1
     doc = json.loads(files[0].read_text())
     assert doc["complete"] and doc["environment"]["device_name"] and "skipped" not in doc
-    assert {(r["implementation"], r["mode"]) for r in doc["rows"]} == {(i, m) for i in ("torch", "fused") for m in ("inference", "training")}
+    # the dispatcher's plan, and each step protocol forced, against the peer
+    impls = ("torch", "fused", "fused-ll", "fused-counter")
+    assert {(r["implementation"], r["mode"]) for r in doc["rows"]} == {(i, m) for i in impls for m in ("inference", "training")}
 
 
 def test_gpu_check_skips_larger_shapes_after_a_slow_call(tmp_path):
@@ -104,7 +106,8 @@ def test_gpu_check_skips_larger_shapes_after_a_slow_call(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     doc = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert {(r["B"], r["T"], r["H"]) for r in doc["rows"]} == {(1, 2, 5)}
-    assert len(doc["skipped"]) == 4 and all("B2 T3 D4 H8" in s for s in doc["skipped"])
+    # 4 implementations (torch, fused, fused-ll, fused-counter) x 2 modes
+    assert len(doc["skipped"]) == 8 and all("B2 T3 D4 H8" in s for s in doc["skipped"])
 
 
 def test_readme_results_are_generated_from_the_json():
