@@ -241,8 +241,10 @@ def lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, cfg, precision, driver):
                 DG[:T - s].fill_(float("nan"))      # dG_t for t <= T-1-s: not written yet
                 if cfg.protocol == "ll":
                     X[(s + 1) % 2].fill_(-1)
+            # maxnreg: triton 3.6's ptxas held this kernel to 128 registers and spilled 8 B (ll, B1 H256,
+            # 16-bit); allowed 255 it takes 224 and spills nothing (the persistent kernels are not capped)
             _hs_bwd_step_kernel[grid](DY, w_hh, G, C, DG, DC, X, err, s, T, B, H, grid_sync.MAX_SPINS, *strides,
-                                      **tiles)
+                                      maxnreg=255, **tiles)
         check_barrier_flag(err, "lstm_bwd (hidden-split, step driver)")
     dG = DG[:T]
     dh0 = (dG[0] @ w_hh).to(acc)       # dh_0 = dG_0 W_hh

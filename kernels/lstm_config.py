@@ -197,7 +197,9 @@ def _candidates(B, H, itemsize, sm_count, precision, direction):
             if hs * bb <= MAX_TILE and -(-H // hs) * -(-B // bb) <= sm_count:
                 w_bytes = 4 * hs * kp * itemsize
                 if direction == "bwd":
-                    fits = not fma and w_bytes + kp * bb * itemsize <= BWD_BUDGET[itemsize]
+                    # hs * bb <= 512: the cell's [HS, BB] tiles sit beside W in registers; 32 x 32
+                    # (64 KB of W at H 256) spilled 56 B with triton 3.6 (benchmarks/sm90/triton-3.6.0.json)
+                    fits = not fma and w_bytes + kp * bb * itemsize <= BWD_BUDGET[itemsize] and hs * bb <= 512
                     warps = 4 if w_bytes <= 16 * 1024 else 8
                 else:
                     fits = (4 * hs * kp + kp * bb) * itemsize <= (FMA_BUDGET if fma else SMEM_BUDGET)
