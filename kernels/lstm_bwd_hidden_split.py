@@ -236,15 +236,17 @@ def lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, cfg, precision, driver):
                           "lstm_bwd (hidden-split)")
     else:
         err = torch.zeros(1, dtype=torch.int32, device=dev)
+        # 16-bit: triton 3.6's ptxas held this kernel to 128 registers and spilled 8 B (ll, B1 H256); allowed
+        # 255 it takes 224 and spills nothing. Not for 32-bit words: tf32 B8 H256 then spilled 208 B
+        # (198 registers and no spill without it). benchmarks/sm90/triton-3.6.0.json has both builds' rows.
+        step_regs = dict(maxnreg=255) if bits == 16 else {}
         for s in range(T):
             if poison_steps:
                 DG[:T - s].fill_(float("nan"))      # dG_t for t <= T-1-s: not written yet
                 if cfg.protocol == "ll":
                     X[(s + 1) % 2].fill_(-1)
-            # maxnreg: triton 3.6's ptxas held this kernel to 128 registers and spilled 8 B (ll, B1 H256,
-            # 16-bit); allowed 255 it takes 224 and spills nothing (the persistent kernels are not capped)
             _hs_bwd_step_kernel[grid](DY, w_hh, G, C, DG, DC, X, err, s, T, B, H, grid_sync.MAX_SPINS, *strides,
-                                      maxnreg=255, **tiles)
+                                      **step_regs, **tiles)
         check_barrier_flag(err, "lstm_bwd (hidden-split, step driver)")
     dG = DG[:T]
     dh0 = (dG[0] @ w_hh).to(acc)       # dh_0 = dG_0 W_hh
