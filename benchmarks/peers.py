@@ -27,6 +27,10 @@ Rows (``--rows``):
 * ``sequence``: whole sequences, one call each: B in 1, 4; T in 35, 1000; H in 256, 512; D = 64
   (an embedding-sized input, the issue's B1 T1000 D64 H512 measurement); plus the d2l shape
   B32 T35 D28 H256 and B64 T100 D128 H512.
+* ``training``: FusedLSTM against nn.LSTM only (forward and backward of every gradient, under
+  autocast for bf16), the sequence shapes with B <= 4 (online learning). The check compares the
+  outputs (``max_abs_error``) and every gradient (``max_grad_error``: max abs error over
+  max(1, the gradient's largest magnitude)) with nn.LSTM float32.
 
 Each peer's output (y, h_n, c_n; the step rows over 3 fed-back steps) is compared with nn.LSTM in
 float32 (no autocast) on fresh random inputs before it is timed; the row records the max abs error.
@@ -234,6 +238,48 @@ def max_error(run, layer, kind, B, T):
     return err
 
 
+def _forward_backward(module, x, h, c, upstream, autocast):
+    """(y, h_n, c_n, dx, dh_0, dc_0, d every parameter) of one call with gradients."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, (hn, cn) = module(x, (h, c))
+    grads = torch.autograd.grad([y, hn, cn], [x, h, c] + list(module.parameters()), upstream)
+    return [y, hn, cn], list(grads)
+
+
+def training_runner(layer, peer, precision, B, T):
+    """(check, block) for a training row (forward and backward of every gradient): ``check()`` ->
+    (max abs error of the outputs, max error of the gradients, each over max(1, its largest
+    magnitude)) against nn.LSTM float32; ``block(k)`` runs k forward+backward calls."""
+    module = layer.fused if peer == "fused" else layer.reference
+    ac = precision == "bf16"
+    D, H = layer.D, layer.H
+
+    def check():
+        g = torch.Generator().manual_seed(B * 7919 + T * 31 + H + 1)
+        x, h, c = (torch.randn(*s, generator=g).requires_grad_() for s in ((T, B, D), (1, B, H), (1, B, H)))
+        up = [torch.randn(*s, generator=g) for s in ((T, B, H), (1, B, H), (1, B, H))]
+        out, grads = _forward_backward(module, x, h, c, up, ac)
+        ref_out, ref_grads = _forward_backward(layer.reference, x, h, c, up, False)
+        out_err = max(float((a.detach().float() - b.detach()).abs().max()) for a, b in zip(out, ref_out, strict=True))
+        grad_err = max(float((a.float() - b).abs().max()) / max(1.0, float(b.abs().max()))
+                       for a, b in zip(grads, ref_grads, strict=True))
+        return out_err, grad_err
+
+    x = torch.randn(T, B, D, requires_grad=True)
+    h = torch.zeros(1, B, H)
+    c = torch.zeros(1, B, H)
+    up = [torch.randn(T, B, H), torch.randn(1, B, H), torch.randn(1, B, H)]
+
+    def block(k):
+        for _ in range(k):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
+                y, (hn, cn) = module(x, (h, c))
+            torch.autograd.backward([y, hn, cn], up)
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+    return check, block
+
+
 def kernel_block(layer, precision, B):
     """A block of FusedLSTM's implementation call alone (the plan's ``forward_inference`` on
     operands cast once, state not fed back): the split of a T=1 call."""
@@ -325,7 +371,8 @@ def finish_limits(rows):
 
 # ---------------------------------------------------------------- rows
 def weight_bytes_per_step(kind, D, H, precision):
-    """Weight bytes one step reads: step rows W_ih and W_hh, sequence rows W_hh."""
+    """Weight bytes one step reads: step rows W_ih and W_hh, sequence and training rows W_hh (the
+    forward's; the backward reads it once more per step)."""
     n = 4 * H * H + (4 * H * D if kind == "step" else 0)
     return n * (2 if precision == "bf16" else 4)
 
@@ -335,7 +382,7 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
     D, H = layer.D, layer.H
     shape = dict(kind=kind, B=B, T=T, D=D, H=H, threads=threads, dtype=precision)
     label = f"{kind} B{B} T{T} D{D} H{H} {precision} {threads}t"
-    blocks, errors = {}, {}
+    blocks, errors, grad_errors = {}, {}, {}
     for peer in peers:
         if peer == "onnxruntime" and precision == "bf16":
             continue
@@ -346,17 +393,27 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
             if reason:
                 doc["skipped"].append(dict(shape, implementation=peer, reason=reason))
                 continue
+        if kind == "training" and peer not in ("fused", "torch"):
+            continue
         try:
-            run, block = runner(layer, peer, precision, threads, B, T)
-            err = max_error(run, layer, kind, B, T)
+            if kind == "training":
+                check, train_block = training_runner(layer, peer, precision, B, T)
+                err, grad_errors[peer] = check()
+            else:
+                run, block = runner(layer, peer, precision, threads, B, T)
+                err = max_error(run, layer, kind, B, T)
         except Exception as e:  # noqa: BLE001 (a peer that cannot run this row is recorded, not timed)
             doc["skipped"].append(dict(shape, implementation=peer, reason=f"{type(e).__name__}: {str(e)[:300]}"))
             continue
-        if not err <= TOLERANCE[precision]:
-            doc["failed"].append(dict(shape, implementation=peer, max_abs_error=err, tolerance=TOLERANCE[precision]))
+        if not (err <= TOLERANCE[precision] and grad_errors.get(peer, 0.0) <= TOLERANCE[precision]):
+            doc["failed"].append(dict(shape, implementation=peer, max_abs_error=err, tolerance=TOLERANCE[precision],
+                                      **({"max_grad_error": grad_errors[peer]} if peer in grad_errors else {})))
             log(f"{label}: {peer} FAILED the check (max abs error {err:.3g} > {TOLERANCE[precision]})")
             continue
         errors[peer] = err
+        if kind == "training":
+            blocks[peer] = train_block
+            continue
         x = torch.randn(T, B, D)
         h = torch.zeros(1, B, H)
         c = torch.zeros(1, B, H)
@@ -376,6 +433,8 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
         row = dict(shape, implementation=peer, seconds=med, q1_seconds=q1, q3_seconds=q3, repeats=len(times[peer]),
                    us_per_step=step * 1e6, tokens_per_sec=B * T / med, max_abs_error=errors[peer],
                    weight_bytes_per_step=nbytes, weight_bytes_per_sec=nbytes / step, probe_bytes_per_sec_at_row=bw)
+        if peer in grad_errors:
+            row["max_grad_error"] = grad_errors[peer]
         if precision == "bf16" and peer == "openvino":
             row["note"] = "OpenVINO INFERENCE_PRECISION_HINT=bf16"
         if precision == "bf16" and peer in ("fused", "torch"):
@@ -442,7 +501,8 @@ def main(argv=None):
                     help="untimed sleep before each block (the previous peer's spinning threads go idle)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--precisions", nargs="+", default=["float32", "bf16"], choices=("float32", "bf16"))
-    ap.add_argument("--rows", nargs="+", default=["step", "sequence"], choices=("step", "sequence"))
+    ap.add_argument("--rows", nargs="+", default=["step", "sequence", "training"],
+                    choices=("step", "sequence", "training"))
     ap.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     ap.add_argument("--max-T", type=int, help="leave out sequence rows with T above this (a quick run)")
     ap.add_argument("--out", default="benchmarks/results/peers-cpu.json", help="the JSON (written atomically)")
@@ -474,7 +534,8 @@ def main(argv=None):
                 layers[(D, H)] = Layer(D, H, tmp, runtimes)
             return layers[(D, H)]
         groups = ([("step", 1, 1, H, H) for H in step_h] if "step" in a.rows else []) + (
-            [("sequence", B, T, D, H) for B, T, D, H in sequences] if "sequence" in a.rows else [])
+            [("sequence", B, T, D, H) for B, T, D, H in sequences] if "sequence" in a.rows else []) + (
+            [("training", B, T, D, H) for B, T, D, H in sequences if B <= 4] if "training" in a.rows else [])
         for threads in a.threads:
             torch.set_num_threads(threads)
             for kind, B, T, D, H in groups:

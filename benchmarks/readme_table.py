@@ -18,7 +18,8 @@ docs/results.md the rest:
 * ``default-run``: the time and output of ``lstm-fast train`` with its defaults;
 * ``bf16``: CPU bfloat16 against nn.LSTM under the same autocast, and ``train --precision bf16``;
 * ``peers``: FusedLSTM against nn.LSTM, onnxruntime and OpenVINO (``benchmarks/peers.py``): one
-  step per call at B=1, whole sequences, the bandwidth limit, and issue 20's targets met/short.
+  step per call at B=1, whole sequences, training at small batch, the bandwidth limit, and
+  issue 20's targets met/short.
 
 Every section names the file, the command that wrote it, the commit and the machine.
 """
@@ -321,7 +322,8 @@ def _ort_row(groups, key):
 
 
 #: Issue 20's targets (the benchmark, 1 and 2 threads, float32 and bf16).
-STEP_OVER_TORCH, STEP_OVER_ORT, STEP_OVER_ORT_L3, STEP_WITHIN_LIMIT, SEQ_OVER_BEST = 5.0, 2.0, 1.2, 1.3, 1.5
+STEP_OVER_TORCH, STEP_OVER_ORT, STEP_OVER_ORT_L3, STEP_WITHIN_LIMIT, SEQ_OVER_BEST, TRAIN_OVER_TORCH = (
+    5.0, 2.0, 1.2, 1.3, 1.5, 1.2)
 
 
 def _peer_targets(groups):
@@ -333,7 +335,7 @@ def _peer_targets(groups):
         low = min(v for _, v, _ in cases)
         return (f"- {name}: **met** in all {len(cases)} (lowest {low:.2f}x)" if not short else
                 f"- {name}: **short** in {len(short)} of {len(cases)}: " + ", ".join(short))
-    over_torch, over_ort, over_ort_l3, limit, seq = [], [], [], [], []
+    over_torch, over_ort, over_ort_l3, limit, seq, train = [], [], [], [], [], []
     for key, by in sorted(groups.items(), key=_peer_order):
         kind, B, T, D, H, threads, dtype = key
         f = by.get("fused")
@@ -354,6 +356,10 @@ def _peer_targets(groups):
             if H > 512:
                 v = f["seconds"] / f["bandwidth_limit_seconds"]
                 limit.append((label, v, v <= STEP_WITHIN_LIMIT))
+        elif kind == "training":
+            if B <= 4 and "torch" in by:
+                v = by["torch"]["seconds"] / f["seconds"]
+                train.append((label, v, v >= TRAIN_OVER_TORCH))
         elif B <= 4:
             others = [r for r in (by.get("torch"), ort, by.get("openvino")) if r is not None]
             if others:
@@ -366,13 +372,14 @@ def _peer_targets(groups):
                     "(FusedLSTM's step time over the limit; lower is better)", limit),
             verdict(f"whole sequences at B <= 4 >= {SEQ_OVER_BEST:g}x the best of nn.LSTM, onnxruntime and OpenVINO",
                     seq),
-            "- training at B <= 4 >= 1.2x nn.LSTM: not measured by this benchmark (inference only)",
+            verdict(f"training at B <= 4 >= {TRAIN_OVER_TORCH:g}x nn.LSTM", train),
             "- no row at B >= 32 slower than today: not judged here (needs the rows of an earlier commit)"]
 
 
 def render_peers():
     """``benchmarks/peers.py``: one table of one-step calls at B=1 (us per step, the FusedLSTM
-    call's split, the bandwidth limit), one of whole sequences (tokens/sec), the targets."""
+    call's split, the bandwidth limit), one of whole sequences and one of small-batch training
+    (tokens/sec), then the targets (each table only where the file has its rows)."""
     parts = []
     for f, doc in load("peers"):
         groups = _peer_groups(doc["rows"])
@@ -380,16 +387,18 @@ def render_peers():
         versions = ", ".join(f"{k} {env[k]}" for k in ("onnxruntime", "openvino") if env.get(k))
         lines = [f"From {provenance(f, doc)}" + (f"; {versions}" if versions else "")
                  + f"; {doc['rounds'] if 'rounds' in doc else '?'} interleaved rounds"
-                 + (" (SMOKE RUN: tiny shapes, not a measurement)" if doc.get("smoke") else "") + ".", "",
-                 "One step per call at B=1 (D = H; a T=1 call, its state fed to the next): us per step, median (IQR). "
-                 "FusedLSTM's split: its implementation's own call (kernel and binding) + everything else "
-                 "(checks, dispatch, allocation). The limit: W_ih and W_hh bytes over the bandwidth the probe "
-                 "measured in the same run at that thread count. bf16: FusedLSTM and nn.LSTM under bf16 autocast, "
-                 "OpenVINO with the bf16 precision hint, onnxruntime's float32 row.", "",
-                 "| H | threads | dtype | **FusedLSTM** | split: impl + rest | nn.LSTM | onnxruntime | OpenVINO | "
-                 "limit (probe GB/s) | vs nn.LSTM | vs onnxruntime | over limit |",
-                 "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for key, by in sorted(((k, v) for k, v in groups.items() if k[0] == "step"), key=_peer_order):
+                 + (" (SMOKE RUN: tiny shapes, not a measurement)" if doc.get("smoke") else "") + "."]
+        steps = sorted(((k, v) for k, v in groups.items() if k[0] == "step"), key=_peer_order)
+        if steps:
+            lines += ["", "One step per call at B=1 (D = H; a T=1 call, its state fed to the next): us per step, median "
+                          "(IQR). FusedLSTM's split: its implementation's own call (kernel and binding) + everything "
+                          "else (checks, dispatch, allocation). The limit: W_ih and W_hh bytes over the bandwidth the "
+                          "probe measured in the same run at that thread count. bf16: FusedLSTM and nn.LSTM under bf16 "
+                          "autocast, OpenVINO with the bf16 precision hint, onnxruntime's float32 row.", "",
+                      "| H | threads | dtype | **FusedLSTM** | split: impl + rest | nn.LSTM | onnxruntime | OpenVINO | "
+                      "limit (probe GB/s) | vs nn.LSTM | vs onnxruntime | over limit |",
+                      "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for key, by in steps:
             _, B, T, D, H, threads, dtype = key
             fu, ort = by.get("fused"), _ort_row(groups, key)
             any_row = next(iter(by.values()))
@@ -402,11 +411,13 @@ def render_peers():
                          f"{_peer_cell(by.get('openvino'), True)} | {any_row['bandwidth_limit_seconds'] * 1e6:,.1f} us "
                          f"({any_row['probe_bytes_per_sec'] / 1e9:,.0f}) | {ratio(by.get('torch'))} | {ratio(ort)} | "
                          + (f"{fu['seconds'] / fu['bandwidth_limit_seconds']:.1f}x |" if fu else "- |"))
-        lines += ["", "Whole sequences (one call each): tokens/sec, median (IQR); the last column FusedLSTM over the "
-                      "fastest of the others on that row.", "",
-                  "| shape (B, T, D, H) | threads | dtype | **FusedLSTM** | nn.LSTM | onnxruntime | OpenVINO | "
-                  "vs best other |", "|---|---:|---|---:|---:|---:|---:|---:|"]
-        for key, by in sorted(((k, v) for k, v in groups.items() if k[0] == "sequence"), key=_peer_order):
+        sequences = sorted(((k, v) for k, v in groups.items() if k[0] == "sequence"), key=_peer_order)
+        if sequences:
+            lines += ["", "Whole sequences (one call each): tokens/sec, median (IQR); the last column FusedLSTM over "
+                          "the fastest of the others on that row.", "",
+                      "| shape (B, T, D, H) | threads | dtype | **FusedLSTM** | nn.LSTM | onnxruntime | OpenVINO | "
+                      "vs best other |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for key, by in sequences:
             _, B, T, D, H, threads, dtype = key
             fu, ort = by.get("fused"), _ort_row(groups, key)
             others = [r for r in (by.get("torch"), ort, by.get("openvino")) if r is not None]
@@ -414,6 +425,18 @@ def render_peers():
             lines.append(f"| {B}, {T}, {D}, {H} | {threads} | {dtype} | {_peer_cell(fu, False)} | "
                          f"{_peer_cell(by.get('torch'), False)} | {_ort_cell(groups, key, False)} | "
                          f"{_peer_cell(by.get('openvino'), False)} | {vs} |")
+        training = sorted(((k, v) for k, v in groups.items() if k[0] == "training"), key=_peer_order)
+        if training:
+            lines += ["", "Training at small batch (forward and backward of every gradient; bf16: both under bf16 "
+                          "autocast): tokens/sec, median (IQR).", "",
+                      "| shape (B, T, D, H) | threads | dtype | **FusedLSTM** | nn.LSTM | vs nn.LSTM |",
+                      "|---|---:|---|---:|---:|---:|"]
+            for key, by in training:
+                _, B, T, D, H, threads, dtype = key
+                fu, t = by.get("fused"), by.get("torch")
+                vs = f"{t['seconds'] / fu['seconds']:.2f}x" if fu and t else "-"
+                lines.append(f"| {B}, {T}, {D}, {H} | {threads} | {dtype} | {_peer_cell(fu, False)} | "
+                             f"{_peer_cell(t, False)} | {vs} |")
         lines += ["", "Issue 20's targets, from the medians above:", ""] + _peer_targets(groups)
         if doc.get("failed"):
             lines += ["", "Failed the check against nn.LSTM float32 (not timed): " + "; ".join(

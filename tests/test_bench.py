@@ -209,7 +209,7 @@ def _assert_evidence(doc):
 
 def test_peers_smoke_checks_times_and_renders(tmp_path):
     """benchmarks/peers.py --smoke: every peer row checked against nn.LSTM float32 (its max abs
-    error recorded) before it is timed, for step and sequence rows in float32 and bf16; FusedLSTM's
+    error recorded) before it is timed, for step, sequence and training rows in float32 and bf16; FusedLSTM's
     step rows hold the split of the call; the runtimes that are installed are measured, the others
     skipped with the reason; readme_table renders the file with the targets."""
     doc = _run_peers(tmp_path / "benchmarks" / "results" / "peers-cpu.json")
@@ -222,7 +222,11 @@ def test_peers_smoke_checks_times_and_renders(tmp_path):
     want = {(p, k, d) for p in {"fused", "torch", "openvino"} & ({"fused", "torch"} | installed)
             for k in ("step", "sequence") for d in ("float32", "bf16")}
     want |= {("onnxruntime", k, "float32") for k in ("step", "sequence") if "onnxruntime" in installed}
+    want |= {(p, "training", d) for p in ("fused", "torch") for d in ("float32", "bf16")}
     assert got == want          # onnxruntime is not timed in bf16 (no bf16 LSTM on the CPU)
+    for r in doc["rows"]:       # training rows: every gradient checked too
+        assert (r["kind"] == "training") == ("max_grad_error" in r), r
+        assert r.get("max_grad_error", 0) <= doc["tolerance"][r["dtype"]], r
     for r in doc["rows"]:
         if r["implementation"] == "fused" and r["kind"] == "step":
             sp = r["split"]
@@ -240,6 +244,7 @@ def test_peers_smoke_checks_times_and_renders(tmp_path):
         readme_table.ROOT = old_root
     assert "python benchmarks/peers.py --smoke" in text and "SMOKE RUN" in text
     assert "one step at B=1 >= 5x nn.LSTM: **" in text and "the bandwidth limit" in text
+    assert "training at B <= 4 >= 1.2x nn.LSTM: **" in text and "Training at small batch" in text
     if "onnxruntime" in installed:
         assert ">= 2x onnxruntime at H <= 512: **" in text and "(float32) |" in text
 
