@@ -10,7 +10,11 @@ state_dict; the ONNX file is nn.LSTM's own export (``torch.onnx.export``, the To
 onnxruntime (``InferenceSession``, intra_op_num_threads = threads, inter_op 1, CPU provider) and by
 OpenVINO (``Core.compile_model`` of the same file reshaped to the row's static shape,
 INFERENCE_NUM_THREADS = threads, PERFORMANCE_HINT LATENCY, one stream, INFERENCE_PRECISION_HINT f32
-or bf16: OpenVINO picks bf16 by itself on AMX CPUs, so float32 rows ask for f32).
+or bf16: OpenVINO picks bf16 by itself on AMX CPUs, so float32 rows ask for f32). Both runtimes
+are timed on their fastest call, buffers bound once (:class:`Bound`: onnxruntime's IOBinding,
+OpenVINO infer requests on shared-memory tensors, the state buffers swapped between two
+bindings); in step rows their plain call (a feed dict per call: ``session.run``,
+``infer_request.infer``) is timed in the same rounds too (``plain_call``).
 
 Precision: ``float32`` rows run every peer in float32. ``bf16`` rows run FusedLSTM and nn.LSTM
 under ``torch.autocast("cpu", torch.bfloat16)`` and OpenVINO with the bf16 precision hint;
@@ -139,7 +143,7 @@ class Layer:
         self._sessions = {}
 
     def session(self, peer, threads, precision, B, T):
-        """The onnxruntime session or OpenVINO infer request for this row (cached)."""
+        """The onnxruntime session or OpenVINO compiled model for this row (cached)."""
         key = (peer, threads, precision) + ((B, T) if peer == "openvino" else ())
         if key not in self._sessions:
             if peer == "onnxruntime":
@@ -156,7 +160,7 @@ class Layer:
                 compiled = core.compile_model(model, "CPU", {
                     "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                     "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
-                self._sessions[key] = compiled.create_infer_request()
+                self._sessions[key] = compiled
         return self._sessions[key]
 
 
@@ -190,33 +194,88 @@ def runner(layer, peer, precision, threads, B, T):
             y, h, c = torch_runner(module, precision)(x, h, c)
             return y.float(), h.float(), c.float()
         return run, block
-    if peer == "onnxruntime":
-        sess = layer.session(peer, threads, precision, B, T)
-
-        def block(x, h, c, k, feed):
-            feeds = {"x": x.numpy(), "h0": h.numpy(), "c0": c.numpy()}
-            for _ in range(k):
-                _, hn, cn = sess.run(None, feeds)
-                if feed:
-                    feeds["h0"], feeds["c0"] = hn, cn
-
-        def run(x, h, c):
-            return tuple(torch.from_numpy(np.asarray(a, dtype=np.float32))
-                         for a in sess.run(None, {"x": x.numpy(), "h0": h.numpy(), "c0": c.numpy()}))
-        return run, block
-    req = layer.session(peer, threads, precision, B, T)
+    target = layer.session(peer, threads, precision, B, T)
+    bound = Bound(peer, target, layer.runtimes[peer], T, B, layer.D, layer.H)
 
     def block(x, h, c, k, feed):
-        feeds = {"x": x.numpy(), "h0": h.numpy(), "c0": c.numpy()}
         for _ in range(k):
-            out = req.infer(feeds)
-            if feed:
-                feeds["h0"], feeds["c0"] = out[1], out[2]
+            bound.call(feed)
 
     def run(x, h, c):
-        out = req.infer({"x": x.numpy(), "h0": h.numpy(), "c0": c.numpy()})
-        return tuple(torch.from_numpy(np.array(out[i], dtype=np.float32)) for i in range(3))
+        bound.load(x.numpy(), h.numpy(), c.numpy())
+        bound.call(True)
+        return tuple(torch.from_numpy(a.copy()) for a in bound.outputs())
     return run, block
+
+
+def plain_block(layer, peer, precision, threads, B, T):
+    """A block of the runtime's plain call (``session.run`` with a feed dict; OpenVINO's
+    ``infer_request.infer(dict)``), state fed back: what the bound call saves, per call."""
+    x = np.random.randn(T, B, layer.D).astype(np.float32)
+    h = np.zeros((1, B, layer.H), np.float32)
+    target = layer.session(peer, threads, precision, B, T)
+    if peer == "onnxruntime":
+        def call(feeds):
+            return target.run(None, feeds)
+    else:
+        req = target.create_infer_request()
+
+        def call(feeds):
+            out = req.infer(feeds)
+            return [out[i] for i in range(3)]
+
+    def block(k):
+        feeds = {"x": x, "h0": h, "c0": h}
+        for _ in range(k):
+            _, feeds["h0"], feeds["c0"] = call(feeds)
+    return block
+
+
+class Bound:
+    """A runtime's call on buffers bound once (onnxruntime: IOBinding; OpenVINO: infer requests
+    with shared-memory input and output tensors): what a latency-minded server writes, and the
+    runtimes' fastest call. Two bindings swap the state buffers (ping-pong), so one call's h_n/c_n
+    is the next one's h_0/c_0 without a copy."""
+
+    def __init__(self, peer, target, rt, T, B, D, H):
+        f = np.float32
+        self.x, self.y = np.zeros((T, B, D), f), np.zeros((T, B, H), f)
+        self.h = [np.zeros((1, B, H), f) for _ in range(2)]
+        self.c = [np.zeros((1, B, H), f) for _ in range(2)]
+        self.i = 0
+        self.calls = []
+        for i in range(2):
+            ins = (self.x, self.h[i], self.c[i])
+            outs = (self.y, self.h[1 - i], self.c[1 - i])
+            if peer == "onnxruntime":
+                io = target.io_binding()
+                for name, a in zip(("x", "h0", "c0"), ins, strict=True):
+                    io.bind_input(name, "cpu", 0, f, a.shape, a.ctypes.data)
+                for name, a in zip(("y", "hn", "cn"), outs, strict=True):
+                    io.bind_output(name, "cpu", 0, f, a.shape, a.ctypes.data)
+                self.calls.append(lambda io=io: target.run_with_iobinding(io))
+            else:
+                req = target.create_infer_request()
+                for j, a in enumerate(ins):
+                    req.set_input_tensor(j, rt.Tensor(a, shared_memory=True))
+                for j, a in enumerate(outs):
+                    req.set_output_tensor(j, rt.Tensor(a, shared_memory=True))
+                self.calls.append(req.infer)
+
+    def load(self, x, h, c):
+        np.copyto(self.x, x)
+        np.copyto(self.h[self.i], h)
+        np.copyto(self.c[self.i], c)
+
+    def call(self, feed):
+        """One call; ``feed``: the next call reads this one's h_n, c_n."""
+        self.calls[self.i]()
+        if feed:
+            self.i ^= 1
+
+    def outputs(self):
+        """(y, h_n, c_n) of the last call (fed: the state the next call reads)."""
+        return self.y, self.h[self.i], self.c[self.i]
 
 
 def max_error(run, layer, kind, B, T):
@@ -423,6 +482,10 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
     split_impl = None
     if kind == "step" and "fused" in blocks:
         split_impl, blocks["fused:implementation-call"] = kernel_block(layer, precision, B)
+    if kind == "step":
+        for peer in ("onnxruntime", "openvino"):
+            if peer in blocks:
+                blocks[f"{peer}:plain-call"] = plain_block(layer, peer, precision, threads, B, T)
     times = time_interleaved(blocks, rounds, round_s, gap_s)
     nbytes = weight_bytes_per_step(kind, D, H, precision)
     bw = bandwidth_probe(nbytes, threads)
@@ -435,6 +498,12 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
                    weight_bytes_per_step=nbytes, weight_bytes_per_sec=nbytes / step, probe_bytes_per_sec_at_row=bw)
         if peer in grad_errors:
             row["max_grad_error"] = grad_errors[peer]
+        if peer in ("onnxruntime", "openvino"):
+            row["api"] = "IOBinding" if peer == "onnxruntime" else "infer requests on shared-memory tensors"
+            if f"{peer}:plain-call" in times:
+                pq1, pmed, pq3 = quartiles(times[f"{peer}:plain-call"])
+                row["plain_call"] = {"api": "session.run(feed dict)" if peer == "onnxruntime" else "infer(feed dict)",
+                                     "seconds": pmed, "q1_seconds": pq1, "q3_seconds": pq3}
         if precision == "bf16" and peer == "openvino":
             row["note"] = "OpenVINO INFERENCE_PRECISION_HINT=bf16"
         if precision == "bf16" and peer in ("fused", "torch"):

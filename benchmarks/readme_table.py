@@ -309,9 +309,17 @@ def _peer_order(item):
     return (B, T, H, D, threads, dtype != "float32")
 
 
+def _runtime_cell(r, per_step):
+    """A runtime's cell (its bound call), and in step rows its plain call (feed dict) after it."""
+    cell = _peer_cell(r, per_step)
+    if r is not None and per_step and r.get("plain_call"):
+        cell += f"; plain {r['plain_call']['seconds'] * 1e6:,.1f}"
+    return cell
+
+
 def _ort_cell(groups, key, per_step):
     """onnxruntime's cell; on a bf16 row its float32 row, marked so."""
-    cell = _peer_cell(_ort_row(groups, key), per_step)
+    cell = _runtime_cell(_ort_row(groups, key), per_step)
     return cell + " (float32)" if key[-1] != "float32" and cell != "-" else cell
 
 
@@ -394,7 +402,9 @@ def render_peers():
                           "(IQR). FusedLSTM's split: its implementation's own call (kernel and binding) + everything "
                           "else (checks, dispatch, allocation). The limit: W_ih and W_hh bytes over the bandwidth the "
                           "probe measured in the same run at that thread count. bf16: FusedLSTM and nn.LSTM under bf16 "
-                          "autocast, OpenVINO with the bf16 precision hint, onnxruntime's float32 row.", "",
+                          "autocast, OpenVINO with the bf16 precision hint, onnxruntime's float32 row. onnxruntime and "
+                          "OpenVINO: their call on buffers bound once (IOBinding; shared-memory tensors), then "
+                          "(\"plain\") their feed-dict call.", "",
                       "| H | threads | dtype | **FusedLSTM** | split: impl + rest | nn.LSTM | onnxruntime | OpenVINO | "
                       "limit (probe GB/s) | vs nn.LSTM | vs onnxruntime | over limit |",
                       "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -408,7 +418,7 @@ def render_peers():
             ratio = lambda other: f"{other['seconds'] / fu['seconds']:.2f}x" if fu and other else "-"  # noqa: E731
             lines.append(f"| {H} | {threads} | {dtype} | {_peer_cell(fu, True)} | {split} | "
                          f"{_peer_cell(by.get('torch'), True)} | {_ort_cell(groups, key, True)} | "
-                         f"{_peer_cell(by.get('openvino'), True)} | {any_row['bandwidth_limit_seconds'] * 1e6:,.1f} us "
+                         f"{_runtime_cell(by.get('openvino'), True)} | {any_row['bandwidth_limit_seconds'] * 1e6:,.1f} us "
                          f"({any_row['probe_bytes_per_sec'] / 1e9:,.0f}) | {ratio(by.get('torch'))} | {ratio(ort)} | "
                          + (f"{fu['seconds'] / fu['bandwidth_limit_seconds']:.1f}x |" if fu else "- |"))
         sequences = sorted(((k, v) for k, v in groups.items() if k[0] == "sequence"), key=_peer_order)
