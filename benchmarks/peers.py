@@ -363,13 +363,12 @@ def kernel_block(layer, precision, B):
 # ---------------------------------------------------------------- timing and the probe
 def time_interleaved(blocks, rounds, round_s, gap_s=0.0, clock=time.perf_counter):
     """name -> per-round seconds per call; ``blocks``: name -> f(k) running k calls. Each is warmed
-    up (two blocks of one call), sized (k calls take about ``round_s``, at least 1), then each round
+    up (one call), sized by a second call (k calls take about ``round_s``, at least 1), then each round
     runs one block of each, the starting one rotating. ``gap_s``: an untimed sleep before each
     block, so the thread pool of the block before (OpenMP, onnxruntime, OpenVINO's TBB: each spins
     a while after its work) has gone to sleep and does not compete with the next one's threads."""
     names = list(blocks)
     for name in names:
-        blocks[name](1)
         blocks[name](1)
     ks = {}
     for name in names:
