@@ -44,9 +44,10 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        # onnx, onnxscript, onnxruntime: tests/test_export.py exports to ONNX and runs the file.
-        # the runtimes users pick instead of FusedLSTM for serving, to measure against.
+        # the runtimes users pick instead of FusedLSTM for serving, to measure against
+        # (benchmarks/peers.py: nn.LSTM's ONNX export run by onnxruntime and OpenVINO).
         "bench": ["onnx", "onnxscript", "onnxruntime", "openvino"],
+        # onnx, onnxscript, onnxruntime: tests/test_export.py exports to ONNX and runs the file.
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime"],
     },
     ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq, cpu_small_batch],

@@ -16,7 +16,10 @@ docs/results.md the rest:
 * ``packed``: packed over padded tokens/sec, per implementation and shape;
 * ``epoch``: one d2l training epoch, d2l's loop with nn.LSTM against ours;
 * ``default-run``: the time and output of ``lstm-fast train`` with its defaults;
-* ``bf16``: CPU bfloat16 against nn.LSTM under the same autocast, and ``train --precision bf16``.
+* ``bf16``: CPU bfloat16 against nn.LSTM under the same autocast, and ``train --precision bf16``;
+* ``peers``: FusedLSTM against nn.LSTM, onnxruntime and OpenVINO (``benchmarks/peers.py``): one
+  step per call at B=1, whole sequences, training at small batch, the bandwidth limit, and
+  issue 20's targets met/short.
 
 Every section names the file, the command that wrote it, the commit and the machine.
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Which file holds which generated sections.
-TARGETS = {"README.md": ("summary",), "docs/results.md": ("packed", "results", "epoch", "default-run", "bf16")}
+TARGETS = {"README.md": ("summary",), "docs/results.md": ("packed", "results", "epoch", "default-run", "bf16", "peers")}
 SECTIONS = tuple(name for names in TARGETS.values() for name in names)
 PLOT = ROOT / "benchmarks" / "results" / "summary-cpu.png"
 NAMES = {"scratch": "d2l scratch", "torch": "nn.LSTM", "fused": "**FusedLSTM**"}
@@ -276,8 +279,191 @@ def _bf16_goals(by, train):
     return "Speed goals (bf16 against nn.LSTM under the same autocast), from the medians above: " + "; ".join(parts) + "."
 
 
+PEER_NAMES = {"fused": "**FusedLSTM**", "torch": "nn.LSTM", "onnxruntime": "onnxruntime", "openvino": "OpenVINO"}
+PEER_ORDER = tuple(PEER_NAMES)
+PEERS_COMMAND = "python benchmarks/peers.py --out benchmarks/results/peers-cpu.json"
+
+
+def _peer_cell(r, per_step):
+    """us per step (step rows) or tokens/sec (sequence rows), median and IQR."""
+    if r is None:
+        return "-"
+    if per_step:
+        return f"{r['us_per_step']:,.1f} ({r['q1_seconds'] * 1e6:,.1f} - {r['q3_seconds'] * 1e6:,.1f})"
+    n = r["B"] * r["T"]
+    return f"{r['tokens_per_sec']:,.0f} ({n / r['q3_seconds']:,.0f} - {n / r['q1_seconds']:,.0f})"
+
+
+def _peer_groups(rows):
+    """(kind, B, T, D, H, threads, dtype) -> {implementation: row}."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["B"], r["T"], r["D"], r["H"], r["threads"], r["dtype"]), {})[
+            r["implementation"]] = r
+    return groups
+
+
+def _peer_order(item):
+    """Shape, then threads, then float32 before bf16."""
+    kind, B, T, D, H, threads, dtype = item[0]
+    return (B, T, H, D, threads, dtype != "float32")
+
+
+def _runtime_cell(r, per_step):
+    """A runtime's cell (its bound call), and in step rows its plain call (feed dict) after it."""
+    cell = _peer_cell(r, per_step)
+    if r is not None and per_step and r.get("plain_call"):
+        cell += f"; plain {r['plain_call']['seconds'] * 1e6:,.1f}"
+    return cell
+
+
+def _ort_cell(groups, key, per_step):
+    """onnxruntime's cell; on a bf16 row its float32 row, marked so."""
+    cell = _runtime_cell(_ort_row(groups, key), per_step)
+    return cell + " (float32)" if key[-1] != "float32" and cell != "-" else cell
+
+
+def _ort_row(groups, key):
+    """onnxruntime's row for a group: its own, or (bf16: onnxruntime runs float32 only) the
+    float32 row of the same shape and threads."""
+    return groups.get(key, {}).get("onnxruntime") or groups.get(key[:-1] + ("float32",), {}).get("onnxruntime")
+
+
+#: Issue 20's targets (the benchmark, 1 and 2 threads, float32 and bf16).
+STEP_OVER_TORCH, STEP_OVER_ORT, STEP_OVER_ORT_L3, STEP_WITHIN_LIMIT, SEQ_OVER_BEST, TRAIN_OVER_TORCH = (
+    5.0, 2.0, 1.2, 1.3, 1.5, 1.2)
+
+
+def _peer_targets(groups):
+    """Lines: each target, met or short, with the ratios behind it."""
+    def verdict(name, cases):
+        if not cases:
+            return f"- {name}: not measured in this file"
+        short = [f"{label} ({v:.2f}x)" for label, v, ok in cases if not ok]
+        low = min(v for _, v, _ in cases)
+        return (f"- {name}: **met** in all {len(cases)} (lowest {low:.2f}x)" if not short else
+                f"- {name}: **short** in {len(short)} of {len(cases)}: " + ", ".join(short))
+    over_torch, over_ort, over_ort_l3, limit, seq, train = [], [], [], [], [], []
+    for key, by in sorted(groups.items(), key=_peer_order):
+        kind, B, T, D, H, threads, dtype = key
+        f = by.get("fused")
+        if f is None:
+            continue
+        label = f"H{H} {dtype} {threads}t" if kind == "step" else f"B{B} T{T} D{D} H{H} {dtype} {threads}t"
+        ort = _ort_row(groups, key)
+        if kind == "step":
+            if "torch" in by:
+                v = by["torch"]["seconds"] / f["seconds"]
+                over_torch.append((label, v, v >= STEP_OVER_TORCH))
+            if ort is not None:
+                v = ort["seconds"] / f["seconds"]
+                if H <= 512:
+                    over_ort.append((label, v, v >= STEP_OVER_ORT))
+                else:
+                    over_ort_l3.append((label, v, v >= STEP_OVER_ORT_L3))
+            if H > 512:
+                v = f["seconds"] / f["bandwidth_limit_seconds"]
+                limit.append((label, v, v <= STEP_WITHIN_LIMIT))
+        elif kind == "training":
+            if B <= 4 and "torch" in by:
+                v = by["torch"]["seconds"] / f["seconds"]
+                train.append((label, v, v >= TRAIN_OVER_TORCH))
+        elif B <= 4:
+            others = [r for r in (by.get("torch"), ort, by.get("openvino")) if r is not None]
+            if others:
+                v = min(r["seconds"] for r in others) / f["seconds"]
+                seq.append((label, v, v >= SEQ_OVER_BEST))
+    return [verdict(f"one step at B=1 >= {STEP_OVER_TORCH:g}x nn.LSTM", over_torch),
+            verdict(f"one step at B=1 >= {STEP_OVER_ORT:g}x onnxruntime at H <= 512", over_ort),
+            verdict(f"one step at B=1 >= {STEP_OVER_ORT_L3:g}x onnxruntime at H = 1024", over_ort_l3),
+            verdict(f"one step at B=1, H = 1024, within {STEP_WITHIN_LIMIT:g}x of the bandwidth limit "
+                    "(FusedLSTM's step time over the limit; lower is better)", limit),
+            verdict(f"whole sequences at B <= 4 >= {SEQ_OVER_BEST:g}x the best of nn.LSTM, onnxruntime and OpenVINO",
+                    seq),
+            verdict(f"training at B <= 4 >= {TRAIN_OVER_TORCH:g}x nn.LSTM", train),
+            "- no row at B >= 32 slower than today: not judged here (needs the rows of an earlier commit)"]
+
+
+def render_peers():
+    """``benchmarks/peers.py``: one table of one-step calls at B=1 (us per step, the FusedLSTM
+    call's split, the bandwidth limit), one of whole sequences and one of small-batch training
+    (tokens/sec), then the targets (each table only where the file has its rows)."""
+    parts = []
+    for f, doc in load("peers"):
+        groups = _peer_groups(doc["rows"])
+        env = doc["environment"]
+        versions = ", ".join(f"{k} {env[k]}" for k in ("onnxruntime", "openvino") if env.get(k))
+        lines = [f"From {provenance(f, doc)}" + (f"; {versions}" if versions else "")
+                 + f"; {doc['rounds'] if 'rounds' in doc else '?'} interleaved rounds"
+                 + (" (SMOKE RUN: tiny shapes, not a measurement)" if doc.get("smoke") else "") + "."]
+        steps = sorted(((k, v) for k, v in groups.items() if k[0] == "step"), key=_peer_order)
+        if steps:
+            lines += ["", "One step per call at B=1 (D = H; a T=1 call, its state fed to the next): us per step, median "
+                          "(IQR). FusedLSTM's split: its implementation's own call (kernel and binding) + everything "
+                          "else (checks, dispatch, allocation). The limit: W_ih and W_hh bytes over the bandwidth the "
+                          "probe measured in the same run at that thread count. bf16: FusedLSTM and nn.LSTM under bf16 "
+                          "autocast, OpenVINO with the bf16 precision hint, onnxruntime's float32 row. onnxruntime and "
+                          "OpenVINO: their call on buffers bound once (IOBinding; shared-memory tensors), then "
+                          "(\"plain\") their feed-dict call.", "",
+                      "| H | threads | dtype | **FusedLSTM** | split: impl + rest | nn.LSTM | onnxruntime | OpenVINO | "
+                      "limit (probe GB/s) | vs nn.LSTM | vs onnxruntime | over limit |",
+                      "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for key, by in steps:
+            _, B, T, D, H, threads, dtype = key
+            fu, ort = by.get("fused"), _ort_row(groups, key)
+            any_row = next(iter(by.values()))
+            sp = (fu or {}).get("split")
+            split = (f"{sp['implementation_call_seconds'] * 1e6:,.1f} + {sp['outside_implementation_seconds'] * 1e6:,.1f}"
+                     if sp else "-")
+            ratio = lambda other: f"{other['seconds'] / fu['seconds']:.2f}x" if fu and other else "-"  # noqa: E731
+            lines.append(f"| {H} | {threads} | {dtype} | {_peer_cell(fu, True)} | {split} | "
+                         f"{_peer_cell(by.get('torch'), True)} | {_ort_cell(groups, key, True)} | "
+                         f"{_runtime_cell(by.get('openvino'), True)} | {any_row['bandwidth_limit_seconds'] * 1e6:,.1f} us "
+                         f"({any_row['probe_bytes_per_sec'] / 1e9:,.0f}) | {ratio(by.get('torch'))} | {ratio(ort)} | "
+                         + (f"{fu['seconds'] / fu['bandwidth_limit_seconds']:.1f}x |" if fu else "- |"))
+        sequences = sorted(((k, v) for k, v in groups.items() if k[0] == "sequence"), key=_peer_order)
+        if sequences:
+            lines += ["", "Whole sequences (one call each): tokens/sec, median (IQR); the last column FusedLSTM over "
+                          "the fastest of the others on that row.", "",
+                      "| shape (B, T, D, H) | threads | dtype | **FusedLSTM** | nn.LSTM | onnxruntime | OpenVINO | "
+                      "vs best other |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for key, by in sequences:
+            _, B, T, D, H, threads, dtype = key
+            fu, ort = by.get("fused"), _ort_row(groups, key)
+            others = [r for r in (by.get("torch"), ort, by.get("openvino")) if r is not None]
+            vs = f"{min(r['seconds'] for r in others) / fu['seconds']:.2f}x" if fu and others else "-"
+            lines.append(f"| {B}, {T}, {D}, {H} | {threads} | {dtype} | {_peer_cell(fu, False)} | "
+                         f"{_peer_cell(by.get('torch'), False)} | {_ort_cell(groups, key, False)} | "
+                         f"{_peer_cell(by.get('openvino'), False)} | {vs} |")
+        training = sorted(((k, v) for k, v in groups.items() if k[0] == "training"), key=_peer_order)
+        if training:
+            lines += ["", "Training at small batch (forward and backward of every gradient; bf16: both under bf16 "
+                          "autocast): tokens/sec, median (IQR).", "",
+                      "| shape (B, T, D, H) | threads | dtype | **FusedLSTM** | nn.LSTM | vs nn.LSTM |",
+                      "|---|---:|---|---:|---:|---:|"]
+            for key, by in training:
+                _, B, T, D, H, threads, dtype = key
+                fu, t = by.get("fused"), by.get("torch")
+                vs = f"{t['seconds'] / fu['seconds']:.2f}x" if fu and t else "-"
+                lines.append(f"| {B}, {T}, {D}, {H} | {threads} | {dtype} | {_peer_cell(fu, False)} | "
+                             f"{_peer_cell(t, False)} | {vs} |")
+        lines += ["", "Issue 20's targets, from the medians above:", ""] + _peer_targets(groups)
+        if doc.get("failed"):
+            lines += ["", "Failed the check against nn.LSTM float32 (not timed): " + "; ".join(
+                f"{PEER_NAMES.get(x['implementation'], x['implementation'])} {x['kind']} B{x['B']} T{x['T']} "
+                f"D{x['D']} H{x['H']} {x['dtype']} {x['threads']}t (max abs error {x['max_abs_error']:.3g} > "
+                f"{x['tolerance']:g})" for x in doc["failed"])]
+        if doc.get("skipped"):
+            lines += ["", "Skipped: " + "; ".join(
+                f"{x['implementation']}" + (f" {x['kind']} B{x['B']} T{x['T']} D{x['D']} H{x['H']} {x['dtype']}"
+                                            if "kind" in x else "") + f": {x['reason']}" for x in doc["skipped"])]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or f"No peers results measured yet (`{PEERS_COMMAND}` writes them)."
+
+
 RENDER = {"results": render_results, "summary": render_summary, "packed": render_packed, "epoch": render_epoch,
-          "default-run": render_default_run, "bf16": render_bf16}
+          "default-run": render_default_run, "bf16": render_bf16,
+          "peers": render_peers}
 
 
 def updated_text(text, sections, name="README.md"):

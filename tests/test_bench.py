@@ -177,3 +177,108 @@ def test_record_results_script_writes_evidence(tmp_path):
         readme_table.ROOT = old_root
     assert "packed / padded" in packed and "FusedLSTM" in packed and "record_results.py packed" in packed
     assert "Ours over d2l's" in epoch
+
+
+def _run_peers(out, *args, pythonpath=None):
+    import os
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p))
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--smoke", "--out", str(out), *args],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def _installed(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _assert_evidence(doc):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert doc["kind"] == "peers" and doc["smoke"] and doc["commit"]["sha"] == head
+    assert doc["command"].startswith("python benchmarks/peers.py --smoke")
+    env = doc["environment"]
+    assert env["device_name"] and env["date"] and env["torch"] and env["lscpu"].get("Model name")
+    for r in doc["rows"]:
+        assert r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"], r
+        assert 0 <= r["max_abs_error"] <= doc["tolerance"][r["dtype"]], r
+        assert r["us_per_step"] == pytest.approx(r["seconds"] / r["T"] * 1e6)
+        assert r["bandwidth_limit_seconds"] == pytest.approx(r["weight_bytes_per_step"] / r["probe_bytes_per_sec"])
+        assert r["probe_bytes_per_sec"] >= r["probe_bytes_per_sec_at_row"] > 0
+
+
+def test_peers_smoke_checks_times_and_renders(tmp_path):
+    """benchmarks/peers.py --smoke: every peer row checked against nn.LSTM float32 (its max abs
+    error recorded) before it is timed, for step, sequence and training rows in float32 and bf16; FusedLSTM's
+    step rows hold the split of the call; the runtimes that are installed are measured, the others
+    skipped with the reason; readme_table renders the file with the targets."""
+    doc = _run_peers(tmp_path / "benchmarks" / "results" / "peers-cpu.json")
+    _assert_evidence(doc)
+    installed = {n for n in ("onnxruntime", "openvino") if _installed(n)}
+    assert doc["failed"] == []
+    assert {s["implementation"] for s in doc["skipped"]} == {"onnxruntime", "openvino"} - installed
+    assert all("not installed" in s["reason"] for s in doc["skipped"])
+    got = {(r["implementation"], r["kind"], r["dtype"]) for r in doc["rows"]}
+    want = {(p, k, d) for p in {"fused", "torch", "openvino"} & ({"fused", "torch"} | installed)
+            for k in ("step", "sequence") for d in ("float32", "bf16")}
+    want |= {("onnxruntime", k, "float32") for k in ("step", "sequence") if "onnxruntime" in installed}
+    want |= {(p, "training", d) for p in ("fused", "torch") for d in ("float32", "bf16")}
+    assert got == want          # onnxruntime is not timed in bf16 (no bf16 LSTM on the CPU)
+    for r in doc["rows"]:       # training rows: every gradient checked too
+        assert (r["kind"] == "training") == ("max_grad_error" in r), r
+        assert r.get("max_grad_error", 0) <= doc["tolerance"][r["dtype"]], r
+    for r in doc["rows"]:
+        if r["implementation"] == "fused" and r["kind"] == "step":
+            sp = r["split"]
+            assert sp["implementation"].startswith("cpu_") and sp["implementation_call_seconds"] > 0
+            assert sp["module_call_seconds"] == r["seconds"]
+    assert {(p["bytes"], p["threads"]) for p in doc["probes"]} == {(r["weight_bytes_per_step"], r["threads"])
+                                                                   for r in doc["rows"]}
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_table
+    old_root = readme_table.ROOT
+    readme_table.ROOT = tmp_path
+    try:
+        text = readme_table.render_peers()
+    finally:
+        readme_table.ROOT = old_root
+    assert "python benchmarks/peers.py --smoke" in text and "SMOKE RUN" in text
+    assert "one step at B=1 >= 5x nn.LSTM: **" in text and "the bandwidth limit" in text
+    assert "training at B <= 4 >= 1.2x nn.LSTM: **" in text and "Training at small batch" in text
+    if "onnxruntime" in installed:
+        assert ">= 2x onnxruntime at H <= 512: **" in text and "(float32) |" in text
+
+
+def test_peers_smoke_without_the_runtimes_skips_them(tmp_path):
+    """CI installs no onnxruntime/openvino: the smoke run still passes, with both skipped and why
+    (here made uninstallable by modules on PYTHONPATH that raise ImportError, as a missing one does)."""
+    block = tmp_path / "block"
+    block.mkdir()
+    for name in ("onnxruntime", "openvino"):
+        (block / f"{name}.py").write_text(f"raise ImportError('{name} blocked by the test')\n")
+    doc = _run_peers(tmp_path / "peers.json", "--rows", "step", pythonpath=str(block))
+    _assert_evidence(doc)
+    assert sorted(s["implementation"] for s in doc["skipped"]) == ["onnxruntime", "openvino"]
+    assert all("blocked by the test" in s["reason"] for s in doc["skipped"])
+    assert {r["implementation"] for r in doc["rows"]} == {"fused", "torch"}
+    assert doc["environment"]["onnxruntime"] is None and doc["environment"]["openvino"] is None
+
+
+def test_peers_a_peer_over_the_tolerance_is_failed_not_timed(tmp_path, monkeypatch):
+    """With a tolerance no output meets, every peer goes to ``failed`` with its error, and no row
+    is timed."""
+    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peers
+    monkeypatch.setattr(peers, "TOLERANCE", {"float32": -1.0, "bf16": -1.0})
+    threads = torch.get_num_threads()
+    try:
+        assert peers.main(["--smoke", "--rows", "step", "--peers", "fused", "torch", "--out",
+                           str(tmp_path / "p.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["rows"] == []
+    assert {(f["implementation"], f["dtype"]) for f in doc["failed"]} == {
+        (p, d) for p in ("fused", "torch") for d in ("float32", "bf16")}
+    assert all(f["max_abs_error"] >= 0 and f["tolerance"] == -1.0 for f in doc["failed"])
