@@ -56,6 +56,8 @@ class FusedLSTM(nn.LSTM):
 
     def forward(self, input, hx=None):
         """Same contract as ``nn.LSTM.forward``: returns ``(output, (h_n, c_n))``."""
+        if _dynamo_refuses_rnn():
+            return _forward_eagerly(self, input, hx)
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         is_packed = isinstance(input, PackedSequence)
         if is_packed:
@@ -176,6 +178,21 @@ class FusedLSTM(nn.LSTM):
             u, u_last, c_last = u0, u0[0], c1
         y = (u.reshape(-1, u.size(-1)) @ w_hr.t()).view(u.size(0), u.size(1), w_hr.size(0))  # explicit: batch 0 has no -1
         return y, u_last @ w_hr.t(), c_last
+
+
+def _dynamo_refuses_rnn():
+    """Under torch.compile without ``torch._dynamo.config.allow_rnn``, dynamo refuses nn.LSTM (and
+    so an enclosing module's frame runs eagerly), but it would still compile FusedLSTM.forward as a
+    frame of its own. Running that frame eagerly too keeps nn.LSTM's behaviour, second derivatives
+    included (aot_autograd has no double backward). Read at trace time; torch.export unaffected."""
+    return (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not torch._dynamo.config.allow_rnn)
+
+
+@torch.compiler.disable(reason="FusedLSTM is an nn.LSTM: dynamo runs it eagerly unless "
+                                "torch._dynamo.config.allow_rnn=True, as it does nn.LSTM")
+def _forward_eagerly(module, input, hx):
+    return module.forward(input, hx)
 
 
 def _reverse(x, lengths):

@@ -71,7 +71,14 @@ def differentiable_backward(needs, grad_outputs, x, h0, c0, w_ih, w_hh, b_ih, b_
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     wanted = [i for i, (t, n) in enumerate(zip(inputs, needs)) if n and t is not None]
     with torch.enable_grad():
-        leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in inputs[:5]] + list(inputs[5:])
+        # Each input enters the recomputation through an alias of its own (a view: the gradient
+        # stays a differentiable function of the input), and the gradients are taken w.r.t. the
+        # aliases. Taken w.r.t. the inputs themselves, autograd.grad would also follow paths that
+        # leave this layer call: with projections the biases and W_hh feed both the first-step
+        # call and the rest, and h_0 of the rest comes from the first step, so the first call's
+        # share would be counted here and again by the engine.
+        leaves = [None if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
+                  for t in inputs]
         outs = lstm_torch_ops(*leaves, lengths)
         pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None]
         grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wanted],

@@ -11,12 +11,20 @@ time by :func:`lstm_fast.ops.functional.lstm_layer`, which routes here only whil
 ``torch.compiler.is_compiling()``); the ops run that implementation's ``forward_saving`` /
 ``backward_saved``, the functions the eager autograd Function runs, so compiled and eager numbers
 agree, and the fake asks the same implementation what it saves (``saved_like``).
+
+Second derivatives: when the op's backward itself runs with grad mode on (``create_graph=True``
+where the autograd formula runs eagerly: dynamo's ``backend="eager"``), the gradients come from
+:func:`lstm_fast.ops.autograd.differentiable_backward`, as in eager mode. aot_autograd (the
+``aot_eager`` and ``inductor`` backends) traces the backward once with grad mode off, so its
+compiled backward is always ``lstm_backward``; PyTorch supports no double backward through an
+aot-compiled graph at all (any op, ``nn.LSTM`` with ``allow_rnn`` included).
 """
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .autograd import differentiable_backward
 from .checks import check_lengths
 from .plan import implementation_module
 
@@ -60,13 +68,16 @@ def _(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, lengths, implementation, n
 def _setup_context(ctx, inputs, output):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, implementation = inputs
     Y, _, _, G, C = output
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C, b_ih, b_hh)   # the biases: for second derivatives
     ctx.lengths, ctx.implementation = lengths, implementation
 
 
 def _backward(ctx, dY, dh_n, dc_n, _dG, _dC):
-    x, h0, c0, w_ih, w_hh, Y, G, C = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, Y, G, C, b_ih, b_hh = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:7]]
+    if torch.is_grad_enabled():     # create_graph=True, run eagerly: differentiable gradients
+        grads = differentiable_backward(needs, (dY, dh_n, dc_n), x, h0, c0, w_ih, w_hh, b_ih, b_hh, ctx.lengths)
+        return (*grads, None, None)
     grads = torch.ops.lstm_fast.lstm_backward(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C,
                                               ctx.lengths, ctx.implementation, needs)
     return (*(g if need else None for g, need in zip(grads, needs, strict=True)), None, None)
