@@ -101,9 +101,16 @@ class RNNModel(nn.Module):
         self.num_directions = 2 if rnn.bidirectional else 1
         self.linear = nn.Linear(rnn.hidden_size * self.num_directions, vocab_size)
 
+    def encode(self, inputs):
+        """The recurrent layer's input for tokens ``inputs`` (B, T): one-hot vectors (T, B, V)."""
+        return F.one_hot(inputs.T.long(), self.vocab_size).to(self.linear.weight.dtype)
+
+    def run_rnn(self, encoded, state):
+        """The recurrent layer on :meth:`encode`'s result: (outputs (T, B, H*dirs), state)."""
+        return self.rnn(encoded, state)
+
     def forward(self, inputs, state):
-        X = F.one_hot(inputs.T.long(), self.vocab_size).to(self.linear.weight.dtype)
-        Y, state = self.rnn(X, state)
+        Y, state = self.run_rnn(self.encode(inputs), state)
         return self.linear(Y.reshape(-1, Y.shape[-1])), state
 
     def begin_state(self, batch_size, device):
