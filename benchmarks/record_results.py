@@ -58,26 +58,41 @@ def packed(device, budget, rounds, shapes):
     return rows
 
 
-def epoch(device, budget, rounds, hidden):
+def epoch(device, budget, rounds, hidden, token="char"):
     """One epoch on the bundled text at the d2l settings: d2l's train_ch8 loop with nn.LSTM
-    (benchmarks/d2l_reference_loop.py) against ``lstm-fast train``'s epoch with FusedLSTM."""
-    from d2l_reference_loop import d2l_setup, train_epoch_ch8
+    (benchmarks/d2l_reference_loop.py) against ``lstm-fast train``'s epoch with FusedLSTM, and
+    the same trainer with the other first-layer input (the one-hot input GEMM where it gathers
+    the input projection, the gather where it does not: ``RNNModel.GATHER_MIN_VOCAB``).
+    ``token="word"``: word tokens (a vocabulary of thousands: the one-hot GEMM is D = V wide)."""
+    from d2l_reference_loop import train_epoch_ch8
     from lstm_fast.d2l.data import SeqDataLoader, load_corpus
-    from lstm_fast.d2l.train import TrainConfig, build_model, train_epoch
-    corpus, vocab = load_corpus(max_tokens=10000)
-    net_d, _, loss_d, opt_d = d2l_setup(device, hidden=hidden)
+    from lstm_fast.d2l.train import RNNModel, TrainConfig, build_model, train_epoch
+    corpus, vocab = load_corpus(max_tokens=10000, token=token)
+    cfg = TrainConfig(model="fused", hidden=hidden, token=token)
+    torch.manual_seed(0)
+    net_d = RNNModel(nn.LSTM(len(vocab), hidden), len(vocab)).to(device)   # d2l_setup's model, any vocabulary
+    loss_d, opt_d = nn.CrossEntropyLoss(), torch.optim.SGD(net_d.parameters(), lr=1)
+    nets, opts, loaders = {}, {}, {}
+    for name in ("shipped", "other"):
+        nets[name] = build_model(cfg, len(vocab), device)
+        nets[name].load_state_dict(net_d.state_dict())
+        opts[name] = torch.optim.SGD(nets[name].parameters(), lr=cfg.lr)
+        loaders[name] = SeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, seed=0)
+    gathers = nets["shipped"]._gathers(torch.zeros(cfg.batch_size, cfg.num_steps, dtype=torch.long))
+    nets["other"]._gathers = lambda inputs: not gathers
+    other = "one-hot input GEMM" if gathers else "gathered input projection"
     loader_d = SeqDataLoader(corpus, 32, 35, seed=0)
-    cfg = TrainConfig(model="fused", hidden=hidden)
-    net_f = build_model(cfg, len(vocab), device)
-    loader_f = SeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, seed=0)
-    opt_f = torch.optim.SGD(net_f.parameters(), lr=cfg.lr)
-    tokens = len(loader_f) * cfg.batch_size * cfg.num_steps
+    tokens = len(loader_d) * cfg.batch_size * cfg.num_steps
+    dev = torch.device(device)
+
+    def ours(name):
+        return lambda: train_epoch(nets[name], loaders[name], nn.CrossEntropyLoss(), opts[name], dev, cfg)
     calls = {"d2l train_ch8 + nn.LSTM": lambda: train_epoch_ch8(net_d, loader_d, loss_d, opt_d, device),
-             "lstm-fast train + FusedLSTM": lambda: train_epoch(net_f, loader_f, nn.CrossEntropyLoss(), opt_f,
-                                                                torch.device(device), cfg)}
+             "lstm-fast train + FusedLSTM": ours("shipped"),
+             f"lstm-fast train + FusedLSTM, {other}": ours("other")}
     times = time_interleaved(calls, budget * len(calls), rounds)
-    return [{"implementation": name, "device": device, "hidden": hidden, "tokens": tokens,
-             **_summary(secs, tokens)} for name, secs in times.items()]
+    return [{"implementation": name, "device": device, "hidden": hidden, "token": token, "vocab": len(vocab),
+             "tokens": tokens, **_summary(secs, tokens)} for name, secs in times.items()]
 
 
 def default_run(device, runs):
@@ -104,6 +119,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=3, help="default-run: how many complete runs")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); recorded")
+    ap.add_argument("--token", default="char", choices=("char", "word"), help="epoch: d2l's char tokens or words")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, to check the script (not for the README)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON file")
     a = ap.parse_args(argv)
@@ -114,7 +130,7 @@ def main(argv=None):
     if a.kind == "packed":
         rows = packed(a.device, a.budget, a.rounds, [(2, 6, 3, 5)] if a.tiny else CPU_SHAPES)
     elif a.kind == "epoch":
-        rows = epoch(a.device, a.budget, a.rounds, 16 if a.tiny else 256)
+        rows = epoch(a.device, a.budget, a.rounds, 16 if a.tiny else 256, a.token)
     else:
         if a.tiny:
             raise SystemExit("default-run has no tiny form: it is the default run")
@@ -122,7 +138,8 @@ def main(argv=None):
         extra.update(stats)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{a.kind}-{device_slug(env, a.device)}.json"
+    word = "-word" if a.kind == "epoch" and a.token == "word" else ""
+    path = out / f"{a.kind}{word}-{device_slug(env, a.device)}.json"
     write_json(path, env, rows, extra)
     print(f"wrote {path}")
     return 0

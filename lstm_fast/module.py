@@ -14,7 +14,11 @@ projections and packed sequences are built here from calls of the single-layer
 * packed sequences: the padded batch runs with per-row lengths (``lstm_layer(..., lengths)``): the
   CPU sequence kernels and the Triton kernels mask finished rows, at padded speed; the float64 /
   no-AVX-512 path runs segments between distinct lengths. Either way every sequence's final state
-  is the one at its own length.
+  is the one at its own length;
+* input projection (``forward(..., input_projection=True)``): the input is the first layer's
+  precomputed ``x W_ih^T`` (:func:`lstm_fast.fused_lstm`'s skip-input mode), every direction's
+  gate blocks side by side; the first layer runs without its input GEMM, the other layers as
+  usual.
 """
 import torch
 import torch.nn.functional as F
@@ -54,21 +58,41 @@ class FusedLSTM(nn.LSTM):
         get = lambda name: getattr(self, name + sfx) if hasattr(self, name + sfx) else None  # noqa: E731
         return (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
 
-    def forward(self, input, hx=None):
-        """Same contract as ``nn.LSTM.forward``: returns ``(output, (h_n, c_n))``."""
+    def project_input(self, input):
+        """The first layer's input projection of ``input`` (..., input_size), as
+        ``forward(..., input_projection=True)`` takes it: (..., dirs * 4 * hidden_size), every
+        direction's ``input @ weight_ih_l0{,_reverse}.T`` side by side (no bias)."""
+        return input @ self.first_layer_input_weight().t()
+
+    def first_layer_input_weight(self):
+        """(dirs * 4 * hidden_size, input_size): ``weight_ih_l0`` (and ``weight_ih_l0_reverse``
+        below it). For an embedding or one-hot input ``F.embedding(tokens, w.t())`` is the
+        projection, and its gradient a scatter-add into ``w``."""
+        if not self.bidirectional:
+            return self.weight_ih_l0
+        return torch.cat((self.weight_ih_l0, self.weight_ih_l0_reverse), 0)
+
+    def forward(self, input, hx=None, *, input_projection=False):
+        """Same contract as ``nn.LSTM.forward``: returns ``(output, (h_n, c_n))``.
+
+        ``input_projection=True``: ``input`` (or a PackedSequence's data) holds the first layer's
+        precomputed input projection instead of the input, its last dimension
+        ``dirs * 4 * hidden_size`` (:meth:`project_input`; direction d's gates at
+        ``[d*4H, (d+1)*4H)``, gate order i, f, g, o, b_ih not included: the biases are added as
+        usual); the first layer skips its input GEMM and the gradient flows to ``input``."""
         if _dynamo_refuses_rnn():
-            return _forward_eagerly(self, input, hx)
+            return _forward_eagerly(self, input, hx, input_projection)
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         is_packed = isinstance(input, PackedSequence)
         if is_packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            self.check_input(data, batch_sizes)
+            self._check_input(data, batch_sizes, input_projection)
             batch = int(batch_sizes[0])
             if hx is None:
                 hx = self._zero_state(batch, real_hidden, data)
             else:
                 self._check_hx_pair(hx)
-                self.check_forward_args(data, hx, batch_sizes)
+                self._check_forward_args(data, hx, batch_sizes, input_projection)
                 hx = self.permute_hidden(hx, sorted_indices)
             x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes, None, None))
         else:
@@ -92,7 +116,7 @@ class FusedLSTM(nn.LSTM):
                         raise RuntimeError("For unbatched 2-D input, hx and cx should also be 2-D but got "
                                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            self.check_forward_args(x, hx, None)
+            self._check_forward_args(x, hx, None, input_projection)
             if self.batch_first:
                 x = x.transpose(0, 1)
             lengths = None
@@ -104,7 +128,7 @@ class FusedLSTM(nn.LSTM):
             if t.dtype != x.dtype and not (autocast and t.is_floating_point()):
                 raise RuntimeError(f"LSTM: {name} dtype ({t.dtype}) does not match input dtype ({x.dtype})")
 
-        output, h_n, c_n = self._run_layers(x, hx, lengths)
+        output, h_n, c_n = self._run_layers(x, hx, lengths, input_projection)
 
         if is_packed:
             out = pack_padded_sequence(output, lengths, enforce_sorted=True).data
@@ -116,6 +140,28 @@ class FusedLSTM(nn.LSTM):
             output = output.squeeze(batch_dim)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
+
+    def _check_input(self, x, batch_sizes, input_projection):
+        """nn.LSTM's input check; for an input projection the same with its own last dimension."""
+        if not input_projection:
+            return self.check_input(x, batch_sizes)
+        width = (2 if self.bidirectional else 1) * 4 * self.hidden_size
+        if x.dtype != self.weight_hh_l0.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(f"LSTM: input projection dtype ({x.dtype}) does not match weight dtype "
+                             f"({self.weight_hh_l0.dtype})")
+        expected_dim = 2 if batch_sizes is not None else 3
+        if x.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {x.dim()}")
+        if x.size(-1) != width:
+            raise RuntimeError(f"with input_projection=True, input.size(-1) must be num_directions * 4 * "
+                               f"hidden_size = {width}, got {x.size(-1)}")
+
+    def _check_forward_args(self, x, hx, batch_sizes, input_projection):
+        if not input_projection:
+            return self.check_forward_args(x, hx, batch_sizes)
+        self._check_input(x, batch_sizes, True)
+        self.check_hidden_size(hx[0], self.get_expected_hidden_size(x, batch_sizes), "Expected hidden[0] size {}, got {}")
+        self.check_hidden_size(hx[1], self.get_expected_cell_size(x, batch_sizes), "Expected hidden[1] size {}, got {}")
 
     @staticmethod
     def _check_hx_pair(hx):
@@ -135,19 +181,28 @@ class FusedLSTM(nn.LSTM):
         n = self.num_layers * (2 if self.bidirectional else 1)
         return (like.new_zeros(n, batch, real_hidden), like.new_zeros(n, batch, self.hidden_size))
 
-    def _run_layers(self, x, hx, lengths):
-        """All layers and directions on time-first ``x`` (T, B, D); returns (output, h_n, c_n)."""
+    def _run_layers(self, x, hx, lengths, input_projection=False):
+        """All layers and directions on time-first ``x`` (T, B, D); returns (output, h_n, c_n).
+        ``input_projection``: x is the first layer's input projection (T, B, dirs * 4H)."""
         if torch.onnx.is_in_onnx_export():      # one ONNX LSTM node per layer, see lstm_fast.export.onnx_layers
+            if input_projection:
+                raise RuntimeError("FusedLSTM: input_projection=True cannot be exported to ONNX")
             return onnx_layers(self, x, hx, lengths)
         num_directions = 2 if self.bidirectional else 1
+        G4 = 4 * self.hidden_size
         h_all, c_all = [], []
         layer_input = x
         for layer in range(self.num_layers):
             outs = []
             for direction in range(num_directions):
                 k = layer * num_directions + direction
-                xin = layer_input if direction == 0 else _reverse(layer_input, lengths)
-                y, h, c = self._run_direction(xin, hx[0][k], hx[1][k], self._layer_weights(layer, direction), lengths)
+                weights = self._layer_weights(layer, direction)
+                xin = layer_input
+                if input_projection and layer == 0:     # this direction's gate blocks; no W_ih
+                    xin = layer_input[..., direction * G4:(direction + 1) * G4]
+                    weights = (None,) + weights[1:]
+                xin = xin if direction == 0 else _reverse(xin, lengths)
+                y, h, c = self._run_direction(xin, hx[0][k], hx[1][k], weights, lengths)
                 outs.append(y if direction == 0 else _reverse(y, lengths))
                 h_all.append(h)
                 c_all.append(c)
@@ -163,6 +218,8 @@ class FusedLSTM(nn.LSTM):
             return y, h, c
         # Projection: recur on u_t = o_t * tanh(c_t) with W_hh @ W_hr, project all steps at once.
         if torch.compiler.is_exporting():       # one call over all steps, see lstm_fast.projection
+            if w_ih is None:
+                raise RuntimeError("FusedLSTM: input_projection=True with proj_size > 0 cannot be exported")
             x_f, h0_f, w_ih_f, w_hh_f = fold_first_step(x, h0, c0, w_ih, w_hh, w_hr)
             u, (u_last, c_last) = lstm_layer(x_f, h0_f, c0, w_ih_f, w_hh_f, b_ih, b_hh, self.backend, lengths)
             return u @ w_hr.t(), u_last @ w_hr.t(), c_last
@@ -191,8 +248,8 @@ def _dynamo_refuses_rnn():
 
 @torch.compiler.disable(reason="FusedLSTM is an nn.LSTM: dynamo runs it eagerly unless "
                                 "torch._dynamo.config.allow_rnn=True, as it does nn.LSTM")
-def _forward_eagerly(module, input, hx):
-    return module.forward(input, hx)
+def _forward_eagerly(module, input, hx, input_projection=False):
+    return module.forward(input, hx, input_projection=input_projection)
 
 
 def _reverse(x, lengths):

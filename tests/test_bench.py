@@ -163,7 +163,7 @@ def test_record_results_script_writes_evidence(tmp_path):
     assert set(docs) == {"packed", "epoch"}
     assert {(r["implementation"], r["packed"]) for r in docs["packed"]["rows"]} == {
         (i, p) for i in ("nn.LSTM", "FusedLSTM") for p in (False, True)}
-    assert len(docs["epoch"]["rows"]) == 2
+    assert len(docs["epoch"]["rows"]) == 3
     for doc in docs.values():
         assert doc["command"].startswith("python ") and "record_results.py" in doc["command"] and doc["commit"]
         assert all(r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"] and r["rounds"] == 3 for r in doc["rows"])

@@ -37,6 +37,40 @@ def test_fused_and_torch_train_identically(tmp_path):
     assert results["fused"] == pytest.approx(results["torch"], rel=1e-4), results
 
 
+@pytest.mark.parametrize("gather", [pytest.param(True, id="gathered-projection"), pytest.param(False, id="one-hot")])
+def test_trainer_follows_the_d2l_reference_loop(gather, monkeypatch):
+    """Our epoch (FusedLSTM, the one-hot input as a gathered input projection where the layer
+    takes one, or the one-hot input) against d2l's own train_ch8 loop with nn.LSTM
+    (benchmarks/d2l_reference_loop.py) from the same weights over the same batches: the same
+    perplexity every epoch, the same weights after, the same greedy continuation."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from d2l_reference_loop import train_epoch_ch8
+    from lstm_fast.cpu import sequence
+    from lstm_fast.d2l.data import SeqDataLoader, load_corpus
+    from lstm_fast.d2l.generate import predict
+    from lstm_fast.d2l.train import RNNModel, train_epoch
+    monkeypatch.setattr(RNNModel, "GATHER_MIN_VOCAB", 0 if gather else 1 << 30)
+    cfg = TrainConfig(model="fused", **SMALL)
+    corpus, vocab = load_corpus(max_tokens=cfg.max_tokens)
+    ref = RNNModel(torch.nn.LSTM(len(vocab), cfg.hidden), len(vocab))
+    ours = build_model(cfg, len(vocab), "cpu")
+    ours.load_state_dict(ref.state_dict())
+    X = torch.zeros(cfg.batch_size, cfg.num_steps, dtype=torch.long)
+    assert ours._gathers(X) == (gather and sequence.available_for(torch.empty(1, 1, 1), ours.rnn.weight_hh_l0))
+    loaders = [SeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, seed=0) for _ in range(2)]
+    opts = [torch.optim.SGD(net.parameters(), lr=cfg.lr) for net in (ref, ours)]
+    loss = torch.nn.CrossEntropyLoss()
+    for epoch in range(3):
+        ppl_ref, _ = train_epoch_ch8(ref, loaders[0], loss, opts[0], "cpu")
+        ppl, _ = train_epoch(ours, loaders[1], loss, opts[1], torch.device("cpu"), cfg)
+        assert ppl == pytest.approx(ppl_ref, rel=1e-4), (epoch, ppl, ppl_ref)
+    for (name, a), b in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert predict("time traveller", 30, ours, vocab, "cpu") == predict("time traveller", 30, ref, vocab, "cpu")
+
+
 def test_scratch_model_starts_where_torch_does():
     """The scratch model gets nn.LSTM's initial weights (one summed bias), so its first outputs
     equal nn.LSTM's. (Training then differs slightly: nn.LSTM's two biases both take the

@@ -10,6 +10,11 @@ one C call walks T in reverse (gate gradients and the bias gradient, then
 pool. Large per-call buffers come from :mod:`lstm_fast.cpu.workspace` (no page faults).
 Saved for the backward: the activated gates (T, B, 4H), cell states (T, B, H), outputs, inputs,
 weights.
+
+Input projection (skip-input mode, ``w_ih`` None): ``x`` is then (T, B, 4H), already
+``x_t W_ih^T`` (without b_ih; the biases are added as usual). The kernel adds it to the gate tile
+in the cell epilogue and runs no input GEMM (D = 0); its gradient is the gate gradients dG
+themselves, so the backward skips the ``dx`` GEMM and ``dW_ih`` too.
 """
 import torch
 
@@ -52,6 +57,16 @@ def pack_backward_panels(w_hh):
     return Q
 
 
+def check_projection(xg, w_hh):
+    """The precomputed input projection as the kernel reads it: a contiguous float32 CPU
+    (T, B, 4H) tensor (every shape, dtype and device checked here, before the C call)."""
+    G4 = w_hh.shape[0]
+    if xg.dim() != 3 or xg.shape[2] != G4 or xg.dtype != torch.float32 or xg.device.type != "cpu":
+        raise RuntimeError(f"cpu_sequence: the input projection must be a float32 CPU (T, B, {G4}) tensor, "
+                           f"got {xg.dtype} {tuple(xg.shape)} on {xg.device}")
+    return xg.contiguous()
+
+
 def prepare(w_ih, w_hh, b_ih, b_hh):
     """What the forward kernel reads: the panels of W_ih and W_hh, and the summed bias.
 
@@ -60,35 +75,44 @@ def prepare(w_ih, w_hh, b_ih, b_hh):
     saved ~10% of a call (2.73 vs 3.06 ms on a loaded 2-core host) with the scalar pack; the
     pack is now a register transpose (2.5x faster) into pooled buffers (no page faults)."""
     bias = summed_bias(b_ih, b_hh)
-    return pack_panels(w_ih), pack_panels(w_hh), None if bias is None else bias.contiguous()
+    ph = pack_panels(w_hh)
+    px = ph if w_ih is None else pack_panels(w_ih)    # w_ih None: projection given, Px never read (D = 0)
+    return px, ph, None if bias is None else bias.contiguous()
 
 
-def forward(x, h0, c0, prepared, save, lengths=None):
+def forward(x, h0, c0, prepared, save, lengths=None, projected=False):
     """Run the recurrence. Returns (Y (T, B, H), G (T, B, 4H) or None, C (T, B, H) or c_T (1, B, H)).
-    ``lengths`` (B,) int64: from step lengths[b] on, row b's state is frozen and its output 0."""
+    ``lengths`` (B,) int64: from step lengths[b] on, row b's state is frozen and its output 0.
+    ``projected``: x is the (T, B, 4H) input projection (no input GEMM runs)."""
     T, B, D = x.shape
     px, ph, bias = prepared
     H = ph.shape[1]
     x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
+    xg = None
+    if projected:
+        xg, D = x, 0
     Y = workspace.empty((T, B, H), x.dtype)
     G = workspace.empty((T, B, 4 * H), x.dtype) if save else None
     C = workspace.empty((T if save else 2, B, H), x.dtype)
     _sequence_kernels.forward_seq(x.data_ptr(), px.data_ptr(), None if bias is None else bias.data_ptr(), ph.data_ptr(),
                          h0.data_ptr(), c0.data_ptr(), Y.data_ptr(), C.data_ptr(),
                          None if G is None else G.data_ptr(), T, B, D, H, torch.get_num_threads(),
-                         None if lengths is None else lengths.data_ptr())
+                         None if lengths is None else lengths.data_ptr(), None if xg is None else xg.data_ptr())
     return Y, G, (C if save else C[(T - 1) % 2].unsqueeze(0))
 
 
 def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C))."""
-    Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True, lengths=lengths)
+    x = x if w_ih is not None else check_projection(x, w_hh)
+    Y, G, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=True, lengths=lengths,
+                      projected=w_ih is None)
     return Y, final_hidden(Y, h0, lengths), C[-1].clone(), (G, C)
 
 
 def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengths=None):
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) from :func:`forward_saving`'s tensors;
-    ``needs``: which of the seven are wanted (None for the others)."""
+    ``needs``: which of the seven are wanted (None for the others). ``w_ih`` None: x was the input
+    projection and dx is dG (T, B, 4H)."""
     G, C = saved
     n = needs
     T, B, H = C.shape
@@ -105,9 +129,14 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
                           T, B, H, nt, None if lengths is None else lengths.data_ptr())
     dG2 = dG.view(T * B, 4 * H)
     dx = dw_ih = dw_hh = None
-    if n[0]:
+    if w_ih is None:   # x was the input projection: its gradient is dG itself, and there is no dW_ih
+        dx = dG if n[0] else None
+        if n[4]:
+            a1 = [h0.contiguous(), Y[:-1].contiguous().view((T - 1) * B, H)] if T > 1 else [h0.contiguous()]
+            dw_hh, _ = weight_gradients(dG2, a1, None, nt)
+    elif n[0]:
         dx = linear(dG2, w_ih.t()).view(T, B, D)
-    if n[3] or n[4]:   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
+    if w_ih is not None and (n[3] or n[4]):   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
         if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
             x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
         a0 = [x.contiguous().view(T * B, D)]
@@ -122,7 +151,9 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
 def forward_inference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     """One layer without autograd (saves nothing): (Y, (h_n, c_n)). ``lengths``: (B,) CPU int64
     per-row lengths (finished rows masked, not dropped), or None."""
-    Y, _, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=False, lengths=lengths)
+    x = x if w_ih is not None else check_projection(x, w_hh)
+    Y, _, C = forward(x, h0, c0, prepare(w_ih, w_hh, b_ih, b_hh), save=False, lengths=lengths,
+                      projected=w_ih is None)
     return Y, (final_hidden(Y, h0, lengths), C[-1].clone())
 
 

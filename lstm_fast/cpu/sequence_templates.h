@@ -50,6 +50,13 @@
     }
 
 /* ---------------------------------------------------------------- forward */
+/* SEQ_FWD_PREFETCH(a, t, rb, n, j0): optional, what a tile asks to be brought into the cache
+ * before its GEMM (the float32 kernels: the rows of a precomputed input projection that its
+ * epilogue adds). Nothing by default. */
+#ifndef SEQ_FWD_PREFETCH
+#define SEQ_FWD_PREFETCH(a, t, rb, n, j0)
+#endif
+
 /* Gates of rows [rb, rb+MR) x units [j0, j0+16) at step t (x_t @ W_ih^T + h_{t-1} @ W_hh^T), then
  * the cell. MR is 6 or 4 (see six_row_tiles); rows past the batch read zeros, are not stored. */
 #define FWD_TILE(MR, DECLS, STEPS)                                                                    \
@@ -58,6 +65,7 @@
         const int64_t H = a->H, D = a->D, n = a->B - rb, j0 = jb * 16;                                \
         const SEQ_T *zero = a->zero, *a0, *a1, *a2, *a3, *a4, *a5;                                    \
         const __mmask16 m = tail_mask(j0, H);                                                         \
+        SEQ_FWD_PREFETCH(a, t, rb, n, j0)                                                             \
         DECLS                                                                                         \
         TILE_ROWS(a->X + t * a->B * D, D)                                                             \
         SEQ_FWD_GEMM(D, a->Px, jb, STEPS)                                                             \

@@ -42,10 +42,11 @@ class FusedLSTMFunction(torch.autograd.Function):
 def lstm_torch_ops(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """The layer as differentiable torch ops (float32, or float64 for float64 inputs): (Y, h_n, c_n),
     finished rows frozen with output 0 past their length. Used only to differentiate the
-    gradients (second derivatives); never on the fast path."""
+    gradients (second derivatives); never on the fast path. ``w_ih`` None: x is the input
+    projection (T, B, 4H)."""
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x, h, c, w_ih, w_hh = x.to(dt), h0.to(dt), c0.to(dt), w_ih.to(dt), w_hh.to(dt)
-    xg = x @ w_ih.t()
+    x, h, c, w_hh = x.to(dt), h0.to(dt), c0.to(dt), w_hh.to(dt)
+    xg = x if w_ih is None else x @ w_ih.to(dt).t()
     for b in (b_ih, b_hh):
         if b is not None:
             xg = xg + b.to(dt)

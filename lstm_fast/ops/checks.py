@@ -58,20 +58,28 @@ def _require_tensor(name, t):
         raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
 
 
-def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh):
-    """Validate fused_lstm's arguments; return (h_0, c_0), zeros when hx is None."""
+def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh, input_projection=False):
+    """Validate fused_lstm's arguments; return (h_0, c_0), zeros when hx is None.
+    ``input_projection``: input is (T, B, 4H), already x W_ih^T, and ``w_ih`` must be None."""
     _require_tensor("input", input)
-    _require_tensor("weight_ih", w_ih)
+    if input_projection:
+        if w_ih is not None:
+            raise ValueError("fused_lstm: with input_projection=True the input is already x @ weight_ih.T; "
+                             "pass weight_ih=None")
+    else:
+        _require_tensor("weight_ih", w_ih)
     _require_tensor("weight_hh", w_hh)
     if input.dim() != 3:
-        raise ValueError(f"fused_lstm: expected input to be 3-D (T, B, D), got {input.dim()}-D")
+        raise ValueError(f"fused_lstm: expected input to be 3-D (T, B, {'4H' if input_projection else 'D'}), "
+                         f"got {input.dim()}-D")
     # Under autocast every floating operand is cast to the autocast dtype (as nn.LSTM does), so
     # a state carried from an autocast call (bf16) may meet a float32 input.
     autocast = autocast_enabled(input.device.type)
-    weights_match = input.dtype == w_ih.dtype or (autocast and w_ih.dtype in _FLOAT_DTYPES)
+    w_first = w_hh if input_projection else w_ih
+    weights_match = input.dtype == w_first.dtype or (autocast and w_first.dtype in _FLOAT_DTYPES)
     if input.dtype not in _FLOAT_DTYPES or not weights_match:
         raise ValueError(f"fused_lstm: input dtype ({input.dtype}) does not match weight dtype "
-                         f"({w_ih.dtype}); inputs and weights must share one floating dtype")
+                         f"({w_first.dtype}); inputs and weights must share one floating dtype")
     T, B, D = input.shape
     if T == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
@@ -81,7 +89,10 @@ def check_lstm_args(input, hx, w_ih, w_hh, b_ih, b_hh):
     if tuple(w_hh.shape) != (4 * H, H):
         raise RuntimeError(f"weight_hh must be (4*hidden_size, hidden_size) = ({4 * H}, {H}), "
                            f"got {tuple(w_hh.shape)}")
-    if tuple(w_ih.shape) != (4 * H, D):
+    if input_projection and D != 4 * H:
+        raise RuntimeError(f"fused_lstm: with input_projection=True the input must be (T, B, 4*hidden_size) = "
+                           f"(T, B, {4 * H}), got {tuple(input.shape)}")
+    if not input_projection and tuple(w_ih.shape) != (4 * H, D):
         raise RuntimeError(f"weight_ih must be (4*hidden_size, input.size(-1)) = ({4 * H}, {D}), "
                            f"got {tuple(w_ih.shape)}")
     named = [("weight_hh", w_hh)]

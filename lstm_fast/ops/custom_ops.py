@@ -1,16 +1,17 @@
 """One LSTM layer as ``torch.library`` custom ops, so ``torch.compile(fullgraph=True)`` sees a
 single opaque op with a shape function and an autograd formula instead of breaking the graph.
 
-* ``lstm_fast::lstm_forward(x, h0, c0, w_ih, w_hh, b_ih?, b_hh?, lengths?, implementation)`` ->
+* ``lstm_fast::lstm_forward(x, h0, c0, w_ih?, w_hh, b_ih?, b_hh?, lengths?, implementation)`` ->
   ``(Y, h_n, c_n, G, C)``: the layer plus the two tensors its backward needs;
-* ``lstm_fast::lstm_backward(dY?, dh_n?, dc_n?, x, h0, c0, w_ih, w_hh, Y, G, C, lengths?,
+* ``lstm_fast::lstm_backward(dY?, dh_n?, dc_n?, x, h0, c0, w_ih?, w_hh, Y, G, C, lengths?,
   implementation, needs)`` -> the seven gradients (empty where ``needs`` says not wanted).
 
 ``implementation`` is the plan's choice (:func:`lstm_fast.ops.plan.plan_layer`, made at trace
 time by :func:`lstm_fast.ops.functional.lstm_layer`, which routes here only while
 ``torch.compiler.is_compiling()``); the ops run that implementation's ``forward_saving`` /
 ``backward_saved``, the functions the eager autograd Function runs, so compiled and eager numbers
-agree, and the fake asks the same implementation what it saves (``saved_like``).
+agree, and the fake asks the same implementation what it saves (``saved_like``). ``w_ih`` None:
+x is the input projection (``fused_lstm(..., input_projection=True)``).
 
 Second derivatives: when the op's backward itself runs with grad mode on (``create_graph=True``
 where the autograd formula runs eagerly: dynamo's ``backend="eager"``), the gradients come from
@@ -30,7 +31,7 @@ from .plan import implementation_module
 
 
 @torch.library.custom_op("lstm_fast::lstm_forward", mutates_args=())
-def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Optional[Tensor], w_hh: Tensor, b_ih: Optional[Tensor],
                  b_hh: Optional[Tensor], lengths: Optional[Tensor], implementation: str
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     extra = () if lengths is None else (check_lengths(lengths, x.shape[0], x.shape[1]),)   # values, now real
@@ -50,7 +51,7 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, implementation):
 
 @torch.library.custom_op("lstm_fast::lstm_backward", mutates_args=())
 def lstm_backward(dY: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor], x: Tensor, h0: Tensor,
-                  c0: Tensor, w_ih: Tensor, w_hh: Tensor, Y: Tensor, G: Tensor, C: Tensor,
+                  c0: Tensor, w_ih: Optional[Tensor], w_hh: Tensor, Y: Tensor, G: Tensor, C: Tensor,
                   lengths: Optional[Tensor], implementation: str, needs: list[bool]
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     extra = () if lengths is None else (check_lengths(lengths, x.shape[0], x.shape[1]),)

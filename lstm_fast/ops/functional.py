@@ -19,7 +19,8 @@ from .custom_ops import lstm_layer_op
 from .plan import cast_inputs, cast_outputs, plan_layer
 
 
-def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None, backend="auto"):
+def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None, backend="auto",
+               input_projection=False):
     """Run one LSTM layer over a sequence, like one layer and direction of ``torch.nn.LSTM``.
 
     Args:
@@ -36,6 +37,16 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, l
             row's length (zeros, NaN, Inf) changes no output and no gradient.
         backend: ``"auto"`` (Triton on CUDA tensors, the CPU implementation otherwise), ``"cpu"``
             or ``"triton"``. A backend that cannot run raises RuntimeError.
+        input_projection: True: skip-input mode (as cuDNN's ``CUDNN_SKIP_INPUT``): ``input`` is
+            the precomputed input projection ``x W_ih^T``, shape (T, B, 4H), gate blocks in the
+            order i, f, g, o, WITHOUT ``b_ih`` (``bias_ih`` and ``bias_hh`` are added as usual;
+            folding b_ih into the projection and passing ``bias_ih=None`` is the same), and
+            ``weight_ih`` must be None. The input GEMM is skipped; the gradient reaching
+            ``input`` is the gates' pre-activation gradient (T, B, 4H), which a caller turns
+            into dW_ih itself (for an embedding or one-hot input: a scatter-add, e.g. through
+            ``F.embedding(tokens, W_ih.T)``). Native (no GEMM at all) on the float32 CPU
+            sequence kernels; every other implementation runs it with W_ih = I (4H x 4H), which
+            is correct but computes that GEMM (see :mod:`lstm_fast.ops.plan`).
 
     Returns:
         ``(output, (h_n, c_n))``: output (T, B, H) holds h_t for every step; h_n, c_n are (B, H).
@@ -48,26 +59,31 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, l
             outside [0, T], an unavailable backend.
     """
     check_backend_name(backend)
-    h0, c0 = check_lstm_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    return lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, backend, lengths)
+    h0, c0 = check_lstm_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, input_projection)
+    return lstm_layer(input, h0, c0, None if input_projection else weight_ih, weight_hh, bias_ih, bias_hh, backend,
+                      lengths)
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
     """Run an already checked layer as :func:`lstm_fast.ops.plan.plan_layer` says: the plan's
     casts, then its implementation (through the autograd Function when a gradient is wanted,
     ``forward_inference`` otherwise; under torch.compile the custom op, :mod:`.custom_ops`), then
-    the outputs' cast. ``lengths``: per-row lengths or None; the padding of x is zeroed first."""
+    the outputs' cast. ``lengths``: per-row lengths or None; the padding of x is zeroed first.
+    ``w_ih`` None: x is the input projection (T, B, 4H) (``fused_lstm(..., input_projection=True)``);
+    where the plan says the implementation does not take one, it runs with W_ih = I."""
     compiling = torch.compiler.is_compiling()
     if lengths is not None:
         lengths = check_lengths(lengths, x.shape[0], x.shape[1], values=not compiling)
         x = zero_padding(x, lengths)
-    plan = plan_layer(x, w_hh, backend, lengths is not None)
+    plan = plan_layer(x, w_hh, backend, lengths is not None, input_projection=w_ih is None)
     if plan.segments and compiling:
         raise RuntimeError("lengths under torch.compile need the Triton kernels or the CPU sequence kernels "
                            "(float32, AVX-512)")
     device = x.device.type
     with torch.autocast(device, enabled=False) if autocast_enabled(device) else nullcontext():
         x, h0, c0, w_ih, w_hh, b_ih, b_hh = cast_inputs(plan, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        if plan.identity_input:   # a projection given to an implementation that takes none
+            w_ih = torch.eye(w_hh.shape[0], dtype=w_hh.dtype, device=w_hh.device)
         run = _run_segments if plan.segments else _run_compiled if compiling else _run_eager
         y, (h, c) = run(plan, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     return cast_outputs(plan, y, h, c)

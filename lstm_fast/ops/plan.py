@@ -24,6 +24,11 @@ The rules, in order:
    right shapes, nothing computed (:mod:`lstm_fast.meta_layer`).
 6. Per-row lengths on an implementation that does not mask them (stepwise): segments between
    distinct lengths (eager only; under torch.compile an error).
+7. A precomputed input projection (``w_ih`` None, x (T, B, 4H): ``fused_lstm(...,
+   input_projection=True)``): the implementations in :data:`INPUT_PROJECTION` take it natively
+   (the float32 sequence kernels skip the input GEMM). Any other implementation runs it with
+   W_ih = I (4H x 4H): correct, but it computes that GEMM (``LayerPlan.identity_input``); a
+   caller that could give either asks :func:`native_input_projection` first.
 """
 import importlib
 import sys
@@ -48,6 +53,10 @@ IMPLEMENTATIONS = {
     "meta": ("lstm_fast.meta_layer", True),
 }
 
+#: The implementations that take a precomputed input projection (``w_ih`` None, x (T, B, 4H))
+#: natively: no input GEMM, and the projection's gradient is the gate gradients.
+INPUT_PROJECTION = frozenset({"cpu_sequence", "meta"})
+
 _16BIT = (torch.float16, torch.bfloat16)
 _CPU_DTYPES = (torch.float32, torch.float64)
 
@@ -64,6 +73,8 @@ class LayerPlan:
         (after the autocast cast), and the outputs back to ``out_dtype``.
     out_dtype: the outputs' dtype when the implementation returns another; None: as returned.
     segments: per-row lengths run as segments (the implementation does not mask them).
+    identity_input: x is an input projection the implementation cannot take natively: it runs
+        with W_ih = I (4H x 4H), a generic path that computes the identity GEMM.
     """
     implementation: str
     autocast_dtype: Optional[torch.dtype] = None
@@ -71,6 +82,7 @@ class LayerPlan:
     upcast: bool = False
     out_dtype: Optional[torch.dtype] = None
     segments: bool = False
+    identity_input: bool = False
 
     @property
     def module(self):
@@ -103,9 +115,10 @@ def _like(x, dtype):
     return _TensorSpec(dtype, x.device, x.shape)
 
 
-def plan_layer(x, w_hh, backend, has_lengths=False) -> LayerPlan:
+def plan_layer(x, w_hh, backend, has_lengths=False, input_projection=False) -> LayerPlan:
     """The plan for one checked layer call on ``x`` (T, B, D) with recurrent weight ``w_hh``,
     from the tensors' dtype and device, the ``backend`` argument and the autocast state.
+    ``input_projection``: x is (T, B, 4H), already x W_ih^T (rule 7).
     Raises RuntimeError where no implementation can run it."""
     device = x.device.type
     if device == "meta":        # shape inference, torch.device("meta") model building
@@ -136,7 +149,17 @@ def plan_layer(x, w_hh, backend, has_lengths=False) -> LayerPlan:
         else:
             impl = "cpu_stepwise"
     segments = has_lengths and not IMPLEMENTATIONS[impl][1]
-    return LayerPlan(impl, autocast_dtype, keep_weights, upcast, out, segments)
+    identity = input_projection and impl not in INPUT_PROJECTION
+    return LayerPlan(impl, autocast_dtype, keep_weights, upcast, out, segments, identity)
+
+
+def native_input_projection(dtype, device, shape, w_hh, backend="auto") -> bool:
+    """Whether a layer call on an input projection of this dtype, device and shape (T, B, 4H)
+    runs natively, without the identity GEMM (rule 7), under the autocast state now. A caller
+    whose projection is cheap (an embedding lookup) asks this before choosing it over its plain
+    input, so it never trades a D-wide input GEMM for a 4H-wide one."""
+    spec = _TensorSpec(dtype, torch.device(device), torch.Size(shape))
+    return not plan_layer(spec, w_hh, backend, input_projection=True).identity_input
 
 
 def _native_bf16(x, w_hh):
