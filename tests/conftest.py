@@ -62,6 +62,18 @@ def poison_empty(monkeypatch):
     monkeypatch.setattr(workspace, "empty", pool_empty)
 
 
+# The one-layer grid test_functional and test_input_projection both run against nn.LSTM: odd
+# sizes, a single step, a single row, H below the 16-unit kernel block, and the d2l shape.
+SHAPES = [  # (T, B, D, H)
+    pytest.param(1, 1, 1, 1, id="T1-B1-D1-H1"),
+    pytest.param(5, 3, 4, 33, id="T5-B3-D4-H33"),
+    pytest.param(7, 1, 9, 100, id="T7-B1-D9-H100"),
+    pytest.param(3, 17, 5, 2, id="T3-B17-D5-H2"),
+    pytest.param(35, 32, 28, 256, id="d2l-T35-B32-D28-H256"),
+]
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
+
+
 def tolerances(dtype):
     return dict(rtol=1e-4, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
 

@@ -5,16 +5,7 @@ import torch
 from torch import nn
 
 from lstm_fast import fused_lstm, reference
-from conftest import assert_close, check_lengths_against_nn_lstm
-
-SHAPES = [  # (T, B, D, H)
-    pytest.param(1, 1, 1, 1, id="T1-B1-D1-H1"),
-    pytest.param(5, 3, 4, 33, id="T5-B3-D4-H33"),
-    pytest.param(7, 1, 9, 100, id="T7-B1-D9-H100"),
-    pytest.param(3, 17, 5, 2, id="T3-B17-D5-H2"),
-    pytest.param(35, 32, 28, 256, id="d2l-T35-B32-D28-H256"),
-]
-DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
+from conftest import SHAPES, DTYPES, assert_close, check_lengths_against_nn_lstm
 
 
 def _inputs(T, B, D, H, dtype, with_hx=True):

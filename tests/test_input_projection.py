@@ -9,19 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from conftest import assert_close
+from conftest import SHAPES, DTYPES, assert_close
 from lstm_fast import FusedLSTM, fused_lstm
 from lstm_fast.cpu import sequence, small_batch
 from lstm_fast.ops.plan import native_input_projection, plan_layer
-
-SHAPES = [  # (T, B, D, H)
-    pytest.param(1, 1, 1, 1, id="T1-B1-D1-H1"),
-    pytest.param(5, 3, 4, 33, id="T5-B3-D4-H33"),
-    pytest.param(7, 1, 9, 100, id="T7-B1-D9-H100"),
-    pytest.param(3, 17, 5, 2, id="T3-B17-D5-H2"),
-    pytest.param(35, 32, 28, 256, id="d2l-T35-B32-D28-H256"),
-]
-DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
 
 
 def _weighted(y, h, c, w):

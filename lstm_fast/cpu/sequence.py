@@ -131,18 +131,17 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     dx = dw_ih = dw_hh = None
     if w_ih is None:   # x was the input projection: its gradient is dG itself, and there is no dW_ih
         dx = dG if n[0] else None
-        if n[4]:
-            a1 = [h0.contiguous(), Y[:-1].contiguous().view((T - 1) * B, H)] if T > 1 else [h0.contiguous()]
-            dw_hh, _ = weight_gradients(dG2, a1, None, nt)
     elif n[0]:
         dx = linear(dG2, w_ih.t()).view(T, B, D)
-    if w_ih is not None and (n[3] or n[4]):   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
-        if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
-            x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
-        a0 = [x.contiguous().view(T * B, D)]
+    if n[4] or (w_ih is not None and n[3]):   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
         a1 = [h0.contiguous(), Y[:-1].contiguous().view((T - 1) * B, H)] if T > 1 else [h0.contiguous()]
-        dw_ih, dw_hh = weight_gradients(dG2, a0, a1, nt)
-        dw_ih = dw_ih if n[3] else None
+        if w_ih is None:      # no X block: dW_hh = dG^T [h_0; Y[:-1]] alone
+            dw_hh, _ = weight_gradients(dG2, a1, None, nt)
+        else:
+            if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
+                x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
+            dw_ih, dw_hh = weight_gradients(dG2, [x.contiguous().view(T * B, D)], a1, nt)
+            dw_ih = dw_ih if n[3] else None
         dw_hh = dw_hh if n[4] else None
     return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
             db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
