@@ -77,17 +77,23 @@ def render_results():
     for f, doc in load("throughput"):
         rows = doc["rows"]
         base = {_key(r): r["tokens_per_sec"] for r in rows if r["implementation"] == "torch"}
+        peaks = doc.get("peaks") or []   # files from before the peak probe have none: no column then
+        peak_note = "".join(f" The GEMM peak measured in the same run ({p['how']}, {p['device']} {p['dtype']}, "
+                            f"{p['threads']} thread{'' if p['threads'] == 1 else 's'}): {p['gflops']:.0f} GFLOP/s; "
+                            f"'% of peak' is a row's GEMM FLOPs per second over it." for p in peaks)
         lines = [f"From {provenance(f, doc)}" + ("" if doc.get("complete", True) else " (incomplete: time limit reached)")
-                 + ":", "",
-                 "| shape (B, T, D, H) | mode | dtype | implementation | tokens/sec (median) | IQR | vs nn.LSTM |",
-                 "|---|---|---|---|---:|---:|---:|"]
+                 + ("." + peak_note if peaks else ":"), "",
+                 "| shape (B, T, D, H) | mode | dtype | implementation | tokens/sec (median) | IQR | vs nn.LSTM |"
+                 + (" % of peak |" if peaks else ""),
+                 "|---|---|---|---|---:|---:|---:|" + ("---:|" if peaks else "")]
         for r in sorted(rows, key=lambda r: (r["B"] * r["T"] * r["H"], r["B"], r["T"], r["D"], r["H"], r["mode"],
                                              r["dtype"], list(NAMES).index(r["implementation"]))):
             b = base.get(_key(r))
             ratio = f"{r['tokens_per_sec'] / b:.2f}x" if b else "-"
             lines.append(f"| {r['B']}, {r['T']}, {r['D']}, {r['H']} | {r['mode']} | {r['dtype']} | "
                          f"{NAMES[r['implementation']]} | {r['tokens_per_sec']:,.0f} | {_iqr(r, r['B'] * r['T'])} | "
-                         f"{ratio} |")
+                         f"{ratio} |" + (f" {r['percent_of_peak']:.0f}% |" if peaks and r.get("percent_of_peak") else
+                                          " - |" if peaks else ""))
         parts.append("\n".join(lines))
     return "\n\n".join(parts) or "No throughput results measured yet."
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lstm_fast.d2l import bench, cli
 from lstm_fast.d2l.bench import measure, quartiles, time_interleaved, with_ratios
@@ -73,8 +74,8 @@ def test_ratios_are_per_shape_and_mode():
 
 
 def test_bench_cli_json_and_plot(tmp_path, capsys):
-    assert cli.main(["bench", "--device", "cpu", "--shapes", "tiny", "--budget", "0.02", "--json", str(tmp_path / "r.json"),
-                     "--plot", str(tmp_path / "r.png")]) == 0
+    assert cli.main(["bench", "--device", "cpu", "--shapes", "tiny", "--budget", "0.02", "--peak-size", "128",
+                     "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
     out = capsys.readouterr().out
     assert "fused" in out and "scratch" in out and "vs nn.LSTM" in out
     doc = json.loads((tmp_path / "r.json").read_text())
@@ -83,6 +84,29 @@ def test_bench_cli_json_and_plot(tmp_path, capsys):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert doc["command"].startswith("lstm-fast bench --device cpu --shapes tiny") and doc["commit"]["sha"] == head
     assert all(r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"] for r in doc["rows"])
+    (peak,) = doc["peaks"]                 # the GEMM peak measured in the same run, and each row against it
+    assert peak["device"] == "cpu" and peak["n"] == 128 and peak["gflops"] > 0
+    for r in doc["rows"]:
+        assert r["gflops"] == pytest.approx(bench.lstm_flops(r["B"], r["T"], r["D"], r["H"], r["mode"]) / r["seconds"] / 1e9)
+        assert r["percent_of_peak"] == pytest.approx(100 * r["gflops"] / peak["gflops"])
+
+
+@pytest.mark.parametrize("mode", ["inference", "training"])
+def test_lstm_flops_counts_the_scratch_lstm_gemms(mode):
+    """lstm_flops is what PyTorch's FLOP counter counts for the d2l scratch LSTM's matmuls (odd
+    sizes; training: the forward and the backward of every operand, state included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lstm_fast import reference
+    B, T, D, H = 3, 5, 7, 11
+    params = [p.detach().requires_grad_(mode == "training") for p in reference.get_lstm_params(D, H, "cpu")[:12]]
+    x = torch.randn(T, B, D, requires_grad=mode == "training")
+    state = tuple(s.requires_grad_(mode == "training") for s in reference.init_lstm_state(B, H, "cpu"))
+    with FlopCounterMode(display=False) as counter:
+        out, _ = reference.lstm(x, state, params)
+        if mode == "training":
+            out.sum().backward()
+    assert counter.get_total_flops() == bench.lstm_flops(B, T, D, H, mode)
 
 
 def test_gpu_check_smoke(tmp_path):

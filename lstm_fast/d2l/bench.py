@@ -61,6 +61,35 @@ class Row:
     repeats: int               # rounds
     q1_seconds: float = None   # interquartile range of the per-round seconds per call
     q3_seconds: float = None
+    gflops: float = None       # the call's GEMM FLOPs (lstm_flops) / median seconds, in 1e9 per second
+
+
+def lstm_flops(B, T, D, H, mode):
+    """The GEMM FLOPs of one call of a one-layer LSTM (2 per multiply-add): the forward's
+    ``x W_ih^T`` and ``h W_hh^T`` over T*B rows, 2*T*B*4H*(D+H); training adds the backward's
+    ``dG W`` products and the weight gradients ``dG^T [x | h]``, each as many, so 3x. The cell's
+    elementwise work is left out: this is the count the FMA peak bounds."""
+    forward = 2 * B * T * 4 * H * (D + H)
+    return forward * (3 if mode == "training" else 1)
+
+
+def matmul_peak(device="cpu", dtype=torch.float32, n=2048, repeats=5):
+    """This machine's GEMM rate as ``torch.mm`` of two n x n matrices reaches it at the current
+    thread count (GFLOP/s, the best of ``repeats`` after a warm-up): the peak the rows' ``gflops``
+    are read against, measured in the same run because a shared machine's peak moves."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "n": n,
+            "threads": torch.get_num_threads(), "gflops": 2 * n ** 3 / best / 1e9,
+            "how": f"torch.mm of two {n}x{n} matrices, best of {repeats}"}
 
 
 class ScratchLayer(nn.Module):
@@ -164,7 +193,7 @@ def measure_set(impls, B, T, D, H, mode, device="cpu", dtype=torch.float32, budg
     for impl in impls:
         q1, med, q3 = quartiles(times[impl])
         rows.append(Row(impl, str(device), mode, str(dtype).replace("torch.", ""), B, T, D, H, med, B * T / med,
-                        len(times[impl]), q1, q3))
+                        len(times[impl]), q1, q3, lstm_flops(B, T, D, H, mode) / med / 1e9))
     return rows
 
 
@@ -245,15 +274,20 @@ def write_json(path, env, rows, extra=None, command=None):
     atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
 
 
-def with_ratios(rows):
+def with_ratios(rows, peaks=()):
     """Each row as a dict with ``ratio_vs_torch``: its tokens/sec over nn.LSTM's at the same
-    device, mode, dtype and shape."""
+    device, mode, dtype and shape; and, where ``peaks`` (:func:`matmul_peak` results) holds one
+    for the row's device and dtype, ``percent_of_peak``: its ``gflops`` over that peak."""
     key = lambda r: (r["device"], r["mode"], r["dtype"], r["B"], r["T"], r["D"], r["H"])  # noqa: E731
     rows = [asdict(r) if isinstance(r, Row) else dict(r) for r in rows]
     base = {key(r): r["tokens_per_sec"] for r in rows if r["implementation"] == "torch"}
+    peak = {(p["device"], p["dtype"]): p["gflops"] for p in peaks}
     for r in rows:
         b = base.get(key(r))
         r["ratio_vs_torch"] = r["tokens_per_sec"] / b if b else None
+        top = peak.get((r["device"], r["dtype"]))
+        if top and r.get("gflops"):
+            r["percent_of_peak"] = 100 * r["gflops"] / top
     return rows
 
 
@@ -266,18 +300,19 @@ def tokens_per_sec_iqr(row):
     return n / r["q3_seconds"], n / r["q1_seconds"]
 
 
-def format_table(rows):
-    rows = with_ratios(rows)
+def format_table(rows, peaks=()):
+    rows = with_ratios(rows, peaks)
     head = (f"{'implementation':<16}{'device':<8}{'mode':<11}{'dtype':<10}{'shape (B,T,D,H)':<22}{'tokens/sec':>14}"
-            f"{'IQR':>22}{'vs nn.LSTM':>12}")
+            f"{'IQR':>22}{'vs nn.LSTM':>12}{'% peak':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r['ratio_vs_torch']:.2f}x" if r["ratio_vs_torch"] else "-"
         shape = f"{r['B']},{r['T']},{r['D']},{r['H']}"
         iqr = tokens_per_sec_iqr(r)
         spread = f"{iqr[0]:,.0f}-{iqr[1]:,.0f}" if iqr else "-"
+        pct = f"{r['percent_of_peak']:.1f}%" if r.get("percent_of_peak") else "-"
         lines.append(f"{r['implementation']:<16}{r['device']:<8}{r['mode']:<11}{r['dtype']:<10}{shape:<22}"
-                     f"{r['tokens_per_sec']:>14,.0f}{spread:>22}{ratio:>12}")
+                     f"{r['tokens_per_sec']:>14,.0f}{spread:>22}{ratio:>12}{pct:>8}")
     return "\n".join(lines)
 
 

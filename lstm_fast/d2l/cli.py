@@ -47,7 +47,8 @@ def _generate(a):
 def _bench(a):
     import torch
 
-    from .bench import IMPLEMENTATIONS, MODES, environment, format_table, measure_set, plot, shape_set, write_json
+    from .bench import (IMPLEMENTATIONS, MODES, environment, format_table, matmul_peak, measure_set, plot, shape_set,
+                        with_ratios, write_json)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if a.device != "all":
         if a.device == "cuda" and "cuda" not in devices:
@@ -64,14 +65,16 @@ def _bench(a):
     bad = [i for i in impls if i not in IMPLEMENTATIONS]
     if bad:
         raise ValueError(f"--impl: unknown {bad}; choose from {IMPLEMENTATIONS}")
-    rows = []
+    rows, peaks = [], []
     for device in devices:
+        peaks.append(matmul_peak(device, n=a.peak_size))   # the float32 GEMM peak, in the same run
         for (B, T, D, H) in shapes:
             for mode in MODES:   # the implementations interleaved, round by round
                 rows.extend(measure_set(impls, B, T, D, H, mode, device, budget_s=a.budget, rounds=a.rounds))
-    print(format_table(rows))
+    print(format_table(rows, peaks))
     if a.json:
-        write_json(a.json, environment(devices[-1]), rows, command=shlex.join(["lstm-fast", *a.argv]))
+        write_json(a.json, environment(devices[-1]), with_ratios(rows, peaks), extra={"peaks": peaks},
+                   command=shlex.join(["lstm-fast", *a.argv]))
     if a.plot:
         plot(rows, a.plot)
 
@@ -126,6 +129,8 @@ def build_parser(explicit_only=False):
     b.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per implementation and case")
     b.add_argument("--rounds", type=int, default=7, help="rounds of interleaved timing (median and IQR over them)")
     b.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); recorded with the results")
+    b.add_argument("--peak-size", type=int, default=2048,
+                   help="n of the n x n torch.mm that measures the GEMM peak each row's %% of peak is read against")
     b.add_argument("--json", help="also write the rows (and the environment) as JSON here")
     b.add_argument("--plot", help="also draw a bar chart (PNG) here")
     b.set_defaults(func=_bench)
