@@ -1,7 +1,9 @@
 """A faithful d2l ``train_ch8`` epoch (Dive into Deep Learning, RNN chapter) with nn.LSTM, written
 to d2l's semantics: per-batch ``state.detach_()``, mean loss, d2l's ``grad_clipping`` (a Python
 loop over parameters with a host-side comparison), and the Accumulator's per-batch float() of the
-loss (a host sync per batch). It is the baseline the main job's speed is measured against."""
+loss (a host sync per batch). It is the baseline the main job's speed is measured against.
+``predict_ch8`` is d2l's generation loop as the book writes it (no ``no_grad``: d2l builds the
+autograd graph of every step), the baseline ``lstm-fast generate`` is measured against."""
 import math
 import time
 
@@ -37,6 +39,20 @@ def train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter=Fals
         total += float(l * y.numel())
         tokens += y.numel()
     return math.exp(total / tokens), tokens / (time.perf_counter() - start)
+
+
+def predict_ch8(prefix, num_preds, net, vocab, device):
+    """d2l's ``predict_ch8``: warm the state up on ``prefix``, then ``num_preds`` greedy characters."""
+    state = net.begin_state(batch_size=1, device=device)
+    outputs = [vocab[prefix[0]]]
+    get_input = lambda: torch.tensor([outputs[-1]], device=device).reshape((1, 1))  # noqa: E731
+    for y in prefix[1:]:
+        _, state = net(get_input(), state)
+        outputs.append(vocab[y])
+    for _ in range(num_preds):
+        y, state = net(get_input(), state)
+        outputs.append(int(y.argmax(dim=1).reshape(1)))
+    return "".join([vocab.idx_to_token[i] for i in outputs])
 
 
 def d2l_setup(device, hidden=256, batch_size=32, num_steps=35, seed=0):

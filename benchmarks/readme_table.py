@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Which file holds which generated sections.
-TARGETS = {"README.md": ("summary",), "docs/results.md": ("packed", "results", "epoch", "default-run", "bf16", "peers")}
+TARGETS = {"README.md": ("summary",), "docs/results.md": ("packed", "results", "epoch", "default-run", "generate", "bf16", "peers")}
 SECTIONS = tuple(name for names in TARGETS.values() for name in names)
 PLOT = ROOT / "benchmarks" / "results" / "summary-cpu.png"
 NAMES = {"scratch": "d2l scratch", "torch": "nn.LSTM", "fused": "**FusedLSTM**"}
@@ -199,6 +199,24 @@ def render_epoch():
                           f"(medians of {ours['rounds']} interleaved epochs each, hidden {ours['hidden']})."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) or "No epoch results measured yet."
+
+
+def render_generate():
+    parts = []
+    for f, doc in load("generate"):
+        rows = doc["rows"]
+        lines = [f"From {provenance(f, doc)}:", "",
+                 "| loop | characters/sec (median) | IQR | rounds |", "|---|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['implementation']} | {r['chars_per_sec']:,.0f} | {_iqr(r, r['steps'])} | {r['rounds']} |")
+        ours = next((r for r in rows if "FusedLSTM" in r["implementation"]), None)
+        theirs = next((r for r in rows if "nn.LSTM" in r["implementation"]), None)
+        if ours and theirs:
+            same = "the same text" if ours["same_text"] else "DIFFERENT texts"
+            lines += ["", f"Ours over d2l's: {ours['chars_per_sec'] / theirs['chars_per_sec']:.2f}x ({ours['steps']} "
+                          f"batch-1 steps per call, hidden {ours['hidden']}, both wrote {same})."]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or "No generation results measured yet."
 
 
 def render_default_run():
@@ -467,7 +485,7 @@ def render_peers():
     return "\n\n".join(parts) or f"No peers results measured yet (`{PEERS_COMMAND}` writes them)."
 
 
-RENDER = {"results": render_results, "summary": render_summary, "packed": render_packed, "epoch": render_epoch,
+RENDER = {"generate": render_generate, "results": render_results, "summary": render_summary, "packed": render_packed, "epoch": render_epoch,
           "default-run": render_default_run, "bf16": render_bf16,
           "peers": render_peers}
 

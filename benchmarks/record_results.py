@@ -3,6 +3,7 @@
     python benchmarks/record_results.py packed       # packed vs padded batches, nn.LSTM and FusedLSTM
     python benchmarks/record_results.py epoch        # one d2l training epoch: train_ch8 + nn.LSTM vs ours
     python benchmarks/record_results.py default-run  # `lstm-fast train` with its defaults, end to end
+    python benchmarks/record_results.py generate     # characters/sec: `lstm-fast generate` vs d2l's predict_ch8
 
 Each writes ``benchmarks/results/<kind>-<machine>.json``: the rows (median and interquartile range
 per row), the command, the git commit and the machine; ``benchmarks/readme_table.py`` turns them
@@ -11,6 +12,7 @@ cases compared are interleaved round by round in one process (:func:`lstm_fast.d
 so noise falls on all of them alike.
 """
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -95,6 +97,38 @@ def epoch(device, budget, rounds, hidden, token="char"):
              "tokens": tokens, **_summary(secs, tokens)} for name, secs in times.items()]
 
 
+def generate(device, budget, rounds, hidden, num_preds=200, epochs=5):
+    """Characters/sec of generation from one checkpoint (written by ``lstm-fast train`` for
+    ``epochs`` epochs at the d2l settings): d2l's ``predict_ch8`` loop with nn.LSTM (the book's
+    concise model, the checkpoint's weights loaded into it) against the function behind
+    ``lstm-fast generate`` with FusedLSTM. Both continue "time traveller " by ``num_preds``
+    characters, one batch-1 step per character; a row also says whether its text equals the
+    other's (greedy decoding from the same weights)."""
+    from d2l_reference_loop import predict_ch8
+    from lstm_fast.d2l.data import Vocab
+    from lstm_fast.d2l.generate import predict
+    from lstm_fast.d2l.train import RNNModel, TrainConfig, build_model, load_checkpoint, train
+    prefix = "time traveller "
+    with tempfile.TemporaryDirectory() as tmp:
+        train(TrainConfig(hidden=hidden, epochs=epochs, device=device), out_dir=Path(tmp) / "run",
+              log=lambda *a, **k: None, progress=False)
+        ckpt = load_checkpoint(Path(tmp) / "run")
+    vocab = Vocab.from_state_dict(ckpt["vocab"])
+    ours = build_model(ckpt["config"], len(vocab), device)
+    ours.load_state_dict(ckpt["model"])
+    theirs = RNNModel(nn.LSTM(len(vocab), hidden), len(vocab)).to(device)
+    theirs.load_state_dict(ckpt["model"])
+    dev = torch.device(device)
+    texts = {"d2l predict_ch8 + nn.LSTM": lambda: predict_ch8(prefix, num_preds, theirs, vocab, dev),
+             "lstm-fast generate + FusedLSTM": lambda: predict(prefix, num_preds, ours, vocab, dev)}
+    made = {name: fn() for name, fn in texts.items()}
+    times = time_interleaved(texts, budget * len(texts), rounds)
+    chars = len(prefix) - 1 + num_preds            # one step per character after the first
+    return [{"implementation": name, "device": device, "hidden": hidden, "num_preds": num_preds, "steps": chars,
+             "same_text": len(set(made.values())) == 1, "text": made[name], **_summary(secs, chars),
+             "chars_per_sec": chars / statistics.median(secs)} for name, secs in times.items()]
+
+
 def default_run(device, runs):
     """``lstm-fast train`` with every default (d2l's recipe, 500 epochs), ``runs`` times: wall
     seconds, final perplexity and the closing continuations of each run."""
@@ -113,7 +147,7 @@ def default_run(device, runs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("packed", "epoch", "default-run"))
+    ap.add_argument("kind", choices=("packed", "epoch", "default-run", "generate"))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--budget", type=float, default=3.0, help="seconds of timing per case compared")
     ap.add_argument("--rounds", type=int, default=7)
@@ -131,6 +165,9 @@ def main(argv=None):
         rows = packed(a.device, a.budget, a.rounds, [(2, 6, 3, 5)] if a.tiny else CPU_SHAPES)
     elif a.kind == "epoch":
         rows = epoch(a.device, a.budget, a.rounds, 16 if a.tiny else 256, a.token)
+    elif a.kind == "generate":
+        rows = generate(a.device, a.budget, a.rounds, 16 if a.tiny else 256, 20 if a.tiny else 200,
+                        1 if a.tiny else 5)
     else:
         if a.tiny:
             raise SystemExit("default-run has no tiny form: it is the default run")

@@ -178,13 +178,18 @@ def test_record_results_script_writes_evidence(tmp_path):
     """benchmarks/record_results.py (tiny shapes): packed and epoch files with median and IQR per
     row, the command, the commit; readme_table renders them."""
     script = ROOT / "benchmarks" / "record_results.py"
-    for kind in ("packed", "epoch"):
+    for kind in ("packed", "epoch", "generate"):
         p = subprocess.run([sys.executable, str(script), kind, "--tiny", "--budget", "0.02", "--rounds", "3",
                             "--out", str(tmp_path / "benchmarks" / "results")], capture_output=True, text=True,
                            timeout=600)
         assert p.returncode == 0, p.stderr[-2000:]
     docs = {json.loads(f.read_text())["kind"]: json.loads(f.read_text()) for f in (tmp_path / "benchmarks" / "results").glob("*.json")}
-    assert set(docs) == {"packed", "epoch"}
+    assert set(docs) == {"packed", "epoch", "generate"}
+    gen = {r["implementation"]: r for r in docs["generate"]["rows"]}
+    assert set(gen) == {"d2l predict_ch8 + nn.LSTM", "lstm-fast generate + FusedLSTM"}
+    for r in gen.values():   # same_text is recorded, not asserted: near-tied logits of a 1-epoch tiny model may differ
+        assert r["text"].startswith("time traveller ") and len(r["text"]) == len("time traveller ") + r["num_preds"]
+        assert r["chars_per_sec"] == pytest.approx(r["steps"] / r["seconds"]) and isinstance(r["same_text"], bool)
     assert {(r["implementation"], r["packed"]) for r in docs["packed"]["rows"]} == {
         (i, p) for i in ("nn.LSTM", "FusedLSTM") for p in (False, True)}
     assert len(docs["epoch"]["rows"]) == 3
@@ -197,6 +202,7 @@ def test_record_results_script_writes_evidence(tmp_path):
     readme_table.ROOT = tmp_path
     try:
         packed, epoch = readme_table.render_packed(), readme_table.render_epoch()
+        assert "Ours over d2l's" in readme_table.render_generate()
     finally:
         readme_table.ROOT = old_root
     assert "packed / padded" in packed and "FusedLSTM" in packed and "record_results.py packed" in packed
