@@ -2,7 +2,9 @@
 
 Each case builds an nn.LSTM and a FusedLSTM with the same weights (tests/lstm_case_driver.py) and
 feeds both the same input. Either both return outputs of the same shapes, dtypes and devices whose
-values agree (allclose, NaN where nn.LSTM has NaN), or both raise, FusedLSTM an exception of
+values agree (allclose, NaN where nn.LSTM has NaN) and, in the half of the cases run in grad mode
+(everything requiring grad, or only input and state), whose gradients w.r.t. the input, h_0, c_0
+and every parameter agree (tolerances by dtype, lstm_case_driver.GRAD_TOL), or both raise, FusedLSTM an exception of
 nn.LSTM's class. A signal exit (a native kernel reading outside a tensor) fails the test naming the
 case. Cases run in child processes, a batch per child, restarted after a crash.
 
@@ -26,7 +28,7 @@ def _config(rng):
     return dict(D=rng.choice([1, 3, 8]), H=rng.choice([2, 5, 7, 16]), layers=rng.choice([1, 1, 2, 3]),
                 bi=rng.random() < 0.4, proj=rng.choice([0, 0, 0, 1]), batch_first=rng.random() < 0.3,
                 bias=rng.random() < 0.8, dtype=rng.choice(["float32", "float32", "float64", "bfloat16"]),
-                T=rng.choice([1, 2, 5]), B=rng.choice([0, 1, 2, 3]))
+                T=rng.choice([1, 2, 5]), B=rng.choice([0, 1, 2, 3]), grad=rng.choice([None, None, "all", "input"]))
 
 
 def _bad_input(rng, spec, devices):
@@ -81,6 +83,8 @@ def _crash(r):
             return f"outputs differ in shape/dtype/device: nn.LSTM {ref}, FusedLSTM {fused}"
         if r["close"] is False:
             return "values differ from nn.LSTM's"
+        if r.get("grads_close") is False:
+            return f"gradients differ from nn.LSTM's: {r['grads_bad']}"
     return None
 
 
@@ -97,6 +101,8 @@ def _verdict(r):
         return f"outputs differ in shape/dtype/device: nn.LSTM {ref}, FusedLSTM {fused}"
     if r["close"] is False:
         return "values differ from nn.LSTM's"
+    if r.get("grads_close") is False:
+        return f"gradients differ from nn.LSTM's: {r['grads_bad']}"
     return None
 
 
