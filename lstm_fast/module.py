@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .export.onnx_layers import onnx_layers
 from .ops.backends import check_backend_name
-from .ops.checks import autocast_enabled, check_devices
+from .ops.checks import autocast_enabled, check_devices, mixed_state_dtypes, onednn_runs_lstm
 from .ops.functional import lstm_layer
 from .projection import fold_first_step
 
@@ -84,20 +84,25 @@ class FusedLSTM(nn.LSTM):
             return _forward_eagerly(self, input, hx, input_projection)
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         is_packed = isinstance(input, PackedSequence)
+        # The checks in nn.LSTM.forward's order, so each bad input raises nn.LSTM's exception class.
         if is_packed:
+            # nn.LSTM checks nothing in Python for a packed input: it permutes hx, then _VF.lstm
+            # checks two states, 3-D states, then the input's dtype (RuntimeError).
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data, batch_sizes, input_projection)
             batch = int(batch_sizes[0])
             if hx is None:
                 hx = self._zero_state(batch, real_hidden, data)
             else:
-                self._check_hx_pair(hx)
-                self._check_forward_args(data, hx, batch_sizes, input_projection)
-                hx = self.permute_hidden(hx, sorted_indices)
+                hx = _state_pair(self.permute_hidden(hx, sorted_indices), 3)
+            if data.dtype != self._flat_weights[0].dtype and not torch._C._is_any_autocast_enabled():
+                raise RuntimeError(f"LSTM: packed input dtype ({data.dtype}) does not match weight dtype "
+                                   f"({self._flat_weights[0].dtype})")
+            self._check_forward_args(data, hx, batch_sizes, input_projection)
             x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes, None, None))
         else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"LSTM: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
+            if not isinstance(input, torch.Tensor):     # nn.LSTM fails on input.dim(): AttributeError
+                raise AttributeError(f"LSTM: expected input to be a Tensor or PackedSequence, got "
+                                     f"{type(input).__name__}")
             if input.dim() not in (2, 3):
                 raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
             is_batched = input.dim() == 3
@@ -107,28 +112,32 @@ class FusedLSTM(nn.LSTM):
             if hx is None:
                 hx = self._zero_state(batch, real_hidden, x)
             else:
-                self._check_hx_pair(hx)
-                if is_batched and (hx[0].dim() != 3 or hx[1].dim() != 3):
-                    raise RuntimeError("For batched 3-D input, hx and cx should also be 3-D but got "
-                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-                if not is_batched:
-                    if hx[0].dim() != 2 or hx[1].dim() != 2:
-                        raise RuntimeError("For unbatched 2-D input, hx and cx should also be 2-D but got "
-                                           f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                want = 3 if is_batched else 2
+                h_dim, c_dim = _state_dims(hx)
+                if h_dim != want or c_dim != want:
+                    raise RuntimeError(f"For {'batched 3-D' if is_batched else 'unbatched 2-D'} input, hx and cx "
+                                       f"should also be {want}-D but got ({h_dim}-D, {c_dim}-D) tensors")
+                if not is_batched:      # a longer tuple becomes a pair here, as in nn.LSTM
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             self._check_forward_args(x, hx, None, input_projection)
+            hx = _state_pair(hx, 3)
             if self.batch_first:
                 x = x.transpose(0, 1)
             lengths = None
         if x.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         check_devices(x, self._flat_weights, hx)
-        autocast = autocast_enabled(x.device.type)  # casts the state too, as in nn.LSTM
-        for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
-            if t.dtype != x.dtype and not (autocast and t.is_floating_point()):
-                raise RuntimeError(f"LSTM: {name} dtype ({t.dtype}) does not match input dtype ({x.dtype})")
+        out_dtypes = None
+        if autocast_enabled(x.device.type):     # the state is cast to the autocast dtype, as in nn.LSTM
+            for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
+                if not t.is_floating_point():
+                    raise RuntimeError(f"LSTM: {name} dtype ({t.dtype}) is not a floating dtype")
+        else:
+            hx, out_dtypes = self._state_in_weight_dtype(x, hx, batch_sizes if is_packed else None)
 
         output, h_n, c_n = self._run_layers(x, hx, lengths, input_projection)
+        if out_dtypes is not None:
+            output, h_n, c_n = (t.to(d) for t, d in zip((output, h_n, c_n), out_dtypes))
 
         if is_packed:
             out = pack_padded_sequence(output, lengths, enforce_sorted=True).data
@@ -163,19 +172,24 @@ class FusedLSTM(nn.LSTM):
         self.check_hidden_size(hx[0], self.get_expected_hidden_size(x, batch_sizes), "Expected hidden[0] size {}, got {}")
         self.check_hidden_size(hx[1], self.get_expected_cell_size(x, batch_sizes), "Expected hidden[1] size {}, got {}")
 
-    @staticmethod
-    def _check_hx_pair(hx):
-        """hx must be a pair of tensors; a tuple of another length or holding something else fails
-        with the exception class nn.LSTM raises for it."""
-        if not isinstance(hx, (tuple, list)):
-            raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of Tensors or None")
-        if len(hx) < 2:
-            raise IndexError("tuple index out of range")
-        for t in hx[:2]:
-            if not isinstance(t, torch.Tensor):
-                raise AttributeError(f"'{type(t).__name__}' object has no attribute 'dim'")
-        if len(hx) > 2:
-            raise RuntimeError("lstm expects two hidden states")
+    def _state_in_weight_dtype(self, x, hx, batch_sizes):
+        """(h_0, c_0) in the parameters' dtype, and the output dtypes nn.LSTM returns where they are
+        not the parameters' (None when all agree). A state nn.LSTM accepts in another dtype
+        (:func:`lstm_fast.ops.checks.mixed_state_dtypes`) is cast; one it refuses raises its
+        RuntimeError."""
+        p = self.weight_hh_l0.dtype
+        if hx[0].dtype == p and hx[1].dtype == p:
+            return hx, None
+        equal_lengths = batch_sizes is None or int(batch_sizes[-1]) == int(batch_sizes[0])
+        onednn = onednn_runs_lstm(p, x.device.type, x.numel(), self.proj_size, equal_lengths)
+        dtypes = mixed_state_dtypes(p, hx[0].dtype, hx[1].dtype, onednn=onednn, steps=x.size(0),
+                                    num_layers=self.num_layers, proj_size=self.proj_size)
+        if dtypes is None:
+            name, t = ("hx[0]", hx[0]) if hx[0].dtype != p else ("hx[1]", hx[1])
+            raise RuntimeError(f"LSTM: {name} dtype ({t.dtype}) does not match the parameters' dtype ({p}), "
+                               "and nn.LSTM refuses this combination; convert the state: "
+                               f"{name}.to({p})")
+        return (hx[0], hx[1].to(p)), (None if dtypes == (p, p, p) else dtypes)
 
     def _zero_state(self, batch, real_hidden, like):
         n = self.num_layers * (2 if self.bidirectional else 1)
@@ -235,6 +249,37 @@ class FusedLSTM(nn.LSTM):
             u, u_last, c_last = u0, u0[0], c1
         y = (u.reshape(-1, u.size(-1)) @ w_hr.t()).view(u.size(0), u.size(1), w_hr.size(0))  # explicit: batch 0 has no -1
         return y, u_last @ w_hr.t(), c_last
+
+
+def _state_dims(hx):
+    """(hx[0].dim(), hx[1].dim()), read as nn.LSTM reads them, so a malformed hx raises its
+    exception class (IndexError for a 1-tuple, AttributeError for a non-tensor, TypeError for a
+    non-sequence), with a message that names hx."""
+    try:
+        return hx[0].dim(), hx[1].dim()
+    except (IndexError, AttributeError, TypeError) as e:
+        raise type(e)(f"LSTM: hx must be a tuple (h_0, c_0) of Tensors or None, got {_describe(hx)} ({e})") from None
+
+
+def _state_pair(hx, dims):
+    """What _VF.lstm checks of hx after nn.LSTM's Python checks: exactly two tensors
+    (RuntimeError), each with at least ``dims`` dimensions (IndexError, as its ``hx[0].size(2)``);
+    returns hx."""
+    if not isinstance(hx, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in hx):
+        raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of Tensors or None, got {_describe(hx)}")
+    if len(hx) != 2:
+        raise RuntimeError(f"lstm expects two hidden states, got a {type(hx).__name__} of {len(hx)}")
+    for name, t in zip(("hx[0]", "hx[1]"), hx):
+        if t.dim() < dims:
+            raise IndexError(f"LSTM: {name} must be {dims}-D (num_layers * num_directions, batch, size), "
+                             f"got {t.dim()}-D")
+    return hx
+
+
+def _describe(hx):
+    if isinstance(hx, (tuple, list)):
+        return f"a {type(hx).__name__} of ({', '.join(type(t).__name__ for t in hx)})"
+    return type(hx).__name__
 
 
 def _dynamo_refuses_rnn():

@@ -26,6 +26,57 @@ def check_devices(input, parameters, hidden):
                                f"{input.device} and hidden tensor at {h.device}")
 
 
+def onednn_runs_lstm(weight_dtype, device_type, numel, proj_size, equal_lengths) -> bool:
+    """Whether nn.LSTM on these arguments takes its oneDNN (mkldnn) path rather than its native
+    one (ATen's ``use_mkldnn``, found by experiment with torch 2.13): CPU tensors,
+    ``torch.backends.mkldnn.enabled``, a non-empty input, no projection, a padded input or a packed
+    one whose sequences all have the same length, and float32 parameters, or bf16 / float16 ones
+    where this CPU's oneDNN supports them (float16 only without grad mode)."""
+    if (device_type != "cpu" or not torch.backends.mkldnn.enabled or not torch.backends.mkldnn.is_available()
+            or numel == 0 or proj_size or not equal_lengths):
+        return False
+    if weight_dtype == torch.float32:
+        return True
+    if weight_dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (weight_dtype == torch.float16 and not torch.is_grad_enabled()
+            and torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
+def mixed_state_dtypes(weight_dtype, h_dtype, c_dtype, *, onednn, steps, num_layers, proj_size):
+    """nn.LSTM's rule for an (h_0, c_0) whose dtypes differ from the parameters' (outside
+    autocast; the input already has the parameters' dtype): the dtypes of (output, h_n, c_n)
+    nn.LSTM returns, or None where it raises (a RuntimeError from its GEMMs or from oneDNN).
+    Found by experiment (torch 2.13, every combination of float32/float64/bf16/float16, oneDNN on
+    and off, grad mode on and off, packed or not, 1-2 steps and layers, projections, directions,
+    batch 0-3); tests/test_mixed_state_dtypes.py checks it against nn.LSTM.
+
+    ===========================  ==========================================================
+    h_0 of another dtype         always raises (its GEMM with W_hh)
+    oneDNN path                  c_0 may be float32 with bf16/float16 parameters: returns
+                                 (p, p, float32); any other c_0 dtype raises
+    native path, c_0 narrower    c_0 promotes to the parameters' dtype p: returns (p, p, p)
+    native path, c_0 wider       the state promotes to P = promote(p, c_0): the next GEMM raises,
+                                 so only one step, one layer, no projection returns (P, P, P)
+    ===========================  ==========================================================
+
+    ``onednn``: :func:`onednn_runs_lstm`'s answer; ``steps``: the sequence length (a packed
+    input's longest). FusedLSTM computes in the parameters' dtype and casts its outputs to these."""
+    p = weight_dtype
+    if h_dtype != p:
+        return None
+    if c_dtype == p:
+        return p, p, p
+    if onednn:
+        return (p, p, c_dtype) if p in (torch.bfloat16, torch.float16) and c_dtype == torch.float32 else None
+    promoted = torch.promote_types(p, c_dtype)
+    if promoted == p:
+        return p, p, p
+    if steps == 1 and num_layers == 1 and not proj_size:
+        return promoted, promoted, promoted
+    return None
+
+
 def check_lengths(lengths, T, B, values=True):
     """The one validation of per-row lengths, used by every path (:func:`lstm_layer` calls it, so
     the CPU kernels, the Triton kernels and the segment loop all get the same): returns a
