@@ -65,16 +65,13 @@ _function_mode = torch._C._is_torch_function_mode_enabled
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _grad_enabled = torch.is_grad_enabled
 _num_threads = torch.get_num_threads
-_ENV = getattr(os.environ, "_data", None)      # CPython's bytes-keyed store behind os.environ
-_SWITCH = small_batch.SWITCH
-_SWITCH_B = _SWITCH.encode()
-
-
-def _switch():
-    """The small-batch switch's raw value now (part of the key: the plan reads it)."""
-    if _ENV is not None:
-        return _ENV.get(_SWITCH_B)
-    return os.environ.get(_SWITCH)
+# The small-batch switch's raw value now (part of the key: the plan reads it): a read of the
+# bytes-keyed dict behind os.environ where CPython has one (os.environ.get costs 0.5 us).
+_ENV = getattr(os.environ, "_data", None)
+if isinstance(_ENV, dict) and os.name == "posix":
+    _env_get, _SWITCH_KEY = _ENV.get, small_batch.SWITCH.encode()
+else:
+    _env_get, _SWITCH_KEY = os.environ.get, small_batch.SWITCH
 
 
 def plain_forward(module, input, hx):
@@ -89,7 +86,7 @@ def plain_forward(module, input, hx):
     try:
         key = (type(module), input.dtype, input.shape, hx is None, module.num_layers, module.bidirectional,
                module.proj_size, module.batch_first, module.input_size, module.hidden_size, module.bias,
-               module.backend, module.dropout > 0 and module.training, _num_threads(), _switch())
+               module.backend, module.dropout > 0 and module.training, _num_threads(), _env_get(_SWITCH_KEY))
         plan = _PLANS.get(key, _MISSING)
     except TypeError:       # an option of a type that cannot be hashed: the general path
         return None
@@ -199,25 +196,25 @@ def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
-def _ok(w, shape, dt):
-    """Whether ``w`` is a plain contiguous CPU tensor of ``shape`` and ``dt`` (every property the
-    kernel's pointer arithmetic relies on; a ``.data`` write may have changed any of them)."""
-    return (type(w) in _PLAIN and w.dtype is dt and w.shape == shape and w.is_cpu and w.layout is _STRIDED
-            and w.is_contiguous())
-
-
 def _run_direct(plan, module, x, hx):
     _, dt, state_shape, out_shape, n_ih, s_ih, n_hh, s_hh, n_bih, n_bhh, s_b, dims, pooled, spec = plan
     params = module._parameters
     w_ih, w_hh = params.get(n_ih), params.get(n_hh)
-    if not (_ok(w_ih, s_ih, dt) and _ok(w_hh, s_hh, dt) and x.is_contiguous()):
+    # every property the kernel's pointer arithmetic relies on (a .data write may change any), written out
+    if not (type(w_ih) in _PLAIN and type(w_hh) in _PLAIN and w_ih.dtype is dt and w_hh.dtype is dt
+            and w_ih.shape == s_ih and w_hh.shape == s_hh and w_ih.is_cpu and w_hh.is_cpu
+            and w_ih.layout is _STRIDED and w_hh.layout is _STRIDED and w_ih.is_contiguous()
+            and w_hh.is_contiguous() and x.is_contiguous()):
         return None
     if n_bih is None:
         b_ih = b_hh = None
         rg = w_ih.requires_grad or w_hh.requires_grad
     else:
         b_ih, b_hh = params.get(n_bih), params.get(n_bhh)
-        if not (_ok(b_ih, s_b, dt) and _ok(b_hh, s_b, dt)):
+        if not (type(b_ih) in _PLAIN and type(b_hh) in _PLAIN and b_ih.dtype is dt and b_hh.dtype is dt
+                and b_ih.shape == s_b and b_hh.shape == s_b and b_ih.is_cpu and b_hh.is_cpu
+                and b_ih.layout is _STRIDED and b_hh.layout is _STRIDED and b_ih.is_contiguous()
+                and b_hh.is_contiguous()):
             return None
         rg = w_ih.requires_grad or w_hh.requires_grad or b_ih.requires_grad or b_hh.requires_grad
     if hx is None:
