@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .export.onnx_layers import onnx_layers
 from .ops.backends import check_backend_name
 from .ops.checks import autocast_enabled, check_devices, mixed_state_dtypes, onednn_runs_lstm
+from .ops.fast_path import plain_forward
 from .ops.functional import lstm_layer
 from .projection import fold_first_step
 
@@ -79,7 +80,15 @@ class FusedLSTM(nn.LSTM):
         precomputed input projection instead of the input, its last dimension
         ``dirs * 4 * hidden_size`` (:meth:`project_input`; direction d's gates at
         ``[d*4H, (d+1)*4H)``, gate order i, f, g, o, b_ih not included: the biases are added as
-        usual); the first layer skips its input GEMM and the gradient flows to ``input``."""
+        usual); the first layer skips its input GEMM and the gradient flows to ``input``.
+
+        A plain call (tensor input, hx None or a pair of tensors, CPU, no autocast, ...) runs on
+        :func:`lstm_fast.ops.fast_path.plain_forward`: bitwise the same as the path below, which
+        runs everything else and raises nn.LSTM's errors."""
+        if not input_projection:
+            out = plain_forward(self, input, hx)
+            if out is not None:
+                return out
         if _dynamo_refuses_rnn():
             return _forward_eagerly(self, input, hx, input_projection)
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
