@@ -177,6 +177,8 @@ SWITCH_VALUES = ("auto", "1", "0")
 CROSSOVERS = {
     ("float32", 1): [(1024, 1, 0)],
     ("float32", 2): [(1024, 1, 0)],
+    ("autocast-bfloat16", 1): [(1024, 1, 0)],
+    ("autocast-bfloat16", 2): [(1024, 1, 0)],
 }
 
 
@@ -191,8 +193,10 @@ def _threads() -> int:
     return min(torch.get_num_threads(), 2)
 
 
-def use_for(x, w_hh, lengths=None) -> bool:
-    """Whether a float32 CPU layer call should run on these kernels (see :data:`SWITCH`)."""
+def use_for(x, w_hh, lengths=None, autocast_dtype=None) -> bool:
+    """Whether a float32 CPU layer call should run on these kernels (see :data:`SWITCH`).
+    ``autocast_dtype`` bfloat16: the call is under CPU autocast with float32 weights (``x`` then
+    stands for the float32 operand): the ``"autocast-bfloat16"`` crossovers."""
     mode = _mode()
     if mode == "0" or not available_for(x, w_hh):
         return False
@@ -203,7 +207,8 @@ def use_for(x, w_hh, lengths=None) -> bool:
     T, B = x.shape[0], x.shape[1]
     H = w_hh.shape[1]
     threads = _threads()
-    for max_h, max_b1, max_bseq in CROSSOVERS.get((str(x.dtype).replace("torch.", ""), threads), ()):
+    key = "autocast-bfloat16" if autocast_dtype == torch.bfloat16 else str(x.dtype).replace("torch.", "")
+    for max_h, max_b1, max_bseq in CROSSOVERS.get((key, threads), ()):
         if H <= max_h:
             return B <= (max_b1 if T == 1 else max_bseq)
     return False
