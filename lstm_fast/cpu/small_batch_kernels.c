@@ -100,6 +100,62 @@ AVX512 INLINE __m512 dot16(const float *W, int64_t K, int64_t row0, int nvalid, 
     return reduce16(acc);
 }
 
+/* out[i] = dot16(W, K, row0, nvalid, v + i * ldv) for i < NB (NB <= 4 vectors, R * NB <= 16): the
+ * block's rows are read R at a time and each W chunk loaded once for all NB vectors (a W load per
+ * NB FMAs instead of per FMA: at B > 1 and for the input projection of T > 1 calls the kernel is
+ * bound by L1 load slots, not bandwidth). Every (row, vector) sum is the same single chain in k
+ * order as dot16's, then reduce16's tree: bitwise dot16's result. NB, R: compile-time constants
+ * at every call (the loops unroll, the accumulators stay in registers). */
+AVX512 INLINE void dot16_multi(const float *W, int64_t K, int64_t row0, int nvalid, const float *v, int64_t ldv,
+                               __m512 *out, const int NB, const int R) {
+    __m512 sums[4][16];
+    for (int u0 = 0; u0 < 16; u0 += R) {
+        const float *w[16];
+        for (int r = 0; r < R; ++r) w[r] = W + (row0 + (u0 + r < nvalid ? u0 + r : 0)) * K;
+        __m512 s[16][4];
+        for (int r = 0; r < R; ++r)
+            for (int i = 0; i < NB; ++i) s[r][i] = _mm512_setzero_ps();
+        int64_t k = 0;
+        for (; k + 16 <= K; k += 16) {
+            __m512 x[4];
+            for (int i = 0; i < NB; ++i) x[i] = _mm512_loadu_ps(v + i * ldv + k);
+            for (int r = 0; r < R; ++r) {
+                const __m512 wv = _mm512_loadu_ps(w[r] + k);
+                for (int i = 0; i < NB; ++i) s[r][i] = _mm512_fmadd_ps(wv, x[i], s[r][i]);
+            }
+        }
+        if (k < K) {
+            const __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+            __m512 x[4];
+            for (int i = 0; i < NB; ++i) x[i] = _mm512_maskz_loadu_ps(m, v + i * ldv + k);
+            for (int r = 0; r < R; ++r) {
+                const __m512 wv = _mm512_maskz_loadu_ps(m, w[r] + k);
+                for (int i = 0; i < NB; ++i) s[r][i] = _mm512_fmadd_ps(wv, x[i], s[r][i]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int i = 0; i < NB; ++i) sums[i][u0 + r] = s[r][i];
+    }
+    for (int i = 0; i < NB; ++i) out[i] = reduce16(sums[i]);
+}
+
+/* out[i] = dot16(W, K, row0, nvalid, v + i * ldv) for i < n (any n), four vectors at a time. */
+AVX512 static void dot16_many(const float *W, int64_t K, int64_t row0, int nvalid, const float *v, int64_t ldv,
+                              int64_t n, __m512 *out, int64_t out_stride) {
+    __m512 o[4];
+    for (int64_t i = 0; i < n; i += 4) {
+        const int64_t nb = n - i < 4 ? n - i : 4;
+        const float *vi = v + i * ldv;
+        switch (nb) {
+        case 1: o[0] = dot16(W, K, row0, nvalid, vi); break;
+        case 2: dot16_multi(W, K, row0, nvalid, vi, ldv, o, 2, 8); break;
+        case 3: dot16_multi(W, K, row0, nvalid, vi, ldv, o, 3, 4); break;
+        default: dot16_multi(W, K, row0, nvalid, vi, ldv, o, 4, 4); break;
+        }
+        for (int64_t j = 0; j < nb; ++j) out[(i + j) * out_stride] = o[j];
+    }
+}
+
 /* ---------------------------------------------------------------- forward */
 typedef struct {
     const float *X, *Wih, *Whh, *bih, *bhh, *h0, *c0;
@@ -136,12 +192,16 @@ AVX512 static void fwd_worker(void *arg) {
             const int64_t j0 = jb * 16;
             const int nv = H - j0 < 16 ? (int)(H - j0) : 16;
             const __mmask16 m = tail_mask(j0, H);
+            __m512 o[4];
             for (int q = 0; q < 4; ++q)
-                for (int64_t tb = 0; tb < T * B; ++tb)
-                    _mm512_mask_storeu_ps(XP + tb * G4 + q * H + j0, m, dot16(a->Wih, D, q * H + j0, nv, a->X + tb * D));
+                for (int64_t tb = 0; tb < T * B; tb += 4) {
+                    const int64_t n = T * B - tb < 4 ? T * B - tb : 4;
+                    dot16_many(a->Wih, D, q * H + j0, nv, a->X + tb * D, D, n, o, 1);
+                    for (int64_t i = 0; i < n; ++i) _mm512_mask_storeu_ps(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
+                }
         }
     }
-    __m512 pre[BCHUNK * 4];
+    __m512 pre[BCHUNK * 4], prex[BCHUNK * 4];
     for (int64_t t = 0; t < T; ++t) {
         const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
         const float *cp = t == 0 ? a->c0 : c_slot(a, t - 1);
@@ -152,15 +212,16 @@ AVX512 static void fwd_worker(void *arg) {
             const __mmask16 m = tail_mask(j0, H);
             for (int64_t b0 = 0; b0 < B; b0 += BCHUNK) {
                 const int64_t nbat = B - b0 < BCHUNK ? B - b0 : BCHUNK;
-                for (int q = 0; q < 4; ++q)
-                    for (int64_t i = 0; i < nbat; ++i)
-                        pre[i * 4 + q] = dot16(a->Whh, H, q * H + j0, nv, hp + (b0 + i) * H);
+                for (int q = 0; q < 4; ++q) {
+                    dot16_many(a->Whh, H, q * H + j0, nv, hp + b0 * H, H, nbat, pre + q, 4);
+                    if (T == 1) dot16_many(a->Wih, D, q * H + j0, nv, a->X + b0 * D, D, nbat, prex + q, 4);
+                }
                 for (int64_t i = 0; i < nbat; ++i) {
                     const int64_t b = b0 + i;
                     __m512 g[4];
                     for (int q = 0; q < 4; ++q) {
                         __m512 xp = T > 1 ? _mm512_maskz_loadu_ps(m, XP + (t * B + b) * G4 + q * H + j0)
-                                          : dot16(a->Wih, D, q * H + j0, nv, a->X + b * D);
+                                          : prex[i * 4 + q];
                         g[q] = _mm512_add_ps(_mm512_add_ps(pre[i * 4 + q], xp), bias16(a, q * H + j0, m));
                     }
                     __m512 I = v_sigmoid(g[0]), F = v_sigmoid(g[1]), Ct = v_tanh(g[2]), O = v_sigmoid(g[3]);
