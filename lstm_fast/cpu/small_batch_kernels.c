@@ -347,6 +347,31 @@ AVX512 static void bwd_dh(const bwd_args *a, int64_t t, int64_t n0) {
     }
 }
 
+/* B == 1: DH[0, n0..) for up to 4 column blocks at once (jb0.., nblk of them), each block's two
+ * chains (even r, odd r) exactly as bwd_dh's: bitwise its result. One broadcast of dG_t[r] then
+ * serves 4 column blocks (64 contiguous floats of the row), where bwd_dh at B = 1 would run its 4
+ * batch chains on the same row (4x the FMAs) on one 16-column line per row. */
+AVX512 static void bwd_dh1(const bwd_args *a, int64_t t, int64_t jb0, int nblk) {
+    const int64_t H = a->H, G4 = 4 * H;
+    if (a->len && t >= a->len[0]) return;
+    const float *d = a->dG + t * G4;
+    __mmask16 m[4];
+    __m512 s[4], u[4];
+    for (int c = 0; c < 4; ++c) {
+        m[c] = c < nblk ? tail_mask((jb0 + c) * 16, H) : (__mmask16)0;
+        s[c] = u[c] = _mm512_setzero_ps();
+    }
+    for (int64_t r = 0; r + 2 <= G4; r += 2) {   /* 4H is even: no r left */
+        const __m512 d0 = _mm512_set1_ps(d[r]), d1 = _mm512_set1_ps(d[r + 1]);
+        const float *w0 = a->Whh + r * H + jb0 * 16, *w1 = w0 + H;
+        for (int c = 0; c < 4; ++c) {
+            s[c] = _mm512_fmadd_ps(d0, _mm512_maskz_loadu_ps(m[c], w0 + 16 * c), s[c]);
+            u[c] = _mm512_fmadd_ps(d1, _mm512_maskz_loadu_ps(m[c], w1 + 16 * c), u[c]);
+        }
+    }
+    for (int c = 0; c < nblk; ++c) _mm512_mask_storeu_ps(a->DH + (jb0 + c) * 16, m[c], _mm512_add_ps(s[c], u[c]));
+}
+
 AVX512 static void bwd_worker(void *arg) {
     bwd_args *a = (bwd_args *)arg;
     team_t tm = team(a->nthreads);
@@ -357,7 +382,10 @@ AVX512 static void bwd_worker(void *arg) {
         sb_wait(&a->bar, tm.nth);
         /* no second barrier: step t-1's cell reads only this thread's DH, DC and writes dG[t-1],
          * which nobody reads before the next barrier */
-        for (int64_t jb = jlo; jb < jhi; ++jb) bwd_dh(a, t, jb * 16);
+        if (a->B == 1)
+            for (int64_t jb = jlo; jb < jhi; jb += 4) bwd_dh1(a, t, jb, jhi - jb < 4 ? (int)(jhi - jb) : 4);
+        else
+            for (int64_t jb = jlo; jb < jhi; ++jb) bwd_dh(a, t, jb * 16);
     }
 }
 #endif /* LSTM_X86 */
