@@ -19,7 +19,7 @@ where the small-batch kernels win that too.
 Each shape's measurement holds ``/tmp/lstm-bench.lock`` (flock), so benchmarks of other checkouts
 on a shared machine do not overlap it; the load average is recorded per row.
 
-  python benchmarks/small_batch_crossovers.py            # the full grid (~20 min)
+  python benchmarks/small_batch_crossovers.py            # the full grid (~20 min on a quiet machine)
   python benchmarks/small_batch_crossovers.py --smoke    # tiny, seconds
   python benchmarks/small_batch_crossovers.py --table    # the CROSSOVERS table from the JSON
 """
@@ -126,21 +126,23 @@ def measure(H, B, T, threads, precision, mode, rounds, round_s):
 
 
 def crossovers(doc):
-    """The CROSSOVERS table from the rows: (precision key, threads) -> [(max_H, max_B T=1, max_B T>1)].
-    Small-batch is chosen for (H, B) at T == 1 where it wins inference and training at T = 1 for
-    that B and every smaller measured B; at T > 1 where it wins every measured T > 1, both modes,
-    and (2 threads, when measured) with a competing process."""
-    rows = doc["rows"] + doc.get("competitor_rows", [])
+    """The CROSSOVERS table from the rows: (precision key, threads, mode) -> [(max_H, max_B at T=1,
+    max_B at T>1)]. Small-batch is chosen for (H, B) at T == 1 where it wins that mode at T = 1 for
+    that B and every smaller measured B; at T > 1 where it wins that mode at every measured T > 1
+    and, at 2 threads where measured, inference with a competing process (its barrier)."""
+    rows, comp = doc["rows"], doc.get("competitor_rows", [])
     keys = {"float32": "float32", "autocast-bf16": "autocast-bfloat16"}
     table = {}
-    for (prec, threads) in sorted({(r["precision"], r["threads"]) for r in rows}):
+    for (prec, threads, mode) in sorted({(r["precision"], r["threads"], r["mode"]) for r in rows}):
         entries = []
         for H in sorted({r["H"] for r in rows}):
             def wins(B, ts):
                 sel = [r for r in rows if r["precision"] == prec and r["threads"] == threads and r["H"] == H
-                       and r["B"] == B and r["T"] in ts]
+                       and r["B"] == B and r["T"] in ts and r["mode"] == mode]
+                sel += [r for r in comp if r["precision"] == prec and r["threads"] == threads and r["H"] == H
+                        and r["T"] in ts and r["T"] > 1]
                 return bool(sel) and all(r["small_batch_over_sequence"] < 1 for r in sel)
-            bs = sorted({r["B"] for r in rows if r["H"] == H})
+            bs = sorted({r["B"] for r in rows if r["H"] == H and r["mode"] == mode})
             tseq = sorted({r["T"] for r in rows if r["T"] > 1})
 
             def max_b(ts):
@@ -151,8 +153,13 @@ def crossovers(doc):
                     best = B
                 return best
             entries.append((H, max_b([1]), max_b(tseq) if tseq else 0))
-        table[(keys[prec], threads)] = entries
+        table[(keys[prec], threads, mode)] = entries
     return table
+
+
+def write(out, doc):
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(out), (json.dumps(doc, indent=1) + "\n").encode())
 
 
 def run_competitor():
@@ -186,7 +193,7 @@ def main(argv=None):
     doc = {"kind": "small-batch-crossovers", "environment": env,
            "command": " ".join(["python", "benchmarks/small_batch_crossovers.py"] + list(sys.argv[1:] if argv is None else argv)),
            "commit": git_commit(), "smoke": a.smoke, "rounds": a.rounds, "round_seconds": a.round_seconds,
-           "rows": [], "competitor_rows": []}
+           "rows": [], "competitor_rows": [], "complete": False}
     before = torch.get_num_threads()
     t_start = time.perf_counter()
     try:
@@ -202,6 +209,7 @@ def main(argv=None):
                                 with bench_lock():
                                     row = measure(H, B, T, threads, precision, mode, a.rounds, a.round_seconds)
                                 doc["rows"].append(row)
+                                write(a.out, doc)   # after every row: a long run interrupted keeps its rows
                                 print(f"{precision} {mode} {threads}t H{H} B{B} T{T}: small-batch "
                                       f"{row['small_batch']['seconds'] * 1e6:.0f} us, sequence "
                                       f"{row['sequence']['seconds'] * 1e6:.0f} us "
@@ -227,8 +235,8 @@ def main(argv=None):
         torch.set_num_threads(before)
     doc["seconds"] = time.perf_counter() - t_start
     env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(Path(a.out), (json.dumps(doc, indent=1) + "\n").encode())
+    doc["complete"] = True
+    write(a.out, doc)
     print(f"wrote {a.out} ({len(doc['rows'])} rows, {doc['seconds']:.0f} s)")
     for k, v in crossovers(doc).items():
         print(f"    {k!r}: {v},")

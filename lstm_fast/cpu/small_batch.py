@@ -176,10 +176,8 @@ SWITCH_VALUES = ("auto", "1", "0")
 #: 8x slower than the sequence kernels (their per-step barrier waits on a descheduled thread),
 #: and no quiet measurement of T > 1 exists yet.
 CROSSOVERS = {
-    ("float32", 1): [(1024, 1, 0)],
-    ("float32", 2): [(1024, 1, 0)],
-    ("autocast-bfloat16", 1): [(1024, 1, 0)],
-    ("autocast-bfloat16", 2): [(1024, 1, 0)],
+    (key, threads, mode): [(1024, 1, 0)]
+    for key in ("float32", "autocast-bfloat16") for threads in (1, 2) for mode in ("inference", "training")
 }
 
 
@@ -194,10 +192,11 @@ def _threads() -> int:
     return min(torch.get_num_threads(), 2)
 
 
-def use_for(x, w_hh, lengths=None, autocast_dtype=None) -> bool:
+def use_for(x, w_hh, lengths=None, autocast_dtype=None, training=False) -> bool:
     """Whether a float32 CPU layer call should run on these kernels (see :data:`SWITCH`).
     ``autocast_dtype`` bfloat16: the call is under CPU autocast with float32 weights (``x`` then
-    stands for the float32 operand): the ``"autocast-bfloat16"`` crossovers."""
+    stands for the float32 operand): the ``"autocast-bfloat16"`` crossovers. ``training``: a
+    gradient will be wanted (forward and backward run here): the ``"training"`` crossovers."""
     mode = _mode()
     if mode == "0" or not available_for(x, w_hh):
         return False
@@ -209,7 +208,7 @@ def use_for(x, w_hh, lengths=None, autocast_dtype=None) -> bool:
     H = w_hh.shape[1]
     threads = _threads()
     key = "autocast-bfloat16" if autocast_dtype == torch.bfloat16 else str(x.dtype).replace("torch.", "")
-    for max_h, max_b1, max_bseq in CROSSOVERS.get((key, threads), ()):
+    for max_h, max_b1, max_bseq in CROSSOVERS.get((key, threads, "training" if training else "inference"), ()):
         if H <= max_h:
             return B <= (max_b1 if T == 1 else max_bseq)
     return False
