@@ -519,9 +519,9 @@ def render_small_batch():
                                              f"vs {r['sequence']['seconds'] * 1e3:,.2f} ms)" for r in comp) + ".")
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from small_batch_crossovers import crossovers
-        parts.append("The crossovers these rows give (`lstm_fast.cpu.small_batch.CROSSOVERS`: (key, threads): "
+        parts.append("The crossovers these rows give (`lstm_fast.cpu.small_batch.CROSSOVERS`: (key, threads, mode): "
                      "(max H, max B at T=1, max B at T>1)): " + "; ".join(
-                         f"{k[0]} {k[1]} thread{'s' if k[1] > 1 else ''}: " + ", ".join(map(str, v))
+                         f"{k[0]} {k[1]} thread{'s' if k[1] > 1 else ''} {k[2]}: " + ", ".join(map(str, v))
                          for k, v in crossovers(doc).items()) + ".")
     return "\n\n".join(parts) or f"No small-batch crossovers measured yet (`{SMALL_BATCH_COMMAND}` writes them)."
 
