@@ -25,7 +25,9 @@
  * The product: a 16-row block of W (16 units of one gate) times one vector v (K) is 16 zmm
  * accumulators over k in chunks of 16 (masked tail), then a register transpose and a fixed
  * summation tree: every gate of every unit is reduced in the same order whoever computes it, so
- * results are bitwise independent of the thread count. Gate pre-activation =
+ * results are bitwise independent of the thread count. Several vectors at once (the batch rows of
+ * a step, the T*B inputs of the input projection): dot16_multi loads each W chunk once for up to 4
+ * of them, each (row, vector) sum the same chain as dot16's. Gate pre-activation =
  * (W_hh h + W_ih x) + (b_ih + b_hh), float32 throughout. For T > 1 the input projection of a
  * thread's own rows for all T*B inputs runs before the loop (no barrier: the same thread uses it).
  *
@@ -36,7 +38,8 @@
  *   (zeros if none), out dh_0, dc_0; db (4H) zeros in, out the bias gradient (each thread owns its
  *   units). Per step: the cell gradients (threads own 16-unit blocks), a barrier,
  *   dh_{t-1} = dG_t W_hh (threads own 16-column blocks of dh and read their columns of every
- *   W_hh row: a fixed r order); one barrier per step (between the two: dh needs every dG_t).
+ *   W_hh row: a fixed r order; at B = 1 four 16-column blocks per pass over the rows, the same
+ *   order per column); one barrier per step (between the two: dh needs every dG_t).
  * available() -> bool: AVX-512 present.
  */
 #define PY_SSIZE_T_CLEAN
