@@ -229,3 +229,18 @@ def test_autocast_bitwise_equal_across_thread_counts():
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_crossovers_are_the_committed_measurement():
+    """CROSSOVERS is what benchmarks/small_batch_crossovers.py derives from the committed JSON."""
+    import json
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        from small_batch_crossovers import crossovers
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    doc = json.loads((root / "benchmarks" / "results" / "small-batch-crossovers.json").read_text())
+    assert doc["complete"] and crossovers(doc) == small_batch.CROSSOVERS
