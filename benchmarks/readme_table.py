@@ -19,7 +19,9 @@ docs/results.md the rest:
 * ``bf16``: CPU bfloat16 against nn.LSTM under the same autocast, and ``train --precision bf16``;
 * ``peers``: FusedLSTM against nn.LSTM, onnxruntime and OpenVINO (``benchmarks/peers.py``): one
   step per call at B=1, whole sequences, training at small batch, the bandwidth limit, and
-  issue 20's targets met/short.
+  issue 20's targets met/short;
+* ``small-batch``: the small-batch CPU kernels against the whole-sequence (or bf16) route per
+  (precision, threads, H, B, T) and the crossovers that gives (``benchmarks/small_batch_crossovers.py``).
 
 Every section names the file, the command that wrote it, the commit and the machine.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Which file holds which generated sections.
-TARGETS = {"README.md": ("summary",), "docs/results.md": ("packed", "results", "epoch", "default-run", "generate", "bf16", "peers")}
+TARGETS = {"README.md": ("summary",), "docs/results.md": ("packed", "results", "epoch", "default-run", "generate", "bf16", "peers", "small-batch")}
 SECTIONS = tuple(name for names in TARGETS.values() for name in names)
 PLOT = ROOT / "benchmarks" / "results" / "summary-cpu.png"
 NAMES = {"scratch": "d2l scratch", "torch": "nn.LSTM", "fused": "**FusedLSTM**"}
@@ -485,7 +487,46 @@ def render_peers():
     return "\n\n".join(parts) or f"No peers results measured yet (`{PEERS_COMMAND}` writes them)."
 
 
-RENDER = {"generate": render_generate, "results": render_results, "summary": render_summary, "packed": render_packed, "epoch": render_epoch,
+SMALL_BATCH_COMMAND = "python benchmarks/small_batch_crossovers.py --competitor"
+
+
+def render_small_batch():
+    """``benchmarks/small_batch_crossovers.py``: per precision, small-batch over the other route
+    (ratio of medians, with both medians) per (H, B, T) for each thread count and mode; the rows
+    with a busy competitor; the crossover table the rows give."""
+    parts = []
+    for f, doc in load("small-batch-crossovers"):
+        rows = doc["rows"]
+        parts.append(f"From {provenance(f, doc)}; {doc['rounds']} interleaved rounds.")
+        cols = sorted({(r["threads"], r["mode"]) for r in rows})
+        for prec in sorted({r["precision"] for r in rows}, key=lambda p: p != "float32"):
+            sel = {(r["H"], r["B"], r["T"], r["threads"], r["mode"]): r for r in rows if r["precision"] == prec}
+            other = sorted({r["sequence"]["implementation"] for r in sel.values()})
+            head = " | ".join(f"{t} thread{'s' if t > 1 else ''}, {m}" for t, m in cols)
+            parts.append(f"{prec}: small-batch / {', '.join(other)}, ratio of medians (small-batch ms vs other ms); "
+                         f"below 1: the small-batch kernels are faster.\n\n| H | B | T | {head} |\n|---:|---:|---:|"
+                         + "---:|" * len(cols) + "\n" + "\n".join(
+                             f"| {H} | {B} | {T} | " + " | ".join(
+                                 (f"{r['small_batch_over_sequence']:.2f} ({r['small_batch']['seconds'] * 1e3:,.2f} vs "
+                                  f"{r['sequence']['seconds'] * 1e3:,.2f})") if (r := sel.get((H, B, T, t, m))) else "-"
+                                 for t, m in cols) + " |"
+                             for H, B, T in sorted({k[:3] for k in sel})))
+        comp = doc.get("competitor_rows", [])
+        if comp:
+            parts.append("With a busy process on the machine (`python -c 'while True: pass'`), 2 threads, inference, "
+                         "B=1: " + "; ".join(f"{r['precision']} H{r['H']} T{r['T']} "
+                                             f"{r['small_batch_over_sequence']:.2f} ({r['small_batch']['seconds'] * 1e3:,.2f} "
+                                             f"vs {r['sequence']['seconds'] * 1e3:,.2f} ms)" for r in comp) + ".")
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from small_batch_crossovers import crossovers
+        parts.append("The crossovers these rows give (`lstm_fast.cpu.small_batch.CROSSOVERS`: (key, threads, mode): "
+                     "(max H, max B at T=1, max B at T>1)): " + "; ".join(
+                         f"{k[0]} {k[1]} thread{'s' if k[1] > 1 else ''} {k[2]}: " + ", ".join(map(str, v))
+                         for k, v in crossovers(doc).items()) + ".")
+    return "\n\n".join(parts) or f"No small-batch crossovers measured yet (`{SMALL_BATCH_COMMAND}` writes them)."
+
+
+RENDER = {"small-batch": render_small_batch, "generate": render_generate, "results": render_results, "summary": render_summary, "packed": render_packed, "epoch": render_epoch,
           "default-run": render_default_run, "bf16": render_bf16,
           "peers": render_peers}
 

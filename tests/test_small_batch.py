@@ -49,9 +49,12 @@ def test_plan_takes_the_small_batch_kernels_when_forced():
 
 
 @pytest.mark.parametrize("H", [1, 33, 130, 520], ids=lambda h: f"H{h}")
-@pytest.mark.parametrize("B", [1, 2, 5], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("T", [1, 7], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("B", [1, 2, 3, 5], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("T", [1, 5, 7], ids=lambda t: f"T{t}")
 def test_one_layer_against_nn_lstm(T, B, H):
+    """B 1..5 and T*B up to 35 take every path of the products: one vector (dot16), 2, 3 and 4 at
+    once (dot16_multi: batch rows, the T > 1 input projection), the B = 1 backward (bwd_dh1,
+    column blocks in fours with a tail) and the B > 1 one."""
     torch.manual_seed(T * 100 + B * 10 + H)
     ref, fused = _pair(11, H)
     hx = (torch.randn(1, B, H), torch.randn(1, B, H)) if B % 2 else None
@@ -111,10 +114,11 @@ def test_parameter_changes_are_seen_by_the_next_call():
     torch.testing.assert_close(out, ref(x)[0], atol=2e-5, rtol=1e-4)
 
 
-def test_bitwise_equal_across_thread_counts():
+@pytest.mark.parametrize("B", [1, 3], ids=lambda b: f"B{b}")
+def test_bitwise_equal_across_thread_counts(B):
     torch.manual_seed(3)
     _, fused = _pair(13, 130, num_layers=2)
-    x = torch.randn(5, 3, 13, requires_grad=True)
+    x = torch.randn(5, B, 13, requires_grad=True)
     before = torch.get_num_threads()
     results = []
     try:
@@ -127,3 +131,116 @@ def test_bitwise_equal_across_thread_counts():
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- CPU autocast bf16, float32 weights
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _autocast_run(module, x, hx, weight, autocast=True):
+    """Outputs and every gradient of one call under CPU autocast bf16 (or none)."""
+    x = x.clone().requires_grad_()
+    hx = tuple(t.clone().requires_grad_() for t in hx)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, (h, c) = module(x, hx)
+    loss = (y.double() * weight).sum() + h.double().sum() + c.double().sum()
+    return [y, h, c, *torch.autograd.grad(loss, [x, *hx, *module.parameters()])]
+
+
+@pytest.mark.parametrize("H", [1, 33, 130, 520], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("B", [1, 3], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("T", [1, 5], ids=lambda t: f"T{t}")
+def test_autocast_runs_float32_kernels_on_the_float32_weights(T, B, H, monkeypatch):
+    """Under CPU autocast bf16 with float32 parameters the small-batch kernels run on the
+    parameters themselves (no bf16 copy of the weights); outputs come back in bf16 and gradients
+    in float32, as nn.LSTM under autocast returns them; every one is within nn.LSTM-autocast's
+    distance of a float64 nn.LSTM (float32 products: closer), and near nn.LSTM-autocast."""
+    torch.manual_seed(T * 1000 + B * 100 + H)
+    D = 7
+    ref, fused = _pair(D, H)
+    exact = nn.LSTM(D, H, dtype=torch.float64)
+    exact.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    seen = []
+    real = small_batch.forward_saving
+
+    def spy(x, h0, c0, w_ih, w_hh, *rest, **kw):
+        seen.append((x.dtype, w_ih.data_ptr(), w_hh.data_ptr()))
+        return real(x, h0, c0, w_ih, w_hh, *rest, **kw)
+
+    monkeypatch.setattr(small_batch, "forward_saving", spy)
+    x = torch.randn(T, B, D)
+    hx = (0.5 * torch.randn(1, B, H), 0.5 * torch.randn(1, B, H))
+    weight = torch.randn(T, B, H, dtype=torch.float64)
+    got = _autocast_run(fused, x, hx, weight)
+    assert seen == [(torch.float32, fused.weight_ih_l0.data_ptr(), fused.weight_hh_l0.data_ptr())]
+    theirs = _autocast_run(ref, x, hx, weight)
+    want = _autocast_run(exact, x.double(), tuple(t.double() for t in hx), weight, autocast=False)
+    assert [t.dtype for t in got] == [t.dtype for t in theirs]
+    assert [t.dtype for t in got[:3]] == [torch.bfloat16] * 3
+    names = ["output", "h_n", "c_n", "dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh"]
+    for name, g, t, w in zip(names, got, theirs, want, strict=True):
+        ours_err, nn_err = _rel(g, w), _rel(t, w)
+        assert torch.isfinite(g).all(), name
+        # x, h_0 and the outputs are rounded to bf16 as nn.LSTM does: the error left is that
+        # rounding's; a tensor of a few elements gets one bf16 step (2^-7) of slack (noise)
+        slack = 1e-3 if g.numel() >= 64 else 2 ** -7
+        assert ours_err <= 1.5 * nn_err + slack, f"{name}: ours {ours_err:.2e}, nn.LSTM-autocast {nn_err:.2e}"
+        torch.testing.assert_close(g.double(), t.double(), atol=3e-2, rtol=3e-2, msg=name)
+
+
+def test_autocast_auto_takes_the_small_batch_kernels_at_batch_1(monkeypatch):
+    """In ``auto`` a one-step batch-1 call under CPU autocast bf16 with float32 weights plans the
+    float32 small-batch kernels (rule 1a); ``LSTM_FAST_CPU_BF16=native`` (bf16_sequence.MODE)
+    and bf16 parameters keep the bf16 routes; off autocast nothing changes."""
+    from lstm_fast.cpu import bf16_sequence
+    monkeypatch.setenv(small_batch.SWITCH, "auto")
+    x, w_hh = torch.randn(1, 1, 64), torch.randn(256, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plan = plan_layer(x, w_hh, "auto")
+        assert (plan.implementation, plan.keep_weights, plan.upcast, plan.out_dtype) == \
+            ("cpu_small_batch", True, True, torch.bfloat16)
+        assert plan_layer(torch.randn(1, 64, 64), w_hh, "auto").implementation != "cpu_small_batch"
+        assert plan_layer(x, w_hh.bfloat16(), "auto").implementation != "cpu_small_batch"
+        monkeypatch.setattr(bf16_sequence, "MODE", "native")
+        if bf16_sequence.cpu_supported():
+            assert plan_layer(x, w_hh, "auto").implementation == "cpu_bf16"
+    monkeypatch.setenv(small_batch.SWITCH, "0")
+    monkeypatch.setattr(bf16_sequence, "MODE", "auto")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert plan_layer(x, w_hh, "auto").implementation != "cpu_small_batch"
+
+
+def test_autocast_bitwise_equal_across_thread_counts():
+    torch.manual_seed(4)
+    _, fused = _pair(13, 130)
+    x = torch.randn(5, 3, 13, requires_grad=True)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, (h, c) = fused(x)
+            grads = torch.autograd.grad(y.float().sum() + c.float().sum(), [x, *fused.parameters()])
+            results.append((y, h, c) + grads)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_crossovers_are_the_committed_measurement():
+    """CROSSOVERS is what benchmarks/small_batch_crossovers.py derives from the committed JSON."""
+    import json
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        from small_batch_crossovers import crossovers
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    doc = json.loads((root / "benchmarks" / "results" / "small-batch-crossovers.json").read_text())
+    assert doc["complete"] and crossovers(doc) == small_batch.CROSSOVERS

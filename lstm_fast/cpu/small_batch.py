@@ -54,8 +54,9 @@ def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
 
 
 def _f32(t, shape, name):
-    """t as a contiguous float32 CPU tensor of ``shape`` (a copy only if it is not one already)."""
-    if t.dtype != _F32 or t.device.type != "cpu" or t.shape != shape:
+    """t as a contiguous float32 CPU tensor of ``shape`` (a copy only if it is not one already).
+    ``is_cpu``, not ``device.type``: this runs 7 times per call, and at batch 1 a step is ~30 us."""
+    if t.dtype != _F32 or not t.is_cpu or t.shape != shape:
         raise RuntimeError(f"small_batch: {name} must be a float32 CPU tensor of shape {tuple(shape)}, "
                            f"got {t.dtype} {tuple(t.shape)} on {t.device}")
     return t if t.is_contiguous() else t.contiguous()
@@ -165,18 +166,27 @@ SWITCH = "LSTM_FAST_CPU_SMALL_BATCH"
 #: call of :func:`use_for`, so a test or a server may set it at run time.
 SWITCH_VALUES = ("auto", "1", "0")
 
-#: Crossovers against the whole-sequence kernels (:mod:`.sequence`): (dtype, threads) -> list of
-#: (max_H, max_B for T == 1 calls, max_B for T > 1 calls), first entry with max_H >= H wins; H
-#: beyond the last entry: not chosen.
-#: NOT YET MEASURED as a committed results file. The measurement behind these entries: B=1, T=1,
-#: D=H in {256, 512, 1024}, 1 and 2 threads, interleaved on an idle machine (no results JSON yet):
-#: small-batch 19-1200 us against the sequence kernels' 276-7150 us per call. T > 1 is not chosen
-#: in auto: at B1 T35 H256 with a competing process on the other core the small-batch kernels ran
-#: 8x slower than the sequence kernels (their per-step barrier waits on a descheduled thread),
-#: and no quiet measurement of T > 1 exists yet.
+#: Crossovers against the whole-sequence kernels (:mod:`.sequence`; under CPU autocast bf16 with
+#: float32 weights, against the bf16 route): (key, threads, mode) -> list of (max_H, max_B for
+#: T == 1 calls, max_B for T > 1 calls), first entry with max_H >= H wins (H below 256 takes the
+#: 256 entry: not measured there); H beyond the last entry: not chosen. key "float32" or
+#: "autocast-bfloat16"; mode "inference" or "training" (forward + backward).
+#: From benchmarks/results/small-batch-crossovers.json (commit e00ed22, `python
+#: benchmarks/small_batch_crossovers.py --competitor --rounds 3`, all 252 rows and the 6
+#: competitor rows; `--table` prints this): small-batch chosen for (H, B) where its median beat
+#: the other route's at that B and every smaller B, at T = 1, or at both T = 35 and T = 1000 and
+#: (2 threads) also at B=1 T=35 with a busy competing process (float32 H=256 lost that, x3.7:
+#: the per-step barrier waits on a descheduled thread). Measured on the shared 2-core VM at load
+#: average 1.3-7.2 (other jobs ran): noisy, so entries are not monotone in H.
 CROSSOVERS = {
-    ("float32", 1): [(1024, 1, 0)],
-    ("float32", 2): [(1024, 1, 0)],
+    ("autocast-bfloat16", 1, "inference"): [(256, 8, 0), (512, 8, 0), (1024, 8, 0)],
+    ("autocast-bfloat16", 1, "training"): [(256, 2, 0), (512, 0, 0), (1024, 1, 0)],
+    ("autocast-bfloat16", 2, "inference"): [(256, 8, 1), (512, 8, 1), (1024, 8, 0)],
+    ("autocast-bfloat16", 2, "training"): [(256, 2, 1), (512, 0, 0), (1024, 0, 0)],
+    ("float32", 1, "inference"): [(256, 8, 2), (512, 8, 8), (1024, 8, 8)],
+    ("float32", 1, "training"): [(256, 2, 2), (512, 1, 1), (1024, 4, 1)],
+    ("float32", 2, "inference"): [(256, 8, 0), (512, 8, 8), (1024, 8, 8)],
+    ("float32", 2, "training"): [(256, 4, 0), (512, 4, 1), (1024, 4, 1)],
 }
 
 
@@ -191,8 +201,11 @@ def _threads() -> int:
     return min(torch.get_num_threads(), 2)
 
 
-def use_for(x, w_hh, lengths=None) -> bool:
-    """Whether a float32 CPU layer call should run on these kernels (see :data:`SWITCH`)."""
+def use_for(x, w_hh, lengths=None, autocast_dtype=None, training=False) -> bool:
+    """Whether a float32 CPU layer call should run on these kernels (see :data:`SWITCH`).
+    ``autocast_dtype`` bfloat16: the call is under CPU autocast with float32 weights (``x`` then
+    stands for the float32 operand): the ``"autocast-bfloat16"`` crossovers. ``training``: a
+    gradient will be wanted (forward and backward run here): the ``"training"`` crossovers."""
     mode = _mode()
     if mode == "0" or not available_for(x, w_hh):
         return False
@@ -203,7 +216,8 @@ def use_for(x, w_hh, lengths=None) -> bool:
     T, B = x.shape[0], x.shape[1]
     H = w_hh.shape[1]
     threads = _threads()
-    for max_h, max_b1, max_bseq in CROSSOVERS.get((str(x.dtype).replace("torch.", ""), threads), ()):
+    key = "autocast-bfloat16" if autocast_dtype == torch.bfloat16 else str(x.dtype).replace("torch.", "")
+    for max_h, max_b1, max_bseq in CROSSOVERS.get((key, threads, "training" if training else "inference"), ()):
         if H <= max_h:
             return B <= (max_b1 if T == 1 else max_bseq)
     return False

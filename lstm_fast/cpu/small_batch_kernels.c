@@ -25,7 +25,9 @@
  * The product: a 16-row block of W (16 units of one gate) times one vector v (K) is 16 zmm
  * accumulators over k in chunks of 16 (masked tail), then a register transpose and a fixed
  * summation tree: every gate of every unit is reduced in the same order whoever computes it, so
- * results are bitwise independent of the thread count. Gate pre-activation =
+ * results are bitwise independent of the thread count. Several vectors at once (the batch rows of
+ * a step, the T*B inputs of the input projection): dot16_multi loads each W chunk once for up to 4
+ * of them, each (row, vector) sum the same chain as dot16's. Gate pre-activation =
  * (W_hh h + W_ih x) + (b_ih + b_hh), float32 throughout. For T > 1 the input projection of a
  * thread's own rows for all T*B inputs runs before the loop (no barrier: the same thread uses it).
  *
@@ -36,7 +38,8 @@
  *   (zeros if none), out dh_0, dc_0; db (4H) zeros in, out the bias gradient (each thread owns its
  *   units). Per step: the cell gradients (threads own 16-unit blocks), a barrier,
  *   dh_{t-1} = dG_t W_hh (threads own 16-column blocks of dh and read their columns of every
- *   W_hh row: a fixed r order); one barrier per step (between the two: dh needs every dG_t).
+ *   W_hh row: a fixed r order; at B = 1 four 16-column blocks per pass over the rows, the same
+ *   order per column); one barrier per step (between the two: dh needs every dG_t).
  * available() -> bool: AVX-512 present.
  */
 #define PY_SSIZE_T_CLEAN
@@ -100,6 +103,67 @@ AVX512 INLINE __m512 dot16(const float *W, int64_t K, int64_t row0, int nvalid, 
     return reduce16(acc);
 }
 
+/* out[i] = dot16(W, K, row0, nvalid, v + i * ldv) for i < NB (NB <= 4 vectors, R * NB <= 16): the
+ * block's rows are read R at a time and each W chunk loaded once for all NB vectors (a W load per
+ * NB FMAs instead of per FMA: at B > 1 and for the input projection of T > 1 calls the kernel is
+ * bound by L1 load slots, not bandwidth). Every (row, vector) sum is the same single chain in k
+ * order as dot16's, then reduce16's tree: bitwise dot16's result. NB, R: compile-time constants
+ * at every call (the loops unroll, the accumulators stay in registers). */
+AVX512 INLINE void dot16_multi(const float *W, int64_t K, int64_t row0, int nvalid, const float *v, int64_t ldv,
+                               __m512 *out, const int NB, const int R) {
+    __m512 sums[4][16];
+    for (int u0 = 0; u0 < 16; u0 += R) {
+        const float *w[16];
+        for (int r = 0; r < R; ++r) w[r] = W + (row0 + (u0 + r < nvalid ? u0 + r : 0)) * K;
+        __m512 s[16][4];
+        for (int r = 0; r < R; ++r)
+            for (int i = 0; i < NB; ++i) s[r][i] = _mm512_setzero_ps();
+        int64_t k = 0;
+        for (; k + 16 <= K; k += 16) {
+            __m512 x[4];
+            for (int i = 0; i < NB; ++i) x[i] = _mm512_loadu_ps(v + i * ldv + k);
+            for (int r = 0; r < R; ++r) {
+                const __m512 wv = _mm512_loadu_ps(w[r] + k);
+                for (int i = 0; i < NB; ++i) s[r][i] = _mm512_fmadd_ps(wv, x[i], s[r][i]);
+            }
+        }
+        if (k < K) {
+            const __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+            __m512 x[4];
+            for (int i = 0; i < NB; ++i) x[i] = _mm512_maskz_loadu_ps(m, v + i * ldv + k);
+            for (int r = 0; r < R; ++r) {
+                const __m512 wv = _mm512_maskz_loadu_ps(m, w[r] + k);
+                for (int i = 0; i < NB; ++i) s[r][i] = _mm512_fmadd_ps(wv, x[i], s[r][i]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int i = 0; i < NB; ++i) sums[i][u0 + r] = s[r][i];
+    }
+    for (int i = 0; i < NB; ++i) out[i] = reduce16(sums[i]);
+}
+
+/* Rows read at a time for 2, 3, 4 vectors: 4 each (measured against 8, 2 and a 4/4/2 mix at
+ * B 2 and 4, H 256 and 1024: as fast or faster everywhere). */
+#define ROWS_2 4
+#define ROWS_3 4
+#define ROWS_4 4
+/* out[i] = dot16(W, K, row0, nvalid, v + i * ldv) for i < n (any n), four vectors at a time. */
+AVX512 static void dot16_many(const float *W, int64_t K, int64_t row0, int nvalid, const float *v, int64_t ldv,
+                              int64_t n, __m512 *out, int64_t out_stride) {
+    __m512 o[4];
+    for (int64_t i = 0; i < n; i += 4) {
+        const int64_t nb = n - i < 4 ? n - i : 4;
+        const float *vi = v + i * ldv;
+        switch (nb) {
+        case 1: o[0] = dot16(W, K, row0, nvalid, vi); break;
+        case 2: dot16_multi(W, K, row0, nvalid, vi, ldv, o, 2, ROWS_2); break;
+        case 3: dot16_multi(W, K, row0, nvalid, vi, ldv, o, 3, ROWS_3); break;
+        default: dot16_multi(W, K, row0, nvalid, vi, ldv, o, 4, ROWS_4); break;
+        }
+        for (int64_t j = 0; j < nb; ++j) out[(i + j) * out_stride] = o[j];
+    }
+}
+
 /* ---------------------------------------------------------------- forward */
 typedef struct {
     const float *X, *Wih, *Whh, *bih, *bhh, *h0, *c0;
@@ -136,12 +200,16 @@ AVX512 static void fwd_worker(void *arg) {
             const int64_t j0 = jb * 16;
             const int nv = H - j0 < 16 ? (int)(H - j0) : 16;
             const __mmask16 m = tail_mask(j0, H);
+            __m512 o[4];
             for (int q = 0; q < 4; ++q)
-                for (int64_t tb = 0; tb < T * B; ++tb)
-                    _mm512_mask_storeu_ps(XP + tb * G4 + q * H + j0, m, dot16(a->Wih, D, q * H + j0, nv, a->X + tb * D));
+                for (int64_t tb = 0; tb < T * B; tb += 4) {
+                    const int64_t n = T * B - tb < 4 ? T * B - tb : 4;
+                    dot16_many(a->Wih, D, q * H + j0, nv, a->X + tb * D, D, n, o, 1);
+                    for (int64_t i = 0; i < n; ++i) _mm512_mask_storeu_ps(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
+                }
         }
     }
-    __m512 pre[BCHUNK * 4];
+    __m512 pre[BCHUNK * 4], prex[BCHUNK * 4];
     for (int64_t t = 0; t < T; ++t) {
         const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
         const float *cp = t == 0 ? a->c0 : c_slot(a, t - 1);
@@ -152,15 +220,16 @@ AVX512 static void fwd_worker(void *arg) {
             const __mmask16 m = tail_mask(j0, H);
             for (int64_t b0 = 0; b0 < B; b0 += BCHUNK) {
                 const int64_t nbat = B - b0 < BCHUNK ? B - b0 : BCHUNK;
-                for (int q = 0; q < 4; ++q)
-                    for (int64_t i = 0; i < nbat; ++i)
-                        pre[i * 4 + q] = dot16(a->Whh, H, q * H + j0, nv, hp + (b0 + i) * H);
+                for (int q = 0; q < 4; ++q) {
+                    dot16_many(a->Whh, H, q * H + j0, nv, hp + b0 * H, H, nbat, pre + q, 4);
+                    if (T == 1) dot16_many(a->Wih, D, q * H + j0, nv, a->X + b0 * D, D, nbat, prex + q, 4);
+                }
                 for (int64_t i = 0; i < nbat; ++i) {
                     const int64_t b = b0 + i;
                     __m512 g[4];
                     for (int q = 0; q < 4; ++q) {
                         __m512 xp = T > 1 ? _mm512_maskz_loadu_ps(m, XP + (t * B + b) * G4 + q * H + j0)
-                                          : dot16(a->Wih, D, q * H + j0, nv, a->X + b * D);
+                                          : prex[i * 4 + q];
                         g[q] = _mm512_add_ps(_mm512_add_ps(pre[i * 4 + q], xp), bias16(a, q * H + j0, m));
                     }
                     __m512 I = v_sigmoid(g[0]), F = v_sigmoid(g[1]), Ct = v_tanh(g[2]), O = v_sigmoid(g[3]);
@@ -281,6 +350,31 @@ AVX512 static void bwd_dh(const bwd_args *a, int64_t t, int64_t n0) {
     }
 }
 
+/* B == 1: DH[0, n0..) for up to 4 column blocks at once (jb0.., nblk of them), each block's two
+ * chains (even r, odd r) exactly as bwd_dh's: bitwise its result. One broadcast of dG_t[r] then
+ * serves 4 column blocks (64 contiguous floats of the row), where bwd_dh at B = 1 would run its 4
+ * batch chains on the same row (4x the FMAs) on one 16-column line per row. */
+AVX512 static void bwd_dh1(const bwd_args *a, int64_t t, int64_t jb0, int nblk) {
+    const int64_t H = a->H, G4 = 4 * H;
+    if (a->len && t >= a->len[0]) return;
+    const float *d = a->dG + t * G4;
+    __mmask16 m[4];
+    __m512 s[4], u[4];
+    for (int c = 0; c < 4; ++c) {
+        m[c] = c < nblk ? tail_mask((jb0 + c) * 16, H) : (__mmask16)0;
+        s[c] = u[c] = _mm512_setzero_ps();
+    }
+    for (int64_t r = 0; r + 2 <= G4; r += 2) {   /* 4H is even: no r left */
+        const __m512 d0 = _mm512_set1_ps(d[r]), d1 = _mm512_set1_ps(d[r + 1]);
+        const float *w0 = a->Whh + r * H + jb0 * 16, *w1 = w0 + H;
+        for (int c = 0; c < 4; ++c) {
+            s[c] = _mm512_fmadd_ps(d0, _mm512_maskz_loadu_ps(m[c], w0 + 16 * c), s[c]);
+            u[c] = _mm512_fmadd_ps(d1, _mm512_maskz_loadu_ps(m[c], w1 + 16 * c), u[c]);
+        }
+    }
+    for (int c = 0; c < nblk; ++c) _mm512_mask_storeu_ps(a->DH + (jb0 + c) * 16, m[c], _mm512_add_ps(s[c], u[c]));
+}
+
 AVX512 static void bwd_worker(void *arg) {
     bwd_args *a = (bwd_args *)arg;
     team_t tm = team(a->nthreads);
@@ -291,7 +385,10 @@ AVX512 static void bwd_worker(void *arg) {
         sb_wait(&a->bar, tm.nth);
         /* no second barrier: step t-1's cell reads only this thread's DH, DC and writes dG[t-1],
          * which nobody reads before the next barrier */
-        for (int64_t jb = jlo; jb < jhi; ++jb) bwd_dh(a, t, jb * 16);
+        if (a->B == 1)
+            for (int64_t jb = jlo; jb < jhi; jb += 4) bwd_dh1(a, t, jb, jhi - jb < 4 ? (int)(jhi - jb) : 4);
+        else
+            for (int64_t jb = jlo; jb < jhi; ++jb) bwd_dh(a, t, jb * 16);
     }
 }
 #endif /* LSTM_X86 */

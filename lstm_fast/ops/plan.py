@@ -9,14 +9,18 @@ in :data:`IMPLEMENTATIONS` and one rule in :func:`plan_layer`.
 The rules, in order:
 
 1. Autocast on the input's device: x and h_0 in the autocast dtype (as nn.LSTM under autocast),
-   c_0 as given. On the CPU with bf16 and the native bf16 kernels (:mod:`lstm_fast.cpu.bf16_sequence`),
+   c_0 as given. 1a. CPU autocast to bf16 with float32 weights at the small batches where the
+   measured crossovers say so (:func:`lstm_fast.cpu.small_batch.use_for`): the float32
+   small-batch kernels on the rounded x, h_0 and the float32 weights as they are (no per-call
+   weight conversion), outputs in bf16 as nn.LSTM returns them. On the CPU with bf16 and the native bf16 kernels (:mod:`lstm_fast.cpu.bf16_sequence`),
    the weights are taken as they are (the kernels convert float32 weights as they pack them);
    otherwise the weights are cast too, then the rules below apply to the cast operands.
 2. bf16 on the CPU with the native bf16 kernels: those kernels.
 3. Other 16-bit operands on the CPU: the float32 implementation on exactly upcast operands
    (16-bit products are exact in float32), outputs cast back to the 16-bit dtype.
 4. float32 on the CPU: the small-batch kernels where their measured crossover table says they
-   win (:func:`lstm_fast.cpu.small_batch.use_for`, env ``LSTM_FAST_CPU_SMALL_BATCH``), else the
+   win (:func:`lstm_fast.cpu.small_batch.use_for`, env ``LSTM_FAST_CPU_SMALL_BATCH``; its
+   inference and training tables: training when grad mode is on and x or W_hh requires grad), else the
    whole-sequence AVX-512 kernels where this CPU has them (:mod:`lstm_fast.cpu.sequence`), else
    the stepwise implementation (also float64).
 5. CUDA (or ``backend="triton"``): the Triton implementation (:mod:`lstm_fast.triton_layer`).
@@ -124,9 +128,16 @@ def plan_layer(x, w_hh, backend, has_lengths=False, input_projection=False) -> L
     if device == "meta":        # shape inference, torch.device("meta") model building
         return LayerPlan("meta")
     chosen = resolve_backend(backend, device)
+    # a gradient will be wanted (the small-batch crossovers differ for training)
+    training = torch.is_grad_enabled() and (getattr(x, "requires_grad", False) or getattr(w_hh, "requires_grad", False))
     autocast_dtype, keep_weights = None, False
     if torch.is_autocast_enabled(device):
         autocast_dtype = torch.get_autocast_dtype(device)
+        if chosen == "cpu" and _small_batch_under_autocast(x, w_hh, autocast_dtype, training):
+            # rule 1a: x, h_0 rounded to the autocast dtype as nn.LSTM does, then the float32
+            # kernels on them and on the float32 weights as they are; outputs in bf16
+            return LayerPlan("cpu_small_batch", autocast_dtype, keep_weights=True, upcast=True,
+                             out_dtype=autocast_dtype, identity_input=input_projection)
         x = _like(x, autocast_dtype)
         keep_weights = chosen == "cpu" and autocast_dtype == torch.bfloat16 and _native_bf16(x, w_hh)
         if not keep_weights:
@@ -142,7 +153,7 @@ def plan_layer(x, w_hh, backend, has_lengths=False, input_projection=False) -> L
             x, w_hh = _like(x, torch.float32), _like(w_hh, torch.float32)
         if x.dtype not in _CPU_DTYPES:
             raise RuntimeError(f"backend='cpu' supports float32 and float64, got {x.dtype}")
-        if small_batch.use_for(x, w_hh):
+        if small_batch.use_for(x, w_hh, training=training):
             impl = "cpu_small_batch"
         elif sequence.available_for(x, w_hh):
             impl = "cpu_sequence"
@@ -160,6 +171,17 @@ def native_input_projection(dtype, device, shape, w_hh, backend="auto") -> bool:
     input, so it never trades a D-wide input GEMM for a 4H-wide one."""
     spec = _TensorSpec(dtype, torch.device(device), torch.Size(shape))
     return not plan_layer(spec, w_hh, backend, input_projection=True).identity_input
+
+
+def _small_batch_under_autocast(x, w_hh, autocast_dtype, training):
+    """Rule 1a: CPU autocast to bf16 with float32 weights, where the small-batch crossovers say
+    so (:func:`lstm_fast.cpu.small_batch.use_for` with ``autocast_dtype``; not when
+    ``LSTM_FAST_CPU_BF16=native`` forces the bf16 kernels). At batch 1 a step is bound by weight
+    bytes, and converting the float32 weights to bf16 on every call (what the other routes do)
+    costs more than the float32 step itself; float32 products are also the more accurate."""
+    if autocast_dtype != torch.bfloat16 or w_hh.dtype != torch.float32 or bf16_sequence.MODE == "native":
+        return False
+    return small_batch.use_for(_like(x, torch.float32), w_hh, autocast_dtype=autocast_dtype, training=training)
 
 
 def _native_bf16(x, w_hh):
