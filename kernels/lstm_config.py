@@ -194,19 +194,21 @@ def _ll_tile_bytes(cfg, itemsize):
 def _partial_candidates(hs, bb, kp, B, H, itemsize):
     """The backward's partial-sum layout at this partition (see HiddenSplitConfig.mc), with each
     protocol: W_S^T [KP, 4HS] in shared memory within SMEM_BUDGET beside the staged dG operand,
-    at most 4 chunks of MC = min(KP, 256) rows (the dot's M: wgmma's 64-row multiples), the
-    published words of one chunk ([BB, MC] x 8 B, as LL_TILE_BUDGET) and the words of one poll
-    ([BB, PC * HS] x 8 B, PC producers) within 32 KB of registers."""
+    at most 4 chunks of MC = min(KP, 256) rows (the dot's M: wgmma's 64-row multiples), one
+    chunk's published partial ([BB, MC]: 8-byte words for "ll", float32 for "counter") within
+    LL_TILE_BUDGET, and one poll ([BB, PC * HS] x 8 B, PC producers) within 32 KB of registers.
+    The cell tiles are not held beside W in registers here (W is in shared memory), so the column
+    layout's HS * BB <= 512 does not apply; MAX_TILE does."""
     mc = min(kp, PARTIAL_MC)
-    if kp // mc > 4 or 4 * hs * kp * itemsize + 4 * hs * bb * itemsize > SMEM_BUDGET or bb * mc * 8 > LL_TILE_BUDGET \
-            or hs * bb > 512:
+    if kp // mc > 4 or 4 * hs * kp * itemsize + 4 * hs * bb * itemsize > SMEM_BUDGET:
         return []
     n_h = -(-H // hs)
     pc = 1
     while pc < n_h and 2 * pc * hs * bb * 8 <= 32 * 1024:
         pc *= 2
     warps = 4 if 4 * hs * kp * itemsize <= 32 * 1024 and mc * bb <= 2048 else 8
-    return [HiddenSplitConfig(hs, bb, kp, num_warps=warps, protocol=p, mc=mc, pc=pc) for p in ("ll", "counter")]
+    return [HiddenSplitConfig(hs, bb, kp, num_warps=warps, protocol=p, mc=mc, pc=pc)
+            for p, word in (("ll", 8), ("counter", 4)) if bb * mc * word <= LL_TILE_BUDGET]
 
 
 def _candidates(B, H, itemsize, sm_count, precision, direction):

@@ -28,8 +28,8 @@ One step of one program on the critical path (all programs run the same step in 
 * **W stream** (the streamed variant only): the program's W_hh slice from L2 every step;
 * **stage**: the operand through shared memory (the dot reads it from there);
 * **dot**: the recurrent matmul at the padded tile sizes, at the tensor-core rate its instruction
-  gets (wgmma for the 16-bit forward with W on chip and for the partial-sum backward, whose W_S^T
-  is a loop-invariant shared-memory operand too; mma.sync otherwise, FMA for exact fp32);
+  gets (wgmma for the 16-bit and tf32 forward with W on chip and for the partial-sum backward,
+  whose W_S^T is a loop-invariant shared-memory operand too; mma.sync otherwise, FMA for exact fp32);
 * **cell**: activations, the cell update and the stores of h, c and the gates.
 """
 
@@ -135,7 +135,11 @@ def step_terms(cfg, B, H, itemsize, precision, direction):
     # the dot's per-step operand through shared memory: h_{t-1} / the four dG tiles, or (partial-sum
     # layout) the program's own [4*HS, BB] dG
     terms["stage"] = (4 * cfg.hs * cfg.bb if partial else gates * cfg.kp * cfg.bb) * itemsize / smem
-    wgmma = itemsize == 2 and cfg.stationary and (direction == "fwd" or partial)
+    # wgmma (HGMMA in the sm_90 SASS, benchmarks/sm90/*.json) where the stationary slice is the dot's A
+    # operand with M >= 64: the 16-bit and tf32 forward at 4*HS >= 64, the partial-sum backward at
+    # MC >= 64; the column-layout backward and smaller tiles get mma.sync (HMMA)
+    m_rows = cfg.mc if partial else 4 * cfg.hs
+    wgmma = cfg.stationary and (itemsize == 2 or precision == "tf32") and m_rows >= 64 and (direction == "fwd" or partial)
     terms["dot"] = 2 * 4 * cfg.hs * cfg.kp * cfg.bb / dot_flops_per_us(itemsize, precision, wgmma)
     terms["cell"] = value("cell_us")
     return terms
