@@ -195,10 +195,11 @@ def _partial_candidates(hs, bb, kp, B, H, itemsize):
     """The backward's partial-sum layout at this partition (see HiddenSplitConfig.mc), with each
     protocol: W_S^T [KP, 4HS] in shared memory within SMEM_BUDGET beside the staged dG operand,
     at most 4 chunks of MC = min(KP, 256) rows (the dot's M: wgmma's 64-row multiples), one
-    chunk's published partial ([BB, MC]: 8-byte words for "ll", float32 for "counter") within
-    LL_TILE_BUDGET, and one poll ([BB, PC * HS] x 8 B, PC producers) within 32 KB of registers.
-    The cell tiles are not held beside W in registers here (W is in shared memory), so the column
-    layout's HS * BB <= 512 does not apply; MAX_TILE does."""
+    chunk's published partial ([BB, MC] 8-byte words) within LL_TILE_BUDGET for both protocols
+    (BB <= 32 at MC 256: with BB 64 the float32 counter variant spilled 64 B (bf16 HS16) and 24 B
+    (tf32 HS8) in its persistent kernel with triton 3.9), and one poll ([BB, PC * HS] x 8 B, PC
+    producers) within 32 KB of registers. The cell tiles are not held beside W in registers here
+    (W is in shared memory), so the column layout's HS * BB <= 512 does not apply; MAX_TILE does."""
     mc = min(kp, PARTIAL_MC)
     if kp // mc > 4 or 4 * hs * kp * itemsize + 4 * hs * bb * itemsize > SMEM_BUDGET:
         return []
@@ -207,8 +208,9 @@ def _partial_candidates(hs, bb, kp, B, H, itemsize):
     while pc < n_h and 2 * pc * hs * bb * 8 <= 32 * 1024:
         pc *= 2
     warps = 4 if 4 * hs * kp * itemsize <= 32 * 1024 and mc * bb <= 2048 else 8
-    return [HiddenSplitConfig(hs, bb, kp, num_warps=warps, protocol=p, mc=mc, pc=pc)
-            for p, word in (("ll", 8), ("counter", 4)) if bb * mc * word <= LL_TILE_BUDGET]
+    if bb * mc * 8 > LL_TILE_BUDGET:
+        return []
+    return [HiddenSplitConfig(hs, bb, kp, num_warps=warps, protocol=p, mc=mc, pc=pc) for p in ("ll", "counter")]
 
 
 def _candidates(B, H, itemsize, sm_count, precision, direction):

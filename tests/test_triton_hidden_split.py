@@ -262,6 +262,10 @@ def test_dispatcher_partition():
     bf16 = c.pick_plan(32, 1024, torch.bfloat16, "cpu", 132)
     assert bf16.path == "hidden_split" and 4 * bf16.config.hs >= 64      # wgmma-sized M
     assert c.pick_plan(32, 256, torch.float32, "cuda", 132, direction="bwd").path == "hidden_split"  # tf32
+    for dtype in (torch.bfloat16, torch.float32):   # the backward keeps its slice on chip at H 1024: partial sums
+        bwd = c.pick_plan(32, 1024, dtype, "cuda", 132, direction="bwd")
+        assert bwd.path == "hidden_split" and bwd.config.stationary and bwd.config.mc >= 64, bwd
+        assert bwd.config.kp // bwd.config.mc <= 4 and bwd.config.mc * bwd.config.bb * 8 <= c.LL_TILE_BUDGET
     assert c.pick_plan(512, 1024, torch.bfloat16, "cpu", 132).path == "batch_tiled"
     assert c.pick_plan(32, 256, torch.float32, "cpu", 132, square=False).path == "batch_tiled"
     assert c.pick_plan(32, 1024, torch.bfloat16, "cpu", sm_count=8).path == "batch_tiled"   # grid too big
