@@ -175,7 +175,7 @@ def _tag(p):
     if p.path != "hidden_split":
         return "batch_tiled"
     c = p.config
-    return f"{c.protocol}{'' if c.stationary else '*'} hs{c.hs} bb{c.bb}"
+    return f"{c.protocol}{'' if c.stationary else '*'} hs{c.hs} bb{c.bb}" + (f" P{c.mc}" if c.mc else "")
 
 
 def _table(name, t):

@@ -19,7 +19,8 @@ Rows (one per kernel and configuration): kernel, path ("hidden_split" / "batch_t
 dtype, precision, B, H, config, registers, shared_bytes, spill_bytes (local memory and stack),
 ldl_stl (count in the SASS), w_loads_in_time_loop (loads of W_hh inside the outermost loop of a
 persistent kernel: W loads carry an evict-last hint, so they are told apart in SASS as ``LDG...EL``),
-protocol (hidden-split step exchange: "ll" or "counter"), atomics_in_time_loop (ATOM/ATOMG/RED
+protocol (hidden-split step exchange: "ll" or "counter"; the backward's config MC > 0 is its
+partial-sum layout, ``_partial<MC>`` in the SASS file's name), atomics_in_time_loop (ATOM/ATOMG/RED
 instructions inside that loop: 0 for "ll", whose waits poll with plain volatile loads), mma,
 triton, commit. The "ll" exchange's init kernel (``_ll_init_kernel``) has rows too. Exit status 1 when any row spills, has LDL/STL or needs more than 227 KB of shared memory.
 Runs without TRITON_INTERPRET (the interpreter replaces @triton.jit functions).
@@ -256,7 +257,7 @@ def main(argv=None):
         kdir = "bwd" if "bwd" in fn.__name__ else "fwd" if "fwd" in fn.__name__ else \
             "init" if fn.__name__ == "_ll_init_kernel" else "gemm"
         variant = ("" if kwargs.get("SAVE", True) else "_nosave") + ("" if kwargs.get("STATIONARY", True) else "_streamed") \
-            + (f"_{kwargs['PROTOCOL']}" if "PROTOCOL" in kwargs else "") + (f"_G{kwargs['GATES']}" if "GATES" in kwargs else "")
+            + (f"_partial{kwargs['MC']}" if kwargs.get("MC") else "") + (f"_{kwargs['PROTOCOL']}" if "PROTOCOL" in kwargs else "") + (f"_G{kwargs['GATES']}" if "GATES" in kwargs else "")
         tag = f"{path}_{kdir}{variant}_{driver}_{SHORT[dname]}_{precision}_B{B}_H{H}".replace("_-_", "_")
         if path == "matmul":
             tag += f"_BM{kwargs['BM']}_BN{kwargs['BN']}"

@@ -114,15 +114,11 @@ def ll_publish(X_slot, stride_x_b, gate_word0, vals, rows, rmask, HW, tag,
 
 
 @triton.jit
-def ll_wait_read(X_slot, stride_x_b, gate_word0, rows, rmask, HW, tag, err, failed, max_spins,
-                 NWP: tl.constexpr, DT: tl.constexpr, BITS: tl.constexpr):
-    """All of one gate row (every program's slice) for this program's rows, once every word
-    carries ``tag``: ([BB, NWP * 32 // BITS] values of dtype DT, zero past H; failed). Polls with
-    volatile loads (re-reading only the words still stale), at most ``max_spins`` times; then
-    sets ``err`` and returns failed = 1 (the data are then not valid; the launcher raises)."""
-    wi = tl.arange(0, NWP)
-    ptrs = X_slot + rows[:, None] * stride_x_b + gate_word0 + wi[None, :]
-    need = rmask[:, None] & (wi < HW)[None, :]
+def ll_poll(ptrs, need, tag, err, failed, max_spins, DT: tl.constexpr, BITS: tl.constexpr):
+    """The words at ``ptrs`` (a [R, NW] tile, ``need`` its mask) once every needed one carries
+    ``tag``: ([R, NW * 32 // BITS] values of dtype DT, zero where not needed; failed). Polls with
+    volatile loads (re-reading only the words still stale), at most ``max_spins`` times; then sets
+    ``err`` and returns failed = 1 (the data are then not valid; the launcher raises)."""
     w = tl.load(ptrs, mask=need, other=0, volatile=True)
     stale = need & ((w >> 32) != tag)
     n_stale = tl.sum(stale.to(tl.int32))
@@ -135,6 +131,18 @@ def ll_wait_read(X_slot, stride_x_b, gate_word0, rows, rmask, HW, tag, err, fail
     timed_out = n_stale > 0
     tl.store(err, 1, mask=timed_out)
     return ll_unpack(w, DT, BITS), tl.where(timed_out, 1, failed)
+
+
+@triton.jit
+def ll_wait_read(X_slot, stride_x_b, gate_word0, rows, rmask, HW, tag, err, failed, max_spins,
+                 NWP: tl.constexpr, DT: tl.constexpr, BITS: tl.constexpr):
+    """All of one gate row (every program's slice) for this program's rows, once every word
+    carries ``tag`` (:func:`ll_poll`): ([BB, NWP * 32 // BITS] values of dtype DT, zero past H;
+    failed)."""
+    wi = tl.arange(0, NWP)
+    ptrs = X_slot + rows[:, None] * stride_x_b + gate_word0 + wi[None, :]
+    need = rmask[:, None] & (wi < HW)[None, :]
+    return ll_poll(ptrs, need, tag, err, failed, max_spins, DT, BITS)
 
 
 @triton.jit

@@ -142,11 +142,14 @@ LL_TILE_BUDGET = 64 * 1024
 # it lives in registers beside that tile: W + words <= 64 KB compiled without spills (16-bit and
 # tf32), 96 KB spilled; exact fp32 (FMA) dots spilled with any tile, so they never use "ll".
 LL_REG_BUDGET = 64 * 1024
+PARTIAL_MC = 256                  # rows of W_S^T per stationary chunk of the backward's partial-sum layout
 
 forced_path = None                # tests: "hidden_split" or "batch_tiled" overrides pick_plan
 forced_driver = None              # tests: "step" or "persistent" overrides the hidden-split driver
 forced_streamed = False           # tests: with forced_path, stream W_hh instead of keeping it on chip
 forced_protocol = None            # tests, gpu_check: "ll" or "counter" overrides the hidden-split step protocol
+forced_mc = None                  # tests: (mc, pc) puts a forced stationary backward in the partial-sum layout
+                                  # with chunks of min(mc, KP) rows (at least KP / 4), pc producers a poll
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,10 @@ class HiddenSplitConfig:
     stationary: bool = True   # W_hh slice on chip for all T; False: streamed from L2 in chunks
     bk: int = 32              # K chunk of the streamed variant
     protocol: str = "ll"      # step exchange (kernels/grid_sync.py): "ll" words (stationary only) or "counter"
+    mc: int = 0               # backward only: 0 = column layout (dG exchanged); > 0 = partial-sum layout
+                              # (kernels/lstm_bwd_hidden_split.py): the row slice held as KP // mc <= 4
+                              # chunks of mc rows of W_S^T (the dot's M), float32 partials exchanged
+    pc: int = 1               # partial-sum layout: producers whose partials one poll reads (power of two)
 
     def grid(self, B, H):
         return (-(-H // self.hs), -(-B // self.bb))
@@ -182,6 +189,28 @@ def _pow2(n, lo=16):
 def _ll_tile_bytes(cfg, itemsize):
     """Bytes of the tagged words one "ll" poll holds in registers: [BB, KP * bits / 32] words."""
     return cfg.bb * (cfg.kp * itemsize * 8 // 32) * 8
+
+
+def _partial_candidates(hs, bb, kp, B, H, itemsize):
+    """The backward's partial-sum layout at this partition (see HiddenSplitConfig.mc), with each
+    protocol: W_S^T [KP, 4HS] in shared memory within SMEM_BUDGET beside the staged dG operand,
+    at most 4 chunks of MC = min(KP, 256) rows (the dot's M: wgmma's 64-row multiples), one
+    chunk's published partial ([BB, MC] 8-byte words) within LL_TILE_BUDGET for both protocols
+    (BB <= 32 at MC 256: with BB 64 the float32 counter variant spilled 64 B (bf16 HS16) and 24 B
+    (tf32 HS8) in its persistent kernel with triton 3.9), and one poll ([BB, PC * HS] x 8 B, PC
+    producers) within 32 KB of registers. The cell tiles are not held beside W in registers here
+    (W is in shared memory), so the column layout's HS * BB <= 512 does not apply; MAX_TILE does."""
+    mc = min(kp, PARTIAL_MC)
+    if kp // mc > 4 or 4 * hs * kp * itemsize + 4 * hs * bb * itemsize > SMEM_BUDGET:
+        return []
+    n_h = -(-H // hs)
+    pc = 1
+    while pc < n_h and 2 * pc * hs * bb * 8 <= 32 * 1024:
+        pc *= 2
+    warps = 4 if 4 * hs * kp * itemsize <= 32 * 1024 and mc * bb <= 2048 else 8
+    if bb * mc * 8 > LL_TILE_BUDGET:
+        return []
+    return [HiddenSplitConfig(hs, bb, kp, num_warps=warps, protocol=p, mc=mc, pc=pc) for p in ("ll", "counter")]
 
 
 def _candidates(B, H, itemsize, sm_count, precision, direction):
@@ -212,7 +241,9 @@ def _candidates(B, H, itemsize, sm_count, precision, direction):
                     if not fma and ll <= LL_TILE_BUDGET and (not w_in_registers or ll + w_bytes <= LL_REG_BUDGET):
                         stationary.append(dataclasses.replace(
                             cfg, protocol="ll", num_warps=8 if ll > 32 * 1024 else warps))
-                elif hs >= 16 and not fma:
+                if direction == "bwd" and not fma:
+                    stationary += _partial_candidates(hs, bb, kp, B, H, itemsize)
+                if not fits and hs >= 16 and not fma:
                     # 8 warps and 32-wide K chunks: 4 warps or 64-wide chunks spilled on sm_90; so did
                     # slices under 16 units (a dot M below the MMA's 16 rows) and exact fp32 (FMA) dots
                     streamed.append(HiddenSplitConfig(hs, bb, kp, num_warps=8, stationary=False, bk=32,
@@ -268,6 +299,8 @@ def pick_plan(B, H, dtype, device_type, sm_count=H100_SM_COUNT, square=True, dir
         hs = dataclasses.replace(hs, stationary=False, num_warps=8, bk=32, protocol="counter")
     if hs is not None and forced_protocol and (hs.stationary or forced_protocol == "counter"):
         hs = dataclasses.replace(hs, protocol=forced_protocol)
+    if hs is not None and forced_path and forced_mc and direction == "bwd" and hs.stationary:
+        hs = dataclasses.replace(hs, mc=max(hs.kp // 4, min(forced_mc[0], hs.kp)), pc=forced_mc[1])
     if hs is not None:
         return LSTMPlan("hidden_split", hs, precision)
     return LSTMPlan("batch_tiled", pick_config(B, H, dtype, precision), precision)

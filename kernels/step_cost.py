@@ -21,10 +21,15 @@ One step of one program on the critical path (all programs run the same step in 
     atomic (one), the arrivals of the n_h programs of the batch block serialised on one L2 line,
     the acquire poll that sees the last one (one round trip), then the load of the payload (one
     round trip plus bytes over bandwidth), plus two CTA barriers;
+  - the backward's partial-sum layout (``cfg.mc > 0``): each program *writes* its float32 partial
+    for all H columns (B x H values, as words under "ll") and reads its HS columns of every
+    producer's, PC producers a poll: the bytes both ways over the SM's L2 share, one extra round
+    trip per further poll of the sequential poll loop, one CTA reduction per poll ("ll");
 * **W stream** (the streamed variant only): the program's W_hh slice from L2 every step;
 * **stage**: the operand through shared memory (the dot reads it from there);
 * **dot**: the recurrent matmul at the padded tile sizes, at the tensor-core rate its instruction
-  gets (wgmma for the 16-bit forward with W on chip, mma.sync otherwise, FMA for exact fp32);
+  gets (wgmma for the 16-bit and tf32 forward with W on chip and for the partial-sum backward,
+  whose W_S^T is a loop-invariant shared-memory operand too; mma.sync otherwise, FMA for exact fp32);
 * **cell**: activations, the cell update and the stores of h, c and the gates.
 """
 
@@ -102,6 +107,15 @@ def exchange_us(cfg, B, H, itemsize, direction):
     bw = per_sm_l2_bytes_per_us(n_h * n_b)
     gates = 4 if direction == "bwd" else 1
     rows = min(cfg.bb, B)
+    if getattr(cfg, "mc", 0):
+        acc = 8 if itemsize == 8 else 4
+        polls = -(-n_h // cfg.pc)
+        per_value = 8 * ll_row_words(1, acc) if cfg.protocol == "ll" else acc   # a word (two for float64) or the value
+        both_ways = 2 * rows * H * per_value                  # its partial written, its columns of all partials read
+        if cfg.protocol == "ll":
+            return 1.5 * lat + (polls - 1) * lat + both_ways / bw + polls * value("cta_sync_us")
+        return 4 * lat + (polls - 1) * lat + n_h * value("same_line_atomic_ns") * 1e-3 + both_ways / bw + \
+            2 * value("cta_sync_us")
     if cfg.protocol == "ll":
         words = gates * rows * ll_row_words(H, itemsize) * 8
         return 1.5 * lat + words / bw + gates * value("cta_sync_us")
@@ -114,11 +128,18 @@ def step_terms(cfg, B, H, itemsize, precision, direction):
     n_h, n_b = cfg.grid(B, H)
     bw = per_sm_l2_bytes_per_us(n_h * n_b)
     gates = 4 if direction == "bwd" else 1
+    partial = direction == "bwd" and getattr(cfg, "mc", 0) > 0
     terms = {"exchange": exchange_us(cfg, B, H, itemsize, direction)}
     terms["w_stream"] = 0.0 if cfg.stationary else 4 * cfg.hs * H * itemsize / bw + -(-H // cfg.bk) * value("chunk_us")
     smem = value("smem_bytes_per_clk") * value("clock_ghz") * 1e3
-    terms["stage"] = gates * cfg.kp * cfg.bb * itemsize / smem
-    wgmma = direction == "fwd" and itemsize == 2 and cfg.stationary
+    # the dot's per-step operand through shared memory: h_{t-1} / the four dG tiles, or (partial-sum
+    # layout) the program's own [4*HS, BB] dG
+    terms["stage"] = (4 * cfg.hs * cfg.bb if partial else gates * cfg.kp * cfg.bb) * itemsize / smem
+    # wgmma (HGMMA in the sm_90 SASS, benchmarks/sm90/*.json) where the stationary slice is the dot's A
+    # operand with M >= 64: the 16-bit and tf32 forward at 4*HS >= 64, the partial-sum backward at
+    # MC >= 64; the column-layout backward and smaller tiles get mma.sync (HMMA)
+    m_rows = cfg.mc if partial else 4 * cfg.hs
+    wgmma = cfg.stationary and (itemsize == 2 or precision == "tf32") and m_rows >= 64 and (direction == "fwd" or partial)
     terms["dot"] = 2 * 4 * cfg.hs * cfg.kp * cfg.bb / dot_flops_per_us(itemsize, precision, wgmma)
     terms["cell"] = value("cell_us")
     return terms

@@ -1,7 +1,7 @@
 """Every kernel the dispatcher can launch builds for an H100 (sm_90a), as a real launch
 specialises it, with no spills, no local memory, shared memory within 227 KB; the hidden-split
-kernels with W_hh on chip load it only before their time loop, and their 16-bit forward uses Hopper's wgmma
-(HGMMA); the "ll" step protocol's persistent time loops hold no atomic instruction at all (their
+kernels with W_hh on chip load it only before their time loop, and their 16-bit forward and the
+backward's partial-sum layout (16-bit and tf32) use Hopper's wgmma (HGMMA); the "ll" step protocol's persistent time loops hold no atomic instruction at all (their
 waits poll with plain volatile loads), while the "counter" fallback's do (the check can fail).
 Runs the project's own ``benchmarks/sm90_report.py`` (no GPU needed, a few minutes)."""
 import importlib.util
@@ -73,6 +73,19 @@ def test_16bit_hidden_split_forward_uses_wgmma(report):
     assert fwd16 and all(r["mma"] == "HGMMA" for r in fwd16), [(r["sass"], r["mma"]) for r in fwd16]
 
 
+def test_partial_sum_backward_keeps_w_on_chip_as_a_wgmma_operand(report):
+    """The backward's partial-sum layout (config MC > 0) is what keeps its slice on chip at H 1024:
+    rows exist for bf16 and tf32 there, every one uses wgmma (HGMMA, W_S^T from shared memory),
+    and (the persistent ones) loads W only before the time loop."""
+    _, rows, _ = report
+    partial = [r for r in rows if r["path"] == "hidden_split" and r["direction"] == "bwd" and r["config"].get("MC")]
+    for dtype in ("bfloat16", "float32"):
+        assert any(r["dtype"] == dtype and r["H"] == 1024 and r["stationary"] for r in partial), dtype
+    assert all(r["mma"] == "HGMMA" for r in partial if r["dtype"] in ("bfloat16", "float16")
+               or r["precision"] == "tf32"), [(r["sass"], r["mma"]) for r in partial]
+    assert all(r["w_loads_in_time_loop"] == 0 for r in partial if r["driver"] == "persistent")
+
+
 def test_ll_time_loops_have_no_atomics_and_every_protocol_is_reported(report):
     _, rows, _ = report
     persistent = [r for r in rows if r["path"] == "hidden_split" and r["driver"] == "persistent"
@@ -104,4 +117,6 @@ def test_rows_for_every_plan_the_dispatcher_returns(report):
                        and r["dtype"] == short[str(dtype)] and r["precision"] == precision
                        and r["config"]["HS"] == cfg.hs and r["config"]["BB"] == cfg.bb
                        and r["protocol"] == cfg.protocol and r["stationary"] == cfg.stationary
+                       and r["config"].get("MC", 0) == cfg.mc and r["config"].get("PC", 1) == cfg.pc
+                       and r["config"]["num_warps"] == cfg.num_warps
                        for r in rows), (direction, cfg, dtype, precision, B, H, driver)

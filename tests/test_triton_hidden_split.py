@@ -8,6 +8,7 @@ each step everything it must not read is poisoned: the h / dG rows not yet writt
 the exchange slot it writes holds words tagged -1 (a read of them times out, which raises). The
 persistent driver (its waits included) runs with one program per batch block. Forward, final states
 and every gradient against nn.LSTM."""
+import dataclasses
 import importlib.util
 import os
 
@@ -30,7 +31,8 @@ def plan(monkeypatch):
     """``plan(path, driver)``: force the kernel path and hidden-split driver for this test."""
     from lstm_fast.kernels import lstm_bwd_hidden_split, lstm_config, lstm_fwd_hidden_split
 
-    def force(path, driver=None, poison=True, streamed=False, protocol=None):
+    def force(path, driver=None, poison=True, streamed=False, protocol=None, mc=None):
+        monkeypatch.setattr(lstm_config, "forced_mc", mc)
         monkeypatch.setattr(lstm_config, "forced_path", path)
         monkeypatch.setattr(lstm_config, "forced_driver", driver)
         monkeypatch.setattr(lstm_config, "forced_streamed", streamed)
@@ -82,6 +84,56 @@ def test_hidden_split_odd_H520(dtype, protocol, plan):
     _against_nn_lstm(2, 3, 5, 520, dtype)
 
 
+# The backward's partial-sum layout (HiddenSplitConfig.mc > 0): chunks of 64 rows of W_S^T (at least
+# KP / 4: H 130 -> 4 chunks, H 520 -> 4 of 256, H 33 -> 1), 4 producers a poll (several polls a step).
+PARTIAL = (64, 4)
+
+
+@pytest.mark.parametrize("protocol", ["ll", "counter"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("T,B,D,H", [
+    pytest.param(3, 5, 4, 130, id="T3-B5-D4-H130"),       # 33 programs, a partial last slice, 4 chunks of 64
+    pytest.param(2, 3, 5, 520, id="T2-B3-D5-H520"),       # K padded to 1024: 4 chunks of 256, 33 polls
+    pytest.param(2, 17, 3, 33, id="T2-B17-D3-H33"),       # two batch blocks, one chunk
+    pytest.param(4, 1, 2, 1, id="T4-B1-D2-H1"),
+])
+def test_partial_sum_backward_step_driver_matches_nn_lstm(T, B, D, H, dtype, protocol, plan):
+    """The partial-sum backward over the real multi-program partition: every step's exchange slot
+    it writes poisoned (ll: words tagged -1, which time out if read; counter: NaN), the dG rows
+    not yet written NaN; every output and gradient against nn.LSTM."""
+    plan("hidden_split", "step", protocol=protocol, mc=PARTIAL)
+    _against_nn_lstm(T, B, D, H, dtype)
+
+
+def test_partial_sum_layout_is_the_one_tested(plan):
+    """The forced partial-sum plan at H 130 really has several programs, four stationary chunks and
+    several polls per step; the forward keeps its own (row) layout without mc."""
+    from lstm_fast.kernels import lstm_config
+
+    plan("hidden_split", "step", protocol="ll", mc=PARTIAL)
+    cfg = lstm_config.pick_plan(5, 130, torch.float32, "cpu", direction="bwd").config
+    n_h = cfg.grid(5, 130)[0]
+    assert cfg.mc == 64 and cfg.kp // cfg.mc == 4 and n_h > cfg.pc > 1 and cfg.protocol == "ll"
+    assert lstm_config.pick_plan(5, 130, torch.float32, "cpu", direction="fwd").config.mc == 0
+
+
+def test_partial_sum_layout_poison_is_read_when_wrong(plan, monkeypatch):
+    """The poisoning can fail the test: a step that read the slot it is about to write (here: the
+    kernel's read slot swapped by shifting the tag) times out and raises."""
+    from lstm_fast.kernels import grid_sync, lstm_bwd_hidden_split
+
+    monkeypatch.setattr(grid_sync, "MAX_SPINS", 20)
+    plan("hidden_split", "step", protocol="ll", mc=PARTIAL)
+    real = lstm_bwd_hidden_split._hs_bwd_step_kernel
+
+    class Shifted:        # launches step 0 as if it were step 1: it polls the slot step 0 writes, poisoned
+        def __getitem__(self, grid):
+            return lambda *a, **k: real[grid](*a[:8], a[8] + (a[8] == 0), *a[9:], **k)
+    monkeypatch.setattr(lstm_bwd_hidden_split, "_hs_bwd_step_kernel", Shifted())
+    with pytest.raises(RuntimeError, match="step wait timed out"):
+        _against_nn_lstm(2, 3, 2, 40, torch.float32)
+
+
 def test_step_driver_uses_the_partition_it_claims(plan):
     """The forced plan at H = 130 really splits H over several programs (else the step tests
     would not exercise the exchange between programs)."""
@@ -92,10 +144,11 @@ def test_step_driver_uses_the_partition_it_claims(plan):
     assert p.path == "hidden_split" and p.config.protocol == "ll" and p.config.grid(5, 130)[0] > 1
 
 
-@pytest.mark.parametrize("streamed,protocol", VARIANTS)
+@pytest.mark.parametrize("streamed,protocol,mc", [pytest.param(*v.values, 0, id=v.id) for v in VARIANTS] + [
+    pytest.param(False, "ll", 16, id="partial-sum-ll"), pytest.param(False, "counter", 16, id="partial-sum-counter")])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("B", [3, 20], ids=["B3", "B20-two-blocks"])
-def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol):
+def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol, mc):
     """The persistent kernels (grid barrier, W and c/dc held across steps) with one program per
     batch block (all the interpreter can run without deadlock), against the step driver and the
     batch-tiled kernels."""
@@ -106,6 +159,7 @@ def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol):
     T, H = 4, 24
     cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, stationary=not streamed, bk=16,   # one program: all of H
                                         protocol=protocol)
+    bwd_cfg = dataclasses.replace(cfg, mc=mc) if mc else cfg        # mc 16: two chunks of W_S^T
     xg = torch.randn(T, B, 4 * H, dtype=dtype)
     w = torch.randn(4 * H, H, dtype=dtype) * 0.3
     h0, c0 = torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=dtype)
@@ -115,7 +169,7 @@ def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol):
     for driver in ("persistent", "step"):
         Y, C, G = lstm_fwd_hidden_split(xg, h0, c0.to(acc), w, True, cfg, "ieee", driver)
         Yn, Cn, _ = lstm_fwd_hidden_split(xg, h0, c0.to(acc), w, False, cfg, "ieee", driver)
-        dG, dh0, dc0 = lstm_bwd_hidden_split(dY, dh_n, dc_n, w, G, C, cfg, "ieee", driver)
+        dG, dh0, dc0 = lstm_bwd_hidden_split(dY, dh_n, dc_n, w, G, C, bwd_cfg, "ieee", driver)
         results[driver] = [Y, C, G, Yn, Cn[-1], dG, dh0, dc0]
     lstm_config.forced_path = "batch_tiled"
     try:
@@ -130,7 +184,7 @@ def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol):
         assert_close(p, b.to(p.dtype), dtype, f"{name}: persistent vs batch-tiled")
 
 
-@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("direction", ["fwd", "bwd", "bwd-partial-sum"])
 @pytest.mark.parametrize("protocol", ["ll", "counter"])
 def test_persistent_wait_timeout_raises_instead_of_hanging(protocol, direction, monkeypatch):
     """Two hidden slices under the interpreter: program 0 waits for program 1, which (programs run
@@ -150,6 +204,8 @@ def test_persistent_wait_timeout_raises_instead_of_hanging(protocol, direction, 
             lstm_fwd_hidden_split(xg, zeros, zeros, w, True, two, "ieee", "persistent")
     else:
         Y, C, G = lstm_fwd_hidden_split(xg, zeros, zeros, w, True, one, "ieee", "persistent")
+        if direction == "bwd-partial-sum":
+            two = dataclasses.replace(two, mc=16, pc=1)
         with pytest.raises(RuntimeError, match="step wait timed out"):
             lstm_bwd_hidden_split(torch.randn(T, B, H), None, None, w, G, C, two, "ieee", "persistent")
 
@@ -206,6 +262,10 @@ def test_dispatcher_partition():
     bf16 = c.pick_plan(32, 1024, torch.bfloat16, "cpu", 132)
     assert bf16.path == "hidden_split" and 4 * bf16.config.hs >= 64      # wgmma-sized M
     assert c.pick_plan(32, 256, torch.float32, "cuda", 132, direction="bwd").path == "hidden_split"  # tf32
+    for dtype in (torch.bfloat16, torch.float32):   # the backward keeps its slice on chip at H 1024: partial sums
+        bwd = c.pick_plan(32, 1024, dtype, "cuda", 132, direction="bwd")
+        assert bwd.path == "hidden_split" and bwd.config.stationary and bwd.config.mc >= 64, bwd
+        assert bwd.config.kp // bwd.config.mc <= 4 and bwd.config.mc * bwd.config.bb * 8 <= c.LL_TILE_BUDGET
     assert c.pick_plan(512, 1024, torch.bfloat16, "cpu", 132).path == "batch_tiled"
     assert c.pick_plan(32, 256, torch.float32, "cpu", 132, square=False).path == "batch_tiled"
     assert c.pick_plan(32, 1024, torch.bfloat16, "cpu", sm_count=8).path == "batch_tiled"   # grid too big
