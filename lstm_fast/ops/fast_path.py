@@ -34,6 +34,7 @@ Two ways to run:
 Both give bitwise the general path's outputs, states and gradients (tests/test_plain_call.py).
 """
 import os
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,7 +43,17 @@ from torch.nn import Parameter
 from ..cpu import small_batch, workspace
 from .autograd import FusedLSTMFunction, apply_layer, differentiable_backward
 from .backends import resolve_backend
-from .plan import _TensorSpec, plan_layer
+from .plan import plan_layer
+
+
+class _Spec(NamedTuple):
+    """What :func:`plan_layer` reads of a tensor (dtype, device, shape, and requires_grad for its
+    training/inference crossovers), without one. ``requires_grad`` is the key's "a gradient is
+    wanted" (grad mode on and the input or ``weight_hh_l0`` requiring grad) for every layer."""
+    dtype: torch.dtype
+    device: torch.device
+    shape: torch.Size
+    requires_grad: bool
 
 #: key -> plan tuple, or None where the key's calls take the general path. Bounded: a program
 #: with more distinct call shapes than this starts again from empty.
@@ -86,7 +97,8 @@ def plain_forward(module, input, hx):
     try:
         key = (type(module), input.dtype, input.shape, hx is None, module.num_layers, module.bidirectional,
                module.proj_size, module.batch_first, module.input_size, module.hidden_size, module.bias,
-               module.backend, module.dropout > 0 and module.training, _num_threads(), _env_get(_SWITCH_KEY))
+               module.backend, module.dropout > 0 and module.training, _num_threads(), _env_get(_SWITCH_KEY),
+               _grad_enabled() and (input.requires_grad or module.weight_hh_l0.requires_grad))
         plan = _PLANS.get(key, _MISSING)
     except TypeError:       # an option of a type that cannot be hashed: the general path
         return None
@@ -107,7 +119,7 @@ def plain_forward(module, input, hx):
 def _make_plan(module, input, hx, key):
     """The decisions for ``key`` (checks that depend only on it done here, once), or None."""
     try:
-        plan = _decide(module, input, hx)
+        plan = _decide(module, input, hx, key)
     except (RuntimeError, ValueError, TypeError):     # e.g. an unavailable backend: the general path says so
         plan = None
     if len(_PLANS) >= MAX_PLANS:
@@ -116,7 +128,7 @@ def _make_plan(module, input, hx, key):
     return plan
 
 
-def _decide(module, input, hx):
+def _decide(module, input, hx, key):
     if module.proj_size != 0 or (module.dropout > 0 and module.training and module.num_layers > 1):
         return None
     if not isinstance(module.backend, str) or resolve_backend(module.backend, "cpu") != "cpu":
@@ -143,11 +155,12 @@ def _decide(module, input, hx):
     state_shape = (n, B, H) if batched else (n, H)     # int tuples: torch.empty(*shape) parses fastest
     dt = input.dtype
     cpu = torch.device("cpu")
+    training = key[-1]      # the plan's small-batch crossovers differ when a gradient is wanted
     impls, weights = [], []
     for layer in range(L):
         d_in = D if layer == 0 else dirs * H
-        lp = plan_layer(_TensorSpec(dt, cpu, torch.Size((T, B, d_in))), _TensorSpec(dt, cpu, torch.Size((4 * H, H))),
-                        module.backend)
+        lp = plan_layer(_Spec(dt, cpu, torch.Size((T, B, d_in)), training),
+                        _Spec(dt, cpu, torch.Size((4 * H, H)), training), module.backend)
         if lp.autocast_dtype is not None or lp.upcast or lp.segments or lp.identity_input or lp.out_dtype:
             return None
         impls.append(lp.module)
