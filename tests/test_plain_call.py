@@ -308,3 +308,26 @@ def test_plan_cache_holds_no_tensor():
                 yield from tensors(v)
     for key, plan in fast_path._PLANS.items():
         assert not list(tensors(key)) and not list(tensors(plan))
+
+
+@pytest.mark.parametrize("B", [1, 4, 8], ids=lambda b: f"B{b}")
+def test_grad_mode_uses_the_training_crossovers(monkeypatch, B):
+    """In grad mode the fast path chooses the kernel from the training crossovers, as the general
+    path does (at 1 thread and H 256 the tables differ at B 4 and 8), so both stay bitwise equal
+    and pass ``training=True`` to the dispatch."""
+    monkeypatch.setenv(small_batch.SWITCH, "auto")
+    seen = []
+    use_for = small_batch.use_for
+    monkeypatch.setattr(small_batch, "use_for", lambda *a, **k: seen.append(k.get("training")) or use_for(*a, **k))
+    fast_path._PLANS.clear()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(B)
+        m = FusedLSTM(256, 256)
+        x = torch.randn(1, B, 256)
+        fast, general = _run_both(monkeypatch, m, x, None, grad=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and all(seen), seen
+    _assert_bitwise(fast, general)
