@@ -156,6 +156,9 @@ def test_every_results_file_is_evidence():
         for r in doc["rows"]:
             if doc.get("kind") == "default-run":
                 assert r["wall_seconds"] > 0
+            elif doc.get("kind") == "small-batch-crossovers":   # two arms per row, each with its own
+                for arm in ("small_batch", "sequence"):
+                    assert r[arm]["q1_seconds"] <= r[arm]["seconds"] <= r[arm]["q3_seconds"], f.name
             else:
                 assert r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"], f.name
 
