@@ -12,19 +12,28 @@ import torch
 
 
 class FusedLSTMFunction(torch.autograd.Function):
-    """(impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths) -> (Y, h_n, c_n)."""
+    """(impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths) -> (Y, h_n, c_n, G, C); G and C (what the
+    backward reads) are non-differentiable outputs, dropped by :func:`apply_layer`."""
 
     @staticmethod
-    def forward(ctx, impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+    def forward(impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+        # No ctx here (setup_context below): the form torch.func's transforms (grad, jacrev,
+        # functional_call) accept. G and C, what the backward reads, are outputs of their own.
         extra = () if lengths is None else (lengths,)
         Y, h_n, c_n, (G, C) = impl.forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh, *extra)
+        return Y, h_n, c_n, G, C
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths = inputs
+        Y, _, _, G, C = output
+        ctx.mark_non_differentiable(G, C)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, Y, G, C)
         ctx.impl, ctx.lengths = impl, lengths
         ctx.b_ih, ctx.b_hh = b_ih, b_hh     # only the double backward reads them (not saved tensors: no copy)
-        return Y, h_n, c_n
 
     @staticmethod
-    def backward(ctx, dY, dh_n, dc_n):
+    def backward(ctx, dY, dh_n, dc_n, _dG=None, _dC=None):
         if torch.is_grad_enabled():
             # backward(create_graph=True) / autograd.grad(..., create_graph=True): second
             # derivatives, through a differentiable recomputation (the fast path stays as it is).
@@ -70,27 +79,31 @@ def differentiable_backward(needs, grad_outputs, x, h0, c0, w_ih, w_hh, b_ih, b_
     the inputs and of the incoming gradients: :func:`lstm_torch_ops` recomputed and differentiated
     with ``create_graph=True``."""
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    wanted = [i for i, (t, n) in enumerate(zip(inputs, needs)) if n and t is not None]
+    present = [i for i, t in enumerate(inputs) if t is not None]
+
+    def layer(*ts):
+        args = list(inputs)
+        for i, t in zip(present, ts):
+            args[i] = t
+        return lstm_torch_ops(*args, lengths)
+
+    # torch.func.vjp: its gradients are differentiable functions of the inputs and of the incoming
+    # gradients (for the engine's create_graph=True and for torch.func's own transforms, which run
+    # this backward in grad mode), and they cover only paths inside this layer call (with
+    # projections W_hh and the biases also feed another call; autograd.grad w.r.t. the inputs
+    # themselves would count that call's share twice).
     with torch.enable_grad():
-        # Each input enters the recomputation through an alias of its own (a view: the gradient
-        # stays a differentiable function of the input), and the gradients are taken w.r.t. the
-        # aliases. Taken w.r.t. the inputs themselves, autograd.grad would also follow paths that
-        # leave this layer call: with projections the biases and W_hh feed both the first-step
-        # call and the rest, and h_0 of the rest comes from the first step, so the first call's
-        # share would be counted here and again by the engine.
-        leaves = [None if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
-                  for t in inputs]
-        outs = lstm_torch_ops(*leaves, lengths)
-        pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None]
-        grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wanted],
-                                    [g.to(o.dtype) for o, g in pairs], create_graph=True, allow_unused=True)
+        outs, vjp_fn = torch.func.vjp(layer, *[inputs[i] for i in present])
+        cot = tuple(torch.zeros_like(o) if g is None else g.to(o.dtype) for o, g in zip(outs, grad_outputs))
+        grads = vjp_fn(cot)
     result = [None] * 7
-    for i, g in zip(wanted, grads):
-        result[i] = torch.zeros_like(inputs[i]) if g is None else g.to(inputs[i].dtype)
+    for i, g in zip(present, grads):
+        if needs[i]:
+            result[i] = g.to(inputs[i].dtype)
     return tuple(result)
 
 
 def apply_layer(impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """The layer through :class:`FusedLSTMFunction`: (Y, (h_n, c_n))."""
-    Y, h_n, c_n = FusedLSTMFunction.apply(impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    Y, h_n, c_n, _, _ = FusedLSTMFunction.apply(impl, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     return Y, (h_n, c_n)
