@@ -308,3 +308,22 @@ def test_plan_cache_holds_no_tensor():
                 yield from tensors(v)
     for key, plan in fast_path._PLANS.items():
         assert not list(tensors(key)) and not list(tensors(plan))
+
+
+def test_call_overhead_benchmark_runs(tmp_path):
+    """benchmarks/call_overhead.py --smoke: its checks (fast path taken, kernel alone bitwise equal
+    to the module call) pass and it writes its rows (timing at a tiny size, never asserted)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    if small_batch._small_batch_kernels is None:
+        pytest.skip("no small-batch kernels on this machine")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "co.json"
+    p = subprocess.run([sys.executable, "benchmarks/call_overhead.py", "--smoke", "--out", str(out)], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    assert {r["mode"] for r in doc["rows"]} == {"no_grad", "inference_mode", "grad"}
+    assert all(r["fast_path"] and r["implementation"] == "cpu_small_batch" for r in doc["rows"])
