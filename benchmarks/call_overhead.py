@@ -23,7 +23,7 @@ context entered once per block):
   replaced by one that declines): the general path, what the call cost before.
 
 A row per (H, threads, mode): the median seconds per call of each block over the rounds with q1
-and q3, and ``outside_seconds``: the module call minus the kernel, the median (q1, q3) of the
+and q3 (``seconds``, ``q1_seconds``, ``q3_seconds``: the module call's), and ``outside_seconds``: the module call minus the kernel, the median (q1, q3) of the
 per-round differences (each round's two blocks ran back to back). ``--clock thread`` times with
 the calling thread's CPU time instead of the wall clock (a busy machine's descheduled time left
 out; meaningful at 1 thread only). Before timing, the module call
@@ -134,6 +134,9 @@ def measure(H, threads, mode, rounds, round_s, log, clock="wall"):
     for name, values in times.items():
         q1, med, q3 = quartiles(values)
         row[f"{name}_call_seconds"], row[f"{name}_call_q1_seconds"], row[f"{name}_call_q3_seconds"] = med, q1, q3
+    # the row's own time (every results file's rows have one): the module call
+    row["seconds"], row["q1_seconds"], row["q3_seconds"] = (row["module_call_seconds"], row["module_call_q1_seconds"],
+                                                            row["module_call_q3_seconds"])
     diffs = [a - b for a, b in zip(times["module"], times["kernel"])]
     q1, med, q3 = quartiles(diffs)
     row["outside_seconds"], row["outside_q1_seconds"], row["outside_q3_seconds"] = med, q1, q3

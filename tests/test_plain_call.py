@@ -331,3 +331,21 @@ def test_grad_mode_uses_the_training_crossovers(monkeypatch, B):
         torch.set_num_threads(threads)
     assert seen and all(seen), seen
     _assert_bitwise(fast, general)
+
+def test_call_overhead_benchmark_runs(tmp_path):
+    """benchmarks/call_overhead.py --smoke: its checks (fast path taken, kernel alone bitwise equal
+    to the module call) pass and it writes its rows (timing at a tiny size, never asserted)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    if small_batch._small_batch_kernels is None:
+        pytest.skip("no small-batch kernels on this machine")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "co.json"
+    p = subprocess.run([sys.executable, "benchmarks/call_overhead.py", "--smoke", "--out", str(out)], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    assert {r["mode"] for r in doc["rows"]} == {"no_grad", "inference_mode", "grad"}
+    assert all(r["fast_path"] and r["implementation"] == "cpu_small_batch" for r in doc["rows"])
