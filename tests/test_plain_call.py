@@ -349,3 +349,54 @@ def test_call_overhead_benchmark_runs(tmp_path):
     doc = json.loads(out.read_text())
     assert {r["mode"] for r in doc["rows"]} == {"no_grad", "inference_mode", "grad"}
     assert all(r["fast_path"] and r["implementation"] == "cpu_small_batch" for r in doc["rows"])
+
+
+@pytest.mark.parametrize("state", ["none", "fp32", "bf16", "mixed"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["x-fp32", "x-bf16"])
+@pytest.mark.parametrize("form", ["batched", "batch_first", "unbatched", "no-bias", "T3"])
+@pytest.mark.parametrize("H", [1, 33, 130])
+def test_autocast_fast_path_equals_general_path(monkeypatch, H, form, x_dtype, state):
+    """Under CPU autocast to bf16 with float32 parameters, a plain inference call where the plan is
+    rule 1a (the small-batch kernels forced on) runs on the fast path, and its outputs (bf16, as
+    nn.LSTM's under autocast) are bitwise the general path's; the states it returns fed back."""
+    monkeypatch.setenv(small_batch.SWITCH, "1")
+    if small_batch._small_batch_kernels is None:
+        pytest.skip("no small-batch kernels on this machine")
+    D, T, B = 6, 3 if form == "T3" else 1, 1 if form == "unbatched" else 2
+    torch.manual_seed(H + T)
+    m = FusedLSTM(D, H, batch_first=form == "batch_first", bias=form != "no-bias")
+    shape = (T, D) if form == "unbatched" else ((B, T, D) if form == "batch_first" else (T, B, D))
+    sshape = (1, H) if form == "unbatched" else (1, B, H)
+    x = torch.randn(shape).to(x_dtype)
+    dt = {"none": None, "fp32": (torch.float32,) * 2, "bf16": (torch.bfloat16,) * 2,
+          "mixed": (torch.bfloat16, torch.float32)}[state]
+    hx = None if dt is None else tuple(torch.randn(sshape).to(d) for d in dt)
+    results = []
+    for general in (False, True):
+        with monkeypatch.context() as mp:
+            if general:
+                _general(mp)
+            before = fast_path.calls
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+                y, st = m(x, hx)
+                y2, st2 = m(x, st)       # the state a call returns, fed back
+            assert fast_path.calls - before == (0 if general else 2)
+            results.append([y, *st, y2, *st2])
+    _assert_bitwise(*results)
+    assert all(t.dtype == torch.bfloat16 for t in results[0])
+
+
+@pytest.mark.parametrize("case", ["grad", "two-layers", "bidir", "fp16-autocast", "fp64-state"])
+def test_autocast_calls_the_fast_path_declines(monkeypatch, case):
+    """Autocast calls outside rule 1a's inference case take the general path (and give its answer)."""
+    monkeypatch.setenv(small_batch.SWITCH, "1")
+    m = FusedLSTM(4, 8, num_layers=2 if case == "two-layers" else 1, bidirectional=case == "bidir")
+    n = m.num_layers * (2 if m.bidirectional else 1)
+    x = torch.randn(1, 2, 4)
+    hx = (torch.randn(n, 2, 8, dtype=torch.float64),) * 2 if case == "fp64-state" else None
+    dtype = torch.float16 if case == "fp16-autocast" else torch.bfloat16
+    before = fast_path.calls
+    with torch.set_grad_enabled(case == "grad"), torch.autocast("cpu", dtype):
+        y, _ = m(x, hx)
+    assert fast_path.calls == before
+    assert y.dtype == dtype

@@ -9,8 +9,10 @@ stays the reference, raises the errors and runs every unusual case.
 
 What it takes: a plain CPU tensor input (2-D or 3-D, not packed), hx None or a tuple of two plain
 tensors of the expected shape and dtype, no input projection, no projections (``proj_size``), no
-dropout between layers in training, the ``"cpu"`` backend, no autocast, no torch.compile / jit
-tracing / ONNX export, no functorch transform, no torch function or dispatch mode.
+dropout between layers in training, the ``"cpu"`` backend, no torch.compile / jit tracing / ONNX
+export, no functorch transform, no torch function or dispatch mode; under autocast only CPU
+autocast to bf16 where the plan is rule 1a of :mod:`lstm_fast.ops.plan` (one layer, one
+direction, float32 parameters, no gradient wanted: serving and generation under autocast).
 
 The plan cache (:data:`_PLANS`) maps everything a plan depends on (module class and options,
 input dtype and shape, hx given or not, torch's thread count, the small-batch switch) to
@@ -22,6 +24,10 @@ and a change of shape or dtype falls back to the general path, which checks it).
 
 Two ways to run:
 
+* autocast: the direct way under CPU autocast to bf16 (rule 1a), inference only: x and h_0
+  rounded to bf16 as nn.LSTM's autocast does, the float32 kernels on them and on the float32
+  weights as they are, the outputs in bf16 (:func:`_run_autocast`: the casts the general path's
+  :func:`lstm_fast.ops.plan.cast_inputs` / ``cast_outputs`` make, in the same order);
 * direct: one layer, one direction, on the small-batch kernels (:mod:`lstm_fast.cpu.small_batch`):
   the C entry point is called on the caller's tensors as they are (no views: the state
   ``(1, B, H)`` and the output are written where the caller gets them), through
@@ -66,11 +72,15 @@ calls = 0
 _PLAIN = (Tensor, Parameter)
 _STRIDED = torch.strided
 _MISSING = object()
-_DIRECT, _LAYERS = 0, 1
+_DIRECT, _LAYERS, _AUTOCAST = 0, 1, 2
+#: The dtypes an autocast call's x and states may have here (others: the general path).
+_AUTOCAST_OPERANDS = (torch.float32, torch.bfloat16)
 
 _is_compiling = torch.compiler.is_compiling
 _tracing_state = torch._C._get_tracing_state
 _any_autocast = torch._C._is_any_autocast_enabled
+_autocast_on = torch.is_autocast_enabled
+_autocast_dtype = torch.get_autocast_dtype
 _functorch_active = torch._C._are_functorch_transforms_active
 _function_mode = torch._C._is_torch_function_mode_enabled
 _dispatch_modes = torch._C._len_torch_dispatch_stack
@@ -89,16 +99,21 @@ def plain_forward(module, input, hx):
     """``module(input, hx)`` on the fast path: ``(output, (h_n, c_n))``, or None when this call is
     not a plain one (then the general path runs it, and raises whatever nn.LSTM would)."""
     global calls
-    if (type(input) is not Tensor or _is_compiling() or _tracing_state() is not None or _any_autocast()
+    if (type(input) is not Tensor or _is_compiling() or _tracing_state() is not None
             or _functorch_active() or _function_mode() or _dispatch_modes()):
         return None
     if not input.is_cpu or input.layout is not _STRIDED:
         return None
+    autocast = None
+    if _any_autocast():     # only CPU autocast has a fast plan (rule 1a); any other: the general path
+        if not _autocast_on("cpu"):
+            return None
+        autocast = _autocast_dtype("cpu")
     try:
         key = (type(module), input.dtype, input.shape, hx is None, module.num_layers, module.bidirectional,
                module.proj_size, module.batch_first, module.input_size, module.hidden_size, module.bias,
                module.backend, module.dropout > 0 and module.training, _num_threads(), _env_get(_SWITCH_KEY),
-               _grad_enabled() and (input.requires_grad or module.weight_hh_l0.requires_grad))
+               autocast, _grad_enabled() and (input.requires_grad or module.weight_hh_l0.requires_grad))
         plan = _PLANS.get(key, _MISSING)
     except TypeError:       # an option of a type that cannot be hashed: the general path
         return None
@@ -108,6 +123,8 @@ def plain_forward(module, input, hx):
         return None
     if plan[0] == _DIRECT:
         out = _run_direct(plan, module, input, hx)
+    elif plan[0] == _AUTOCAST:
+        out = _run_autocast(plan, module, input, hx)
     else:
         out = _run_layers(plan, module, input, hx)
     if out is not None:
@@ -156,6 +173,9 @@ def _decide(module, input, hx, key):
     dt = input.dtype
     cpu = torch.device("cpu")
     training = key[-1]      # the plan's small-batch crossovers differ when a gradient is wanted
+    autocast = key[-2]
+    if autocast is not None:
+        return _decide_autocast(module, input, T, B, D, H, dirs, L, bf, batched, state_shape, training, autocast)
     impls, weights = [], []
     for layer in range(L):
         d_in = D if layer == 0 else dirs * H
@@ -173,13 +193,37 @@ def _decide(module, input, hx, key):
               and (not bf or T == 1 or B == 1) and dt == torch.float32)
     out_shape = ((B, T, H) if bf else (T, B, H)) if batched else (T, H)
     if direct:
-        (n_ih, s_ih), (n_hh, s_hh) = weights[0][:2]
-        n_bih, n_bhh = (weights[0][2][0], weights[0][3][0]) if module.bias else (None, None)
-        dims = (T, B, D, H)
-        pooled = T * B * H >= workspace.MIN_ELEMENTS     # as small_batch's own output: from the pool
-        spec = (state_shape, out_shape, dims, pooled)    # what _DirectLayer needs
-        return (_DIRECT, dt, state_shape, out_shape, n_ih, s_ih, n_hh, s_hh, n_bih, n_bhh, s_ih[:1], dims, pooled, spec)
+        return _direct_plan(module, dt, T, B, D, H, state_shape, out_shape)
     return (_LAYERS, dt, state_shape, out_shape, tuple(impls), tuple(weights), batched, bf, T, B, dirs, L)
+
+
+def _direct_plan(module, dt, T, B, D, H, state_shape, out_shape):
+    """The plan tuple :func:`_run_direct` runs: one layer, one direction, the parameters in ``dt``."""
+    names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if module.bias else [None, None])
+    s_ih, s_hh = (4 * H, D), (4 * H, H)
+    dims = (T, B, D, H)
+    pooled = T * B * H >= workspace.MIN_ELEMENTS     # as small_batch's own output: from the pool
+    spec = (state_shape, out_shape, dims, pooled)    # what _DirectLayer needs
+    return (_DIRECT, dt, state_shape, out_shape, names[0], s_ih, names[1], s_hh, names[2], names[3], s_ih[:1],
+            dims, pooled, spec)
+
+
+def _decide_autocast(module, input, T, B, D, H, dirs, L, bf, batched, state_shape, training, autocast):
+    """The plan of a call under CPU autocast: the float32 direct plan, run by :func:`_run_autocast`,
+    where :func:`plan_layer` (under this autocast state) gives rule 1a; else None."""
+    w_dt = torch.float32
+    if (L != 1 or dirs != 1 or training or input.dtype not in _AUTOCAST_OPERANDS
+            or module._parameters.get("weight_hh_l0") is None or module.weight_hh_l0.dtype != w_dt):
+        return None
+    cpu = torch.device("cpu")
+    lp = plan_layer(_Spec(input.dtype, cpu, torch.Size((T, B, D)), False),
+                    _Spec(w_dt, cpu, torch.Size((4 * H, H)), False), module.backend)
+    rule_1a = (lp.implementation == "cpu_small_batch" and lp.autocast_dtype == autocast and lp.keep_weights
+               and lp.upcast and lp.out_dtype == autocast and not lp.segments and not lp.identity_input)
+    if not rule_1a or small_batch._small_batch_kernels is None or not (not bf or T == 1 or B == 1):
+        return None
+    out_shape = ((B, T, H) if bf else (T, B, H)) if batched else (T, H)
+    return (_AUTOCAST, autocast, _direct_plan(module, w_dt, T, B, D, H, state_shape, out_shape))
 
 
 # ---------------------------------------------------------------- per-call checks
@@ -270,6 +314,33 @@ def _run_direct(plan, module, x, hx):
         None if b_hh is None else b_hh.data_ptr(), hp, cp, Y.data_ptr(), hn.data_ptr(), cn.data_ptr(), None, None,
         pp, sp, T, B, D, H, _num_threads(), None)
     return Y, (hn, cn)
+
+
+def _run_autocast(plan, module, x, hx):
+    """Rule 1a on the fast path, no gradient wanted: as the general path, x and h_0 rounded to the
+    autocast dtype then taken in float32 (c_0 as given, in float32), the float32 direct call, the
+    outputs cast to the autocast dtype."""
+    _, ac, direct = plan
+    if hx is not None:
+        if type(hx) is not tuple or len(hx) != 2:
+            return None
+        h0, c0 = hx
+        if not (type(h0) in _PLAIN and type(c0) in _PLAIN and h0.dtype in _AUTOCAST_OPERANDS
+                and c0.dtype in _AUTOCAST_OPERANDS):
+            return None
+        if _grad_enabled() and (h0.requires_grad or c0.requires_grad):
+            return None
+    if _grad_enabled():     # a gradient to any parameter: the general path (autograd through the casts)
+        if x.requires_grad or any(p is not None and p.requires_grad for p in module._parameters.values()):
+            return None
+    xf = x.to(ac).float()
+    if hx is not None:
+        hx = (h0.to(ac).float(), c0.float())
+    out = _run_direct(direct, module, xf, hx)
+    if out is None:
+        return None
+    y, (h, c) = out
+    return y.to(ac), (h.to(ac), c.to(ac))
 
 
 class _DirectLayer(torch.autograd.Function):
