@@ -22,7 +22,7 @@ every call and compared against the expected dtype, shape, device and layout (so
 write, ``copy_``, ``load_state_dict`` or ``torch.func.functional_call`` is seen by the next call,
 and a change of shape or dtype falls back to the general path, which checks it).
 
-Two ways to run:
+Three ways to run:
 
 * autocast: the direct way under CPU autocast to bf16 (rule 1a), inference only: x and h_0
   rounded to bf16 as nn.LSTM's autocast does, the float32 kernels on them and on the float32
@@ -174,8 +174,9 @@ def _decide(module, input, hx, key):
     cpu = torch.device("cpu")
     training = key[-1]      # the plan's small-batch crossovers differ when a gradient is wanted
     autocast = key[-2]
+    out_shape = ((B, T, H) if bf else (T, B, H)) if batched else (T, H)
     if autocast is not None:
-        return _decide_autocast(module, input, T, B, D, H, dirs, L, bf, batched, state_shape, training, autocast)
+        return _decide_autocast(module, input, T, B, D, H, dirs, L, bf, state_shape, out_shape, training, autocast)
     impls, weights = [], []
     for layer in range(L):
         d_in = D if layer == 0 else dirs * H
@@ -191,7 +192,6 @@ def _decide(module, input, hx, key):
             weights.append(tuple((nm, s) for nm, s in zip(names, shapes)))
     direct = (L == 1 and dirs == 1 and impls[0] is small_batch and small_batch._small_batch_kernels is not None
               and (not bf or T == 1 or B == 1) and dt == torch.float32)
-    out_shape = ((B, T, H) if bf else (T, B, H)) if batched else (T, H)
     if direct:
         return _direct_plan(module, dt, T, B, D, H, state_shape, out_shape)
     return (_LAYERS, dt, state_shape, out_shape, tuple(impls), tuple(weights), batched, bf, T, B, dirs, L)
@@ -208,12 +208,12 @@ def _direct_plan(module, dt, T, B, D, H, state_shape, out_shape):
             dims, pooled, spec)
 
 
-def _decide_autocast(module, input, T, B, D, H, dirs, L, bf, batched, state_shape, training, autocast):
+def _decide_autocast(module, input, T, B, D, H, dirs, L, bf, state_shape, out_shape, training, autocast):
     """The plan of a call under CPU autocast: the float32 direct plan, run by :func:`_run_autocast`,
     where :func:`plan_layer` (under this autocast state) gives rule 1a; else None."""
     w_dt = torch.float32
     if (L != 1 or dirs != 1 or training or input.dtype not in _AUTOCAST_OPERANDS
-            or module._parameters.get("weight_hh_l0") is None or module.weight_hh_l0.dtype != w_dt):
+            or module.weight_hh_l0.dtype != w_dt):
         return None
     cpu = torch.device("cpu")
     lp = plan_layer(_Spec(input.dtype, cpu, torch.Size((T, B, D)), False),
@@ -222,7 +222,6 @@ def _decide_autocast(module, input, T, B, D, H, dirs, L, bf, batched, state_shap
                and lp.upcast and lp.out_dtype == autocast and not lp.segments and not lp.identity_input)
     if not rule_1a or small_batch._small_batch_kernels is None or not (not bf or T == 1 or B == 1):
         return None
-    out_shape = ((B, T, H) if bf else (T, B, H)) if batched else (T, H)
     return (_AUTOCAST, autocast, _direct_plan(module, w_dt, T, B, D, H, state_shape, out_shape))
 
 
