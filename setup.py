@@ -26,6 +26,13 @@ cpu_small_batch = Extension("lstm_fast.cpu._small_batch_kernels", sources=["lstm
                             libraries=["dl"], depends=["lstm_fast/cpu/kernel_support.h"],
                             extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 
+# The same kernels for x86-64 CPUs with AVX2 + FMA and no AVX-512, with the weight-gradient GEMM
+# their backward needs there (the AVX-512 one lives in _sequence_kernels).
+cpu_small_batch_avx2 = Extension("lstm_fast.cpu._small_batch_avx2_kernels",
+                                 sources=["lstm_fast/cpu/small_batch_avx2_kernels.c"], libraries=["dl"],
+                                 depends=["lstm_fast/cpu/kernel_support.h"],
+                                 extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
+
 setup(
     name="lstm-fast",
     version="0.1.0",
@@ -50,6 +57,6 @@ setup(
         # onnx, onnxscript, onnxruntime: tests/test_export.py exports to ONNX and runs the file.
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime"],
     },
-    ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq, cpu_small_batch],
+    ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq, cpu_small_batch, cpu_small_batch_avx2],
     entry_points={"console_scripts": ["lstm-fast=lstm_fast.d2l.cli:main"]},
 )

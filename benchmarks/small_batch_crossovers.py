@@ -42,7 +42,11 @@ from lstm_fast.d2l.bench import environment, git_commit, quartiles  # noqa: E402
 from lstm_fast.d2l.files import atomic_write_bytes  # noqa: E402
 from lstm_fast.ops.plan import plan_layer  # noqa: E402
 
-OUT = "benchmarks/results/small-batch-crossovers.json"
+#: One file per kernel ISA (small_batch.ISA): the AVX-512 kernels' and the AVX2 kernels' crossovers
+#: are measured on different CPUs, and CROSSOVERS holds both (the AVX2 keys prefixed "avx2-").
+OUTS = {"avx512": "benchmarks/results/small-batch-crossovers.json",
+        "avx2": "benchmarks/results/small-batch-crossovers-avx2.json"}
+OUT = OUTS.get(small_batch.ISA, OUTS["avx512"])
 LOCK = "/tmp/lstm-bench.lock"
 HS, BS, TS = (256, 512, 1024), (1, 2, 4, 8), (1, 35, 1000)
 PRECISIONS = ("float32", "autocast-bf16")
@@ -131,7 +135,8 @@ def crossovers(doc):
     that B and every smaller measured B; at T > 1 where it wins that mode at every measured T > 1
     and, at 2 threads where measured, inference with a competing process (its barrier)."""
     rows, comp = doc["rows"], doc.get("competitor_rows", [])
-    keys = {"float32": "float32", "autocast-bf16": "autocast-bfloat16"}
+    prefix = "avx2-" if doc.get("isa") == "avx2" else ""
+    keys = {"float32": prefix + "float32", "autocast-bf16": prefix + "autocast-bfloat16"}
     table = {}
     for (prec, threads, mode) in sorted({(r["precision"], r["threads"], r["mode"]) for r in rows}):
         entries = []
@@ -192,7 +197,7 @@ def main(argv=None):
     env["threads"] = " and ".join(map(str, a.threads))
     doc = {"kind": "small-batch-crossovers", "environment": env,
            "command": " ".join(["python", "benchmarks/small_batch_crossovers.py"] + list(sys.argv[1:] if argv is None else argv)),
-           "commit": git_commit(), "smoke": a.smoke, "rounds": a.rounds, "round_seconds": a.round_seconds,
+           "commit": git_commit(), "isa": small_batch.ISA, "smoke": a.smoke, "rounds": a.rounds, "round_seconds": a.round_seconds,
            "rows": [], "competitor_rows": [], "complete": False}
     before = torch.get_num_threads()
     t_start = time.perf_counter()

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LSTM_X86 1
@@ -88,6 +89,35 @@ static int ptrs(PyObject *const *args, Py_ssize_t n, void **out) {
         if (!out[k] && PyErr_Occurred()) return -1;
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------- spin-then-yield barrier */
+/* (the small-batch kernels: small_batch_kernels.c, small_batch_avx2_kernels.c) */
+/* A sense (generation) barrier: the last thread to arrive bumps the generation. Waiters spin
+ * with pause for SPIN_PAUSES rounds (~20 us on a core whose pause is ~50 ns: several steps' worth,
+ * so on an idle machine no thread ever sleeps), then sched_yield() between checks, so on an
+ * oversubscribed machine the thread it waits for gets the core instead of a spinning waiter. */
+#define SPIN_PAUSES 400
+typedef struct { int count, gen; } sb_barrier;
+
+static inline void sb_wait(sb_barrier *b, int nth) {
+    if (nth <= 1) return;
+    int gen = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == nth) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->gen, gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int spins = 0; __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen;) {
+        if (spins < SPIN_PAUSES) {
+#if LSTM_X86
+            _mm_pause();
+#endif
+            ++spins;
+        } else {
+            sched_yield();
+        }
+    }
 }
 
 /* How many 6-row tiles to use before 4-row ones: cover B exactly where possible (32 = 4*6 + 2*4),

@@ -25,22 +25,29 @@ import torch
 
 from . import workspace
 from .matmul import linear
-from .weight_gradient import weight_gradients
+from .weight_gradient import available as weight_gradients_available, weight_gradients
 from ..layer_math import final_hidden, padding_mask
 
-try:
-    from . import _small_batch_kernels
-    if not _small_batch_kernels.available():  # no AVX-512 on this CPU
-        _small_batch_kernels = None
-except ImportError:              # built without a C compiler
-    _small_batch_kernels = None
+def _kernels():
+    """(the kernel module this CPU runs, its ISA): ``_small_batch_kernels`` (AVX-512), else
+    ``_small_batch_avx2_kernels`` (AVX2 + FMA; same entry points), else (None, None) (another
+    CPU, or built without a C compiler). ``LSTM_FAST_CPU_ISA=avx2`` takes the AVX2 kernels on an
+    AVX-512 CPU too (how tests and benchmarks reach them there)."""
+    order = ("avx2",) if os.environ.get("LSTM_FAST_CPU_ISA") == "avx2" else ("avx512", "avx2")
+    for isa in order:
+        try:
+            if isa == "avx512":
+                from . import _small_batch_kernels as k
+            else:
+                from . import _small_batch_avx2_kernels as k
+        except ImportError:
+            continue
+        if k.available():
+            return k, isa
+    return None, None
 
-try:
-    from . import _sequence_kernels       # the weight-gradient GEMM (weight_gradient.py), shared with .sequence
-    if not _sequence_kernels.available():
-        _sequence_kernels = None
-except ImportError:
-    _sequence_kernels = None
+
+_small_batch_kernels, ISA = _kernels()
 
 _F32 = torch.float32
 _I64 = torch.int64
@@ -48,7 +55,7 @@ _I64 = torch.int64
 
 def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
     """Whether this layer can run here: float32 CPU tensors, a non-empty batch, W_hh (4H, H)."""
-    return (_small_batch_kernels is not None and _sequence_kernels is not None and x.dtype == _F32
+    return (_small_batch_kernels is not None and weight_gradients_available() and x.dtype == _F32
             and x.device.type == "cpu" and x.shape[1] > 0 and w_hh.dtype == _F32 and len(w_hh.shape) == 2
             and w_hh.shape[1] * 4 == w_hh.shape[0])
 
@@ -146,7 +153,7 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
                                   _ptr(lengths))
     dx = dw_ih = dw_hh = None
     if n[0]:
-        dx = linear(dG.view(T * B, 4 * H), w_ih.t()).view(T, B, D)
+        dx = _input_grad(dG.view(T * B, 4 * H), w_ih, nt).view(T, B, D)
     if n[3] or n[4]:   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
         if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
             x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
@@ -158,6 +165,19 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
         dw_hh = dw_hh if n[4] else None
     return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,
             db if n[5] else None, (db.clone() if n[5] else db) if n[6] else None)
+
+
+def _input_grad(dG, w_ih, nthreads):
+    """dx = dG (R, 4H) W_ih (4H, D). With the AVX-512 kernels one GEMM (oneDNN or BLAS, whose bits
+    do not change with the thread count on the Xeon measured); with the AVX2 ones their fixed-order
+    product (torch's GEMM did change its bits with the thread count on the AMD EPYC measured)."""
+    if ISA != "avx2":
+        return linear(dG, w_ih.t())
+    w_ih = _f32(w_ih, tuple(w_ih.shape), "w_ih")
+    R, D = dG.shape[0], w_ih.shape[1]
+    out = torch.empty(R, D)
+    _small_batch_kernels.input_grad(dG.data_ptr(), w_ih.data_ptr(), R, dG.shape[1], D, out.data_ptr(), nthreads)
+    return out
 
 
 # ---------------------------------------------------------------- dispatch
@@ -190,6 +210,11 @@ CROSSOVERS = {
 }
 
 
+#: The AVX2 kernels' entries carry this prefix on their key ("avx2-float32", ...): measured on
+#: another CPU (benchmarks/results/small-batch-crossovers-avx2.json), another table.
+_KEY_PREFIX = "avx2-" if ISA == "avx2" else ""
+
+
 @torch.compiler.assume_constant_result
 def _mode() -> str:
     """The switch's value now (a constant to torch.compile's tracing: a change needs a new compile)."""
@@ -217,6 +242,7 @@ def use_for(x, w_hh, lengths=None, autocast_dtype=None, training=False) -> bool:
     H = w_hh.shape[1]
     threads = _threads()
     key = "autocast-bfloat16" if autocast_dtype == torch.bfloat16 else str(x.dtype).replace("torch.", "")
+    key = _KEY_PREFIX + key
     for max_h, max_b1, max_bseq in CROSSOVERS.get((key, threads, "training" if training else "inference"), ()):
         if H <= max_h:
             return B <= (max_b1 if T == 1 else max_bseq)

@@ -44,36 +44,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <sched.h>
 #include "kernel_support.h"
-
-/* ---------------------------------------------------------------- spin-then-yield barrier */
-/* A sense (generation) barrier: the last thread to arrive bumps the generation. Waiters spin
- * with pause for SPIN_PAUSES rounds (~20 us on a core whose pause is ~50 ns: several steps' worth,
- * so on an idle machine no thread ever sleeps), then sched_yield() between checks, so on an
- * oversubscribed machine the thread it waits for gets the core instead of a spinning waiter. */
-#define SPIN_PAUSES 400
-typedef struct { int count, gen; } sb_barrier;
-
-static void sb_wait(sb_barrier *b, int nth) {
-    if (nth <= 1) return;
-    int gen = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == nth) {
-        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&b->gen, gen + 1, __ATOMIC_RELEASE);
-        return;
-    }
-    for (int spins = 0; __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen;) {
-        if (spins < SPIN_PAUSES) {
-#if LSTM_X86
-            _mm_pause();
-#endif
-            ++spins;
-        } else {
-            sched_yield();
-        }
-    }
-}
 
 #if LSTM_X86
 /* 16 accumulators -> one vector whose lane i is the sum of acc[i]'s lanes (fixed tree). */

@@ -1,18 +1,34 @@
 """The LSTM weight gradients dW_ih = dG^T X and dW_hh = dG^T [h_0; Y[:-1]] as one packed GEMM
-(``weight_gradient_gemm.h`` in ``_sequence_kernels``), bitwise independent of the thread count.
+(``weight_gradient_gemm.h`` in ``_sequence_kernels``, AVX-512), bitwise independent of the thread
+count. On CPUs with AVX2 and no AVX-512 (or with ``LSTM_FAST_CPU_ISA=avx2``): the fixed-order
+GEMM of ``_small_batch_avx2_kernels`` (same entry points, its own summation order).
 
 Shapes: R = T*B rows (the reduction), dG (R, 4H) gate gradients; each right operand is given as
 one or two row blocks (h_0 then Y[:-1], read in place: no concatenation)."""
+import os
+
 import torch
 
 from . import workspace
 
-try:
-    from . import _sequence_kernels
-    if not _sequence_kernels.available():
-        _sequence_kernels = None
-except ImportError:
-    _sequence_kernels = None
+def _gemm_module():
+    if os.environ.get("LSTM_FAST_CPU_ISA") != "avx2":
+        try:
+            from . import _sequence_kernels
+            if _sequence_kernels.available():
+                return _sequence_kernels
+        except ImportError:
+            pass
+    try:
+        from . import _small_batch_avx2_kernels
+        if _small_batch_avx2_kernels.available():
+            return _small_batch_avx2_kernels
+    except ImportError:
+        pass
+    return None
+
+
+_sequence_kernels = _gemm_module()
 
 
 def _part(blocks, R):
@@ -34,7 +50,7 @@ def _part(blocks, R):
 
 def weight_gradients(dG, a0, a1=None, nthreads=None):
     """(dG^T A0, dG^T A1 or None): dG (R, N) contiguous float32 CPU; a0, a1: lists of 1 or 2 row
-    blocks (rows summing to R) of one width each. Needs the AVX-512 kernels (``available()``)."""
+    blocks (rows summing to R) of one width each. Needs a kernel module (``available()``)."""
     if dG.dim() != 2 or dG.dtype != torch.float32 or dG.device.type != "cpu" or not dG.is_contiguous():
         raise ValueError("dG must be a contiguous float32 CPU (R, N) tensor")
     R, N = dG.shape

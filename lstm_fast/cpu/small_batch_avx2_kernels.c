@@ -1,0 +1,586 @@
+/* The small-batch LSTM kernels (float32) for x86-64 CPUs with AVX2 and FMA but no AVX-512 (AMD
+ * Zen 2/3, Intel before Skylake-SP, most laptops), plus the fixed-order weight-gradient GEMM
+ * their backward needs there.
+ *
+ * Why: without AVX-512 every float32 layer ran on the stepwise implementation (stepwise.py: one
+ * oneDNN GEMM and one C cell pass per step, ~14 us of fixed cost per GEMM call), which at batch 1
+ * is 5-10x away from the weight-bytes limit of a step. These are the algorithm of
+ * small_batch_kernels.c (read its header: the weights in nn.LSTM's own layout, nothing packed or
+ * cached, threads owning fixed slices of hidden units, one spin-then-yield barrier per step, a
+ * fixed summation order per gate so results are bitwise independent of the thread count) on
+ * 8-lane vectors: blocks of 8 units, dot products in chunks of 8 k, an 8 x 8 register transpose
+ * and a 3-level tree. Same entry points and arguments as that module, so small_batch.py binds
+ * whichever this CPU runs. The bits differ from the AVX-512 kernels' (another summation order):
+ * a model gives the same answer at any thread count on one CPU, not across CPU kinds.
+ *
+ * Written with V_* macros over the 8-lane types so the body can become a template shared with the
+ * AVX-512 file; it is not yet: that file's bits are pinned by its tests and it could not be
+ * re-verified on the AVX2-only machine this was written on.
+ *
+ * Shapes and arguments: as small_batch_kernels.c (forward: 20 arguments, backward: 14).
+ * weight_grad(dG, N, R, a0, rows_a0, a1, cols_a, b0, rows_b0, b1, cols_b, out_a, out_b, scratch,
+ *   nthreads): out_a (N, cols_a) = dG^T A and out_b (N, cols_b) = dG^T B (out_b NULL: none), dG
+ *   (R, N) row-major; A given as rows_a0 rows at a0 then R - rows_a0 rows at a1 (a1 NULL when
+ *   rows_a0 == R), B likewise: the signature of sequence_kernels' weight_grad. Each thread owns
+ *   fixed 4-row blocks of the outputs, each output a single chain over r = 0..R-1 in order:
+ *   bitwise independent of the thread count. weight_grad_scratch(...) -> 0 (no scratch needed).
+ * input_grad(dG, W, rows, G4, D, out, nthreads): out (rows, D) = dG (rows, G4) W (G4, D), the same
+ *   product with the roles turned (torch's GEMM changes its bits with the thread count on the
+ *   AMD EPYC this was written on, so dx of a small-batch backward could not come from it).
+ * available() -> bool: AVX2 and FMA present.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include "kernel_support.h"
+
+#if LSTM_X86
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* ---------------------------------------------------------------- 8-lane vector layer */
+#define VL 8
+typedef __m256 V;
+typedef __m256i VM;   /* a lane mask: all ones (lane taken) or zero */
+#define V_ZERO() _mm256_setzero_ps()
+#define V_SET1(x) _mm256_set1_ps(x)
+#define V_LOAD(p) _mm256_loadu_ps(p)
+#define V_MLOAD(m, p) _mm256_maskload_ps((p), (m))
+#define V_MSTORE(p, m, v) _mm256_maskstore_ps((p), (m), (v))
+#define V_ADD(a, b) _mm256_add_ps(a, b)
+#define V_SUB(a, b) _mm256_sub_ps(a, b)
+#define V_MUL(a, b) _mm256_mul_ps(a, b)
+#define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)      /* a * b + c */
+#define V_FNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)    /* c - a * b */
+
+static const int32_t MASK_TABLE[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+/* The lanes of [j0, j0 + 8) below n. */
+AVX2 INLINE VM v_tail(int64_t j0, int64_t n) {
+    int64_t k = n - j0;
+    k = k < 0 ? 0 : (k > 8 ? 8 : k);
+    return _mm256_loadu_si256((const __m256i *)(MASK_TABLE + 8 - k));
+}
+
+/* 2^n for integral n in [-150, 128] (as a float vector), in two normal factors. */
+AVX2 INLINE V v_mul_pow2(V p, V n) {
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    V f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    V f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return V_MUL(V_MUL(p, f1), f2);
+}
+
+/* exp, sigmoid and tanh: the polynomial and range reduction of kernel_support.h's v_exp. */
+AVX2 INLINE V v8_exp(V x) {
+    x = _mm256_max_ps(V_SET1(-104.0f), x);      /* NaN in x survives: max returns its second operand */
+    x = _mm256_min_ps(V_SET1(89.0f), x);
+    V n = _mm256_round_ps(V_MUL(x, V_SET1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = V_FNMA(n, V_SET1(0.693359375f), x);
+    r = V_FNMA(n, V_SET1(-2.12194440e-4f), r);
+    V p = V_SET1(1.9875691500e-4f);
+    p = V_FMA(p, r, V_SET1(1.3981999507e-3f));
+    p = V_FMA(p, r, V_SET1(8.3334519073e-3f));
+    p = V_FMA(p, r, V_SET1(4.1665795894e-2f));
+    p = V_FMA(p, r, V_SET1(1.6666665459e-1f));
+    p = V_FMA(p, r, V_SET1(5.0000001201e-1f));
+    p = V_FMA(V_MUL(p, r), r, V_ADD(r, V_SET1(1.0f)));
+    return v_mul_pow2(p, n);
+}
+
+AVX2 INLINE V v8_sigmoid(V x) {
+    const V one = V_SET1(1.0f);
+    return _mm256_div_ps(one, V_ADD(one, v8_exp(V_SUB(V_ZERO(), x))));
+}
+
+AVX2 INLINE V v8_tanh(V x) {
+    const V one = V_SET1(1.0f);
+    V e = v8_exp(V_ADD(x, x));
+    return V_SUB(one, _mm256_div_ps(V_SET1(2.0f), V_ADD(one, e)));
+}
+
+/* acc[0..7] -> one vector whose lane i is the sum of acc[i]'s lanes: an 8 x 8 transpose, then a
+ * fixed tree (lanes 0-3 + 4-7, then pairs, then neighbours). */
+AVX2 INLINE V reduce8(V *a) {
+    V t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    /* u[c] (c < 4): 128-bit half h holds column 4h + c of rows 0-3; u[4 + c]: of rows 4-7 */
+    for (int c = 0; c < 4; ++c) {
+        a[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);       /* column c of rows 0-7 */
+        a[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);   /* column 4 + c */
+    }
+    for (int s = 4; s >= 1; s >>= 1)
+        for (int i = 0; i < s; ++i) a[i] = V_ADD(a[i], a[i + s]);
+    return a[0];
+}
+
+/* out[i], lane u: W[row0 + u] . v_i over K for i < NB (<= 4) vectors at v + i * ldv, R rows of the
+ * 8-row block at a time (rows past nvalid read row row0; their lanes are to be ignored). Every
+ * (row, vector) sum is one chain in k order, then reduce8's tree, whatever NB and R. */
+AVX2 INLINE void dot8(const float *W, int64_t K, int64_t row0, int nvalid, const float *v, int64_t ldv,
+                      V *out, const int NB, const int R) {
+    V sums[4][8];
+    for (int u0 = 0; u0 < 8; u0 += R) {
+        const float *w[8];
+        for (int r = 0; r < R; ++r) w[r] = W + (row0 + (u0 + r < nvalid ? u0 + r : 0)) * K;
+        V s[8][4];
+        for (int r = 0; r < R; ++r)
+            for (int i = 0; i < NB; ++i) s[r][i] = V_ZERO();
+        int64_t k = 0;
+        for (; k + VL <= K; k += VL) {
+            V x[4];
+            for (int i = 0; i < NB; ++i) x[i] = V_LOAD(v + i * ldv + k);
+            for (int r = 0; r < R; ++r) {
+                const V wv = V_LOAD(w[r] + k);
+                for (int i = 0; i < NB; ++i) s[r][i] = V_FMA(wv, x[i], s[r][i]);
+            }
+        }
+        if (k < K) {
+            const VM m = v_tail(k, K);
+            V x[4];
+            for (int i = 0; i < NB; ++i) x[i] = V_MLOAD(m, v + i * ldv + k);
+            for (int r = 0; r < R; ++r) {
+                const V wv = V_MLOAD(m, w[r] + k);
+                for (int i = 0; i < NB; ++i) s[r][i] = V_FMA(wv, x[i], s[r][i]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int i = 0; i < NB; ++i) sums[i][u0 + r] = s[r][i];
+    }
+    for (int i = 0; i < NB; ++i) out[i] = reduce8(sums[i]);
+}
+
+/* out[i * out_stride] = the product with vector i, for i < n (any n), up to four at a time (R * NB
+ * accumulators plus NB vectors within the 16 registers). */
+AVX2 static void dot8_many(const float *W, int64_t K, int64_t row0, int nvalid, const float *v, int64_t ldv,
+                           int64_t n, V *out, int64_t out_stride) {
+    V o[4];
+    for (int64_t i = 0; i < n; i += 4) {
+        const int64_t nb = n - i < 4 ? n - i : 4;
+        const float *vi = v + i * ldv;
+        switch (nb) {
+        case 1: dot8(W, K, row0, nvalid, vi, ldv, o, 1, 8); break;
+        case 2: dot8(W, K, row0, nvalid, vi, ldv, o, 2, 4); break;
+        case 3: dot8(W, K, row0, nvalid, vi, ldv, o, 3, 2); break;
+        default: dot8(W, K, row0, nvalid, vi, ldv, o, 4, 2); break;
+        }
+        for (int64_t j = 0; j < nb; ++j) out[(i + j) * out_stride] = o[j];
+    }
+}
+
+/* ---------------------------------------------------------------- forward */
+typedef struct {
+    const float *X, *Wih, *Whh, *bih, *bhh, *h0, *c0;
+    float *Y, *hn, *cn, *G, *C, *P, *S;
+    int64_t T, B, D, H;
+    int nthreads;
+    const int64_t *len;
+    sb_barrier bar;
+} fwd_args;
+
+#define BCHUNK 8   /* batch rows whose gate pre-activations a unit block holds at once */
+
+AVX2 INLINE V bias8(const fwd_args *a, int64_t r, VM m) {
+    V b = V_ZERO();
+    if (a->bih) b = V_MLOAD(m, a->bih + r);
+    if (a->bhh) b = a->bih ? V_ADD(b, V_MLOAD(m, a->bhh + r)) : V_MLOAD(m, a->bhh + r);
+    return b;
+}
+
+/* Where step t's cell state goes: C[t] when saving, else alternating S / cn ending on cn. */
+static inline float *c_slot(const fwd_args *a, int64_t t) {
+    if (a->G) return a->C + t * a->B * a->H;
+    return ((a->T - 1 - t) & 1) ? a->S : a->cn;
+}
+
+AVX2 static void fwd_worker(void *arg) {
+    fwd_args *a = (fwd_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t T = a->T, B = a->B, D = a->D, H = a->H, G4 = 4 * H, nb = (H + VL - 1) / VL;
+    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
+    float *XP = a->G ? a->G : a->P;   /* input projections (T, B, 4H), when T > 1 */
+    if (T > 1) {
+        for (int64_t jb = jlo; jb < jhi; ++jb) {
+            const int64_t j0 = jb * VL;
+            const int nv = H - j0 < VL ? (int)(H - j0) : VL;
+            const VM m = v_tail(j0, H);
+            V o[4];
+            for (int q = 0; q < 4; ++q)
+                for (int64_t tb = 0; tb < T * B; tb += 4) {
+                    const int64_t n = T * B - tb < 4 ? T * B - tb : 4;
+                    dot8_many(a->Wih, D, q * H + j0, nv, a->X + tb * D, D, n, o, 1);
+                    for (int64_t i = 0; i < n; ++i) V_MSTORE(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
+                }
+        }
+    }
+    V pre[BCHUNK * 4], prex[BCHUNK * 4];
+    for (int64_t t = 0; t < T; ++t) {
+        const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
+        const float *cp = t == 0 ? a->c0 : c_slot(a, t - 1);
+        float *co = c_slot(a, t);
+        for (int64_t jb = jlo; jb < jhi; ++jb) {
+            const int64_t j0 = jb * VL;
+            const int nv = H - j0 < VL ? (int)(H - j0) : VL;
+            const VM m = v_tail(j0, H);
+            for (int64_t b0 = 0; b0 < B; b0 += BCHUNK) {
+                const int64_t nbat = B - b0 < BCHUNK ? B - b0 : BCHUNK;
+                for (int q = 0; q < 4; ++q) {
+                    dot8_many(a->Whh, H, q * H + j0, nv, hp + b0 * H, H, nbat, pre + q, 4);
+                    if (T == 1) dot8_many(a->Wih, D, q * H + j0, nv, a->X + b0 * D, D, nbat, prex + q, 4);
+                }
+                for (int64_t i = 0; i < nbat; ++i) {
+                    const int64_t b = b0 + i;
+                    V g[4];
+                    for (int q = 0; q < 4; ++q) {
+                        V xp = T > 1 ? V_MLOAD(m, XP + (t * B + b) * G4 + q * H + j0) : prex[i * 4 + q];
+                        g[q] = V_ADD(V_ADD(pre[i * 4 + q], xp), bias8(a, q * H + j0, m));
+                    }
+                    V I = v8_sigmoid(g[0]), F = v8_sigmoid(g[1]), Ct = v8_tanh(g[2]), O = v8_sigmoid(g[3]);
+                    V c_prev = V_MLOAD(m, cp + b * H + j0);
+                    V c = V_FMA(F, c_prev, V_MUL(I, Ct));
+                    V h = V_MUL(O, v8_tanh(c));
+                    if (a->len && t >= a->len[b]) {   /* finished row: state frozen, output 0 */
+                        c = c_prev;
+                        if (t == 0) V_MSTORE(a->hn + b * H + j0, m, V_MLOAD(m, a->h0 + b * H + j0));
+                        h = V_ZERO();
+                    } else {
+                        V_MSTORE(a->hn + b * H + j0, m, h);
+                    }
+                    V_MSTORE(co + b * H + j0, m, c);
+                    V_MSTORE(a->Y + (t * B + b) * H + j0, m, h);
+                    if (a->G) {
+                        float *gs = a->G + (t * B + b) * G4 + j0;
+                        V_MSTORE(gs, m, I);
+                        V_MSTORE(gs + H, m, F);
+                        V_MSTORE(gs + 2 * H, m, Ct);
+                        V_MSTORE(gs + 3 * H, m, O);
+                    }
+                }
+            }
+        }
+        if (a->G && t == T - 1)   /* saving: cn is also C[T-1] */
+            for (int64_t jb = jlo; jb < jhi; ++jb)
+                for (int64_t b = 0; b < B; ++b) {
+                    const VM m = v_tail(jb * VL, H);
+                    V_MSTORE(a->cn + b * H + jb * VL, m, V_MLOAD(m, co + b * H + jb * VL));
+                }
+        if (t + 1 < T) sb_wait(&a->bar, tm.nth);
+    }
+}
+
+/* ---------------------------------------------------------------- backward */
+typedef struct {
+    const float *dY, *Whh, *G, *C, *c0;
+    float *dG, *DH, *DC, *db;
+    int64_t T, B, H;
+    int nthreads;
+    const int64_t *len;
+    sb_barrier bar;
+} bwd_args;
+
+/* Gate gradients of step t for units [j0, j0 + 8) of every row (as small_batch_kernels.c). */
+AVX2 static void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
+    const int64_t B = a->B, H = a->H, G4 = 4 * H, j0 = jb * VL;
+    const VM m = v_tail(j0, H);
+    const V one = V_SET1(1.0f);
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = b * H + j0;
+        float *d = a->dG + (t * B + b) * G4 + j0;
+        if (a->len && t >= a->len[b]) {   /* finished row: no gate gradients; dh, dc carried */
+            for (int q = 0; q < 4; ++q) V_MSTORE(d + q * H, m, V_ZERO());
+            continue;
+        }
+        const float *g = a->G + (t * B + b) * G4 + j0;
+        V dh = V_MLOAD(m, a->DH + o);
+        if (a->dY) dh = V_ADD(V_MLOAD(m, a->dY + t * B * H + o), dh);
+        V dc = V_MLOAD(m, a->DC + o);
+        V I = V_MLOAD(m, g), F = V_MLOAD(m, g + H);
+        V Ct = V_MLOAD(m, g + 2 * H), O = V_MLOAD(m, g + 3 * H);
+        V c = V_MLOAD(m, a->C + t * B * H + o);
+        V cp = V_MLOAD(m, t > 0 ? a->C + (t - 1) * B * H + o : a->c0 + o);
+        V tc = v8_tanh(c);
+        V dct = V_FMA(V_MUL(dh, O), V_FNMA(tc, tc, one), dc);
+        V di = V_MUL(V_MUL(dct, Ct), V_MUL(I, V_SUB(one, I)));
+        V df = V_MUL(V_MUL(dct, cp), V_MUL(F, V_SUB(one, F)));
+        V dg = V_MUL(V_MUL(dct, I), V_FNMA(Ct, Ct, one));
+        V dO = V_MUL(V_MUL(dh, tc), V_MUL(O, V_SUB(one, O)));
+        V_MSTORE(d, m, di);
+        V_MSTORE(d + H, m, df);
+        V_MSTORE(d + 2 * H, m, dg);
+        V_MSTORE(d + 3 * H, m, dO);
+        V_MSTORE(a->DC + o, m, V_MUL(dct, F));
+        if (a->db) {   /* rows in order b = 0..B-1, steps T-1..0: a fixed order */
+            float *bq = a->db + j0;
+            V_MSTORE(bq, m, V_ADD(V_MLOAD(m, bq), di));
+            V_MSTORE(bq + H, m, V_ADD(V_MLOAD(m, bq + H), df));
+            V_MSTORE(bq + 2 * H, m, V_ADD(V_MLOAD(m, bq + 2 * H), dg));
+            V_MSTORE(bq + 3 * H, m, V_ADD(V_MLOAD(m, bq + 3 * H), dO));
+        }
+    }
+}
+
+/* DH[b, n0..n0+8) = sum over r = 0..4H-1 of dG_t[b, r] * W_hh[r, n0..] (two chains, even and odd
+ * r, summed at the end), for up to 4 rows b at once (frozen rows keep the dh carried through). */
+AVX2 static void bwd_dh(const bwd_args *a, int64_t t, int64_t n0) {
+    const int64_t B = a->B, H = a->H, G4 = 4 * H;
+    const VM m = v_tail(n0, H);
+    for (int64_t b0 = 0; b0 < B; b0 += 4) {
+        const int64_t nbat = B - b0 < 4 ? B - b0 : 4;
+        const float *d0 = a->dG + (t * B + b0) * G4;
+        const float *d1 = nbat > 1 ? d0 + G4 : d0, *d2 = nbat > 2 ? d0 + 2 * G4 : d0, *d3 = nbat > 3 ? d0 + 3 * G4 : d0;
+        V s0 = V_ZERO(), s1 = s0, s2 = s0, s3 = s0;
+        V u0 = s0, u1 = s0, u2 = s0, u3 = s0;
+        for (int64_t r = 0; r + 2 <= G4; r += 2) {   /* 4H is even: no r left */
+            V w = V_MLOAD(m, a->Whh + r * H + n0);
+            V w1 = V_MLOAD(m, a->Whh + (r + 1) * H + n0);
+            s0 = V_FMA(V_SET1(d0[r]), w, s0);
+            u0 = V_FMA(V_SET1(d0[r + 1]), w1, u0);
+            s1 = V_FMA(V_SET1(d1[r]), w, s1);
+            u1 = V_FMA(V_SET1(d1[r + 1]), w1, u1);
+            s2 = V_FMA(V_SET1(d2[r]), w, s2);
+            u2 = V_FMA(V_SET1(d2[r + 1]), w1, u2);
+            s3 = V_FMA(V_SET1(d3[r]), w, s3);
+            u3 = V_FMA(V_SET1(d3[r + 1]), w1, u3);
+        }
+        V v[4] = {V_ADD(s0, u0), V_ADD(s1, u1), V_ADD(s2, u2), V_ADD(s3, u3)};
+        for (int64_t i = 0; i < nbat; ++i) {
+            const int64_t b = b0 + i;
+            if (a->len && t >= a->len[b]) continue;
+            V_MSTORE(a->DH + b * H + n0, m, v[i]);
+        }
+    }
+}
+
+/* B == 1: DH[0, ..) for up to 4 column blocks at once (jb0.., nblk of them), each block's two
+ * chains exactly as bwd_dh's: bitwise its result, one broadcast of dG_t[r] for 32 columns. */
+AVX2 static void bwd_dh1(const bwd_args *a, int64_t t, int64_t jb0, int nblk) {
+    const int64_t H = a->H, G4 = 4 * H;
+    if (a->len && t >= a->len[0]) return;
+    const float *d = a->dG + t * G4;
+    VM m[4];
+    V s[4], u[4];
+    for (int c = 0; c < 4; ++c) {
+        m[c] = c < nblk ? v_tail((jb0 + c) * VL, H) : _mm256_setzero_si256();
+        s[c] = u[c] = V_ZERO();
+    }
+    for (int64_t r = 0; r + 2 <= G4; r += 2) {
+        const V d0 = V_SET1(d[r]), d1 = V_SET1(d[r + 1]);
+        const float *w0 = a->Whh + r * H + jb0 * VL, *w1 = w0 + H;
+        for (int c = 0; c < 4; ++c) {
+            s[c] = V_FMA(d0, V_MLOAD(m[c], w0 + VL * c), s[c]);
+            u[c] = V_FMA(d1, V_MLOAD(m[c], w1 + VL * c), u[c]);
+        }
+    }
+    for (int c = 0; c < nblk; ++c) V_MSTORE(a->DH + (jb0 + c) * VL, m[c], V_ADD(s[c], u[c]));
+}
+
+AVX2 static void bwd_worker(void *arg) {
+    bwd_args *a = (bwd_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t nb = (a->H + VL - 1) / VL;
+    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
+    for (int64_t t = a->T - 1; t >= 0; --t) {
+        for (int64_t jb = jlo; jb < jhi; ++jb) bwd_cell(a, t, jb);
+        sb_wait(&a->bar, tm.nth);
+        /* no second barrier: step t-1's cell reads only this thread's DH, DC and writes dG[t-1],
+         * which nobody reads before the next barrier */
+        if (a->B == 1)
+            for (int64_t jb = jlo; jb < jhi; jb += 4) bwd_dh1(a, t, jb, jhi - jb < 4 ? (int)(jhi - jb) : 4);
+        else
+            for (int64_t jb = jlo; jb < jhi; ++jb) bwd_dh(a, t, jb * VL);
+    }
+}
+
+/* ---------------------------------------------------------------- weight and input gradients */
+/* out[n, m] (n in [n0, n0 + nn), nn <= 4; every m < M) = sum over r = 0..R-1 in order of
+ * L[r * lr + n * ln] * X[r, m], X's rows [0, rx) at x0 and the rest at x1 (M floats each). With
+ * L = dG (R, N): lr = N, ln = 1, the weight gradient dG^T X. With L = dG (rows, 4H) and X = W_ih
+ * (4H, D): lr = 1, ln = 4H, the input gradient dG W_ih. */
+AVX2 static void tn_block(const float *L, int64_t lr, int64_t ln, int64_t R, int64_t n0, int nn,
+                          const float *x0, const float *x1, int64_t rx, int64_t M, float *out) {
+    for (int64_t m0 = 0; m0 < M; m0 += 2 * VL) {
+        const VM ma = v_tail(m0, M), mb = v_tail(m0 + VL, M);
+        V s[4][2];
+        for (int i = 0; i < 4; ++i) s[i][0] = s[i][1] = V_ZERO();
+        for (int64_t r = 0; r < R; ++r) {
+            const float *row = r < rx ? x0 + r * M : x1 + (r - rx) * M;
+            const V xa = V_MLOAD(ma, row + m0), xb = V_MLOAD(mb, row + m0 + VL);
+            const float *g = L + r * lr + n0 * ln;
+            for (int i = 0; i < 4; ++i) {
+                const V gi = V_SET1(g[(i < nn ? i : 0) * ln]);
+                s[i][0] = V_FMA(gi, xa, s[i][0]);
+                s[i][1] = V_FMA(gi, xb, s[i][1]);
+            }
+        }
+        for (int i = 0; i < nn; ++i) {
+            V_MSTORE(out + (n0 + i) * M + m0, ma, s[i][0]);
+            V_MSTORE(out + (n0 + i) * M + m0 + VL, mb, s[i][1]);
+        }
+    }
+}
+
+typedef struct {
+    const float *L;
+    int64_t lr, ln, R, N;
+    const float *a0, *a1;   /* A: rows [0, ra) at a0, the rest at a1 */
+    int64_t ra, ca;
+    const float *b0, *b1;   /* B likewise (optional: outb NULL) */
+    int64_t rb, cb;
+    float *outa, *outb;
+    int nthreads;
+} tn_args;
+
+AVX2 static void tn_worker(void *arg) {
+    tn_args *a = (tn_args *)arg;
+    team_t tm = team(a->nthreads);
+    const int64_t nblk = (a->N + 3) / 4;
+    for (int64_t k = nblk * tm.tid / tm.nth; k < nblk * (tm.tid + 1) / tm.nth; ++k) {
+        const int64_t n0 = 4 * k;
+        const int nn = a->N - n0 < 4 ? (int)(a->N - n0) : 4;
+        if (a->ca) tn_block(a->L, a->lr, a->ln, a->R, n0, nn, a->a0, a->a1, a->ra, a->ca, a->outa);
+        if (a->outb && a->cb) tn_block(a->L, a->lr, a->ln, a->R, n0, nn, a->b0, a->b1, a->rb, a->cb, a->outb);
+    }
+}
+#endif /* LSTM_X86 */
+
+/* ---------------------------------------------------------------- Python bindings */
+static int avx2_ok(void) {
+#if LSTM_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx2_ok()); }
+
+/* The team: torch's OpenMP pool, at most one thread per 8-unit block. */
+static int team_size(int requested, int64_t blocks) {
+    return requested < 1 ? 1 : (requested > blocks ? (int)(blocks < 1 ? 1 : blocks) : requested);
+}
+
+#define NEED_AVX2()                                                                                \
+    if (!avx2_ok()) { PyErr_SetString(PyExc_RuntimeError, "these kernels need AVX2 and FMA"); return NULL; }
+
+static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 20) { PyErr_SetString(PyExc_TypeError, "forward takes 20 arguments"); return NULL; }
+    NEED_AVX2();
+#if LSTM_X86
+    void *p[14];
+    if (ptrs(args, 14, p)) return NULL;
+    fwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13],
+                  PyLong_AsLongLong(args[14]), PyLong_AsLongLong(args[15]), PyLong_AsLongLong(args[16]),
+                  PyLong_AsLongLong(args[17]), (int)PyLong_AsLong(args[18])};
+    a.len = args[19] == Py_None ? NULL : PyLong_AsVoidPtr(args[19]);
+    if (PyErr_Occurred()) return NULL;
+    a.nthreads = team_size(a.nthreads, (a.H + VL - 1) / VL);
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(fwd_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 14) { PyErr_SetString(PyExc_TypeError, "backward takes 14 arguments"); return NULL; }
+    NEED_AVX2();
+#if LSTM_X86
+    void *p[9];
+    if (ptrs(args, 9, p)) return NULL;
+    bwd_args a = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], PyLong_AsLongLong(args[9]),
+                  PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
+    a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
+    if (PyErr_Occurred()) return NULL;
+    a.nthreads = team_size(a.nthreads, (a.H + VL - 1) / VL);
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(bwd_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 15) { PyErr_SetString(PyExc_TypeError, "weight_grad takes 15 arguments"); return NULL; }
+    NEED_AVX2();
+#if LSTM_X86
+    /* dG, N, R, a0, rows_a0, a1, cols_a, b0, rows_b0, b1, cols_b, out_a, out_b, scratch, nthreads */
+    static const int is_ptr[15] = {1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0};
+    void *q[15] = {0};
+    int64_t v[15] = {0};
+    for (int k = 0; k < 15; ++k) {
+        if (is_ptr[k]) {
+            if (ptrs(args + k, 1, &q[k])) return NULL;
+        } else {
+            v[k] = PyLong_AsLongLong(args[k]);
+        }
+    }
+    if (PyErr_Occurred()) return NULL;
+    tn_args a = {q[0], v[1], 1, v[2], v[1], q[3], q[5], v[4], v[6], q[7], q[9], v[8], v[10], q[11], q[12], 0};
+    a.nthreads = team_size((int)v[14], (a.N + 3) / 4);
+    if (!a.L || !a.a0 || !a.outa || (a.ra < a.R && !a.a1) || (a.outb && (!a.b0 || (a.rb < a.R && !a.b1)))) {
+        PyErr_SetString(PyExc_ValueError, "weight_grad: a missing operand");
+        return NULL;
+    }
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(tn_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+#endif
+    Py_RETURN_NONE;
+}
+
+/* input_grad(dG, W, rows, G4, D, out, nthreads): out (rows, D) = dG (rows, G4) W (G4, D), each
+ * output one chain over r = 0..G4-1 in order; threads own 4-row blocks of out. */
+static PyObject *py_input_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) { PyErr_SetString(PyExc_TypeError, "input_grad takes 7 arguments"); return NULL; }
+    NEED_AVX2();
+#if LSTM_X86
+    void *dG, *W, *out;
+    if (ptrs(args, 1, &dG) || ptrs(args + 1, 1, &W) || ptrs(args + 5, 1, &out)) return NULL;
+    const int64_t rows = PyLong_AsLongLong(args[2]), G4 = PyLong_AsLongLong(args[3]), D = PyLong_AsLongLong(args[4]);
+    const int nth = (int)PyLong_AsLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    if (!dG || !W || !out) { PyErr_SetString(PyExc_ValueError, "input_grad: a missing operand"); return NULL; }
+    tn_args a = {dG, 1, G4, G4, rows, W, NULL, G4, D, NULL, NULL, 0, 0, out, NULL, 0};
+    a.nthreads = team_size(nth, (rows + 3) / 4);
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(tn_worker, &a, a.nthreads);
+    Py_END_ALLOW_THREADS
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_weight_grad_scratch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return PyLong_FromLong(0);
+}
+
+static PyMethodDef methods[] = {
+    {"available", py_available, METH_NOARGS, "whether this CPU runs these kernels (AVX2 and FMA)"},
+    {"forward", (PyCFunction)(void (*)(void))py_forward, METH_FASTCALL, "small-batch LSTM forward over T steps"},
+    {"backward", (PyCFunction)(void (*)(void))py_backward, METH_FASTCALL, "small-batch backward through time"},
+    {"weight_grad", (PyCFunction)(void (*)(void))py_weight_grad, METH_FASTCALL,
+     "dG^T A (and dG^T B), fixed order: bitwise independent of the thread count"},
+    {"input_grad", (PyCFunction)(void (*)(void))py_input_grad, METH_FASTCALL,
+     "dG W, fixed order: bitwise independent of the thread count"},
+    {"weight_grad_scratch", (PyCFunction)(void (*)(void))py_weight_grad_scratch, METH_FASTCALL,
+     "scratch floats weight_grad needs (none)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_small_batch_avx2_kernels",
+                                    "Small-batch LSTM kernels (float32, AVX2 + FMA, weights in nn.LSTM layout).", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__small_batch_avx2_kernels(void) { return PyModule_Create(&module); }
