@@ -260,7 +260,8 @@ def test_autocast_bitwise_equal_across_thread_counts():
 
 
 def test_crossovers_are_the_committed_measurement():
-    """CROSSOVERS is what benchmarks/small_batch_crossovers.py derives from the committed JSON."""
+    """CROSSOVERS is what benchmarks/small_batch_crossovers.py derives from the committed JSONs
+    (one per kernel ISA: the AVX-512 kernels' entries and the AVX2 kernels' "avx2-" ones)."""
     import json
     import sys
     from pathlib import Path
@@ -270,5 +271,26 @@ def test_crossovers_are_the_committed_measurement():
         from small_batch_crossovers import crossovers
     finally:
         sys.path.remove(str(root / "benchmarks"))
-    doc = json.loads((root / "benchmarks" / "results" / "small-batch-crossovers.json").read_text())
-    assert doc["complete"] and crossovers(doc) == small_batch.CROSSOVERS
+    table = {}
+    files = sorted((root / "benchmarks" / "results").glob("small-batch-crossovers*.json"))
+    assert [f.name for f in files] == ["small-batch-crossovers-avx2.json", "small-batch-crossovers.json"]
+    for f in files:
+        doc = json.loads(f.read_text())
+        assert doc["complete"] and not doc["smoke"], f.name
+        table.update(crossovers(doc))
+    assert table == small_batch.CROSSOVERS
+
+
+@pytest.mark.skipif(small_batch.ISA != "avx512", reason="the AVX2 kernels are this CPU's: the tests above are theirs")
+def test_avx2_kernels_pass_the_same_tests_on_an_avx512_cpu():
+    """On an AVX-512 CPU the AVX2 kernels (the ones AVX2-only CPUs run) are reached with
+    LSTM_FAST_CPU_ISA=avx2, read at import: this file's tests in a subprocess with it set."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, LSTM_FAST_CPU_ISA="avx2")
+    code = ("import sys, pytest; from lstm_fast.cpu import small_batch; assert small_batch.ISA == 'avx2'; "
+            "sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', __import__('os').path.abspath(sys.argv[1]), "
+            "'-k', 'not avx2_kernels_pass']))")
+    r = subprocess.run([sys.executable, "-c", code, __file__], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -22,7 +22,7 @@
  *   nthreads): out_a (N, cols_a) = dG^T A and out_b (N, cols_b) = dG^T B (out_b NULL: none), dG
  *   (R, N) row-major; A given as rows_a0 rows at a0 then R - rows_a0 rows at a1 (a1 NULL when
  *   rows_a0 == R), B likewise: the signature of sequence_kernels' weight_grad. Each thread owns
- *   fixed 4-row blocks of the outputs, each output a single chain over r = 0..R-1 in order:
+ *   fixed ranges of (4-row, 16-column) output blocks, each output a single chain over r = 0..R-1 in order:
  *   bitwise independent of the thread count. weight_grad_scratch(...) -> 0 (no scratch needed).
  * input_grad(dG, W, rows, G4, D, out, nthreads): out (rows, D) = dG (rows, G4) W (G4, D), the same
  *   product with the roles turned (torch's GEMM changes its bits with the thread count on the
@@ -43,8 +43,6 @@ typedef __m256i VM;   /* a lane mask: all ones (lane taken) or zero */
 #define V_ZERO() _mm256_setzero_ps()
 #define V_SET1(x) _mm256_set1_ps(x)
 #define V_LOAD(p) _mm256_loadu_ps(p)
-#define V_MLOAD(m, p) _mm256_maskload_ps((p), (m))
-#define V_MSTORE(p, m, v) _mm256_maskstore_ps((p), (m), (v))
 #define V_ADD(a, b) _mm256_add_ps(a, b)
 #define V_SUB(a, b) _mm256_sub_ps(a, b)
 #define V_MUL(a, b) _mm256_mul_ps(a, b)
@@ -52,6 +50,16 @@ typedef __m256i VM;   /* a lane mask: all ones (lane taken) or zero */
 #define V_FNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)    /* c - a * b */
 
 static const int32_t MASK_TABLE[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+/* Masked load and store, the plain instruction where the mask is full: vmaskmovps stores are
+ * microcoded on AMD Zen 2/3 (tens of cycles each; the weight-gradient product spent 350-550 us
+ * of a 1 ms B1 T1 H256 backward in them, measured here), so only a tail takes them. */
+AVX2 INLINE int v_full(VM m) { return _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xFF; }
+AVX2 INLINE V V_MLOAD(VM m, const float *p) { return v_full(m) ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m); }
+AVX2 INLINE void V_MSTORE(float *p, VM m, V v) {
+    if (v_full(m)) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, m, v);
+}
 
 /* The lanes of [j0, j0 + 8) below n. */
 AVX2 INLINE VM v_tail(int64_t j0, int64_t n) {
@@ -400,35 +408,42 @@ AVX2 static void bwd_worker(void *arg) {
 }
 
 /* ---------------------------------------------------------------- weight and input gradients */
-/* out[n, m] (n in [n0, n0 + nn), nn <= 4; every m < M) += (r0 == 0: =) the sum over r in
- * [r0, r1) in order of L[r * lr + n * ln] * X[r, m], X's rows [0, rx) at x0 and the rest at x1 (M
- * floats each): one chain per output, continued through out from one r chunk to the next. With
- * L = dG (R, N): lr = N, ln = 1, the weight gradient dG^T X. With L = dG (rows, 4H) and X = W_ih
- * (4H, D): lr = 1, ln = 4H, the input gradient dG W_ih. */
+/* out[n, m0..m0+16) (n in [n0, n0 + NN), NN <= 4) += (r0 == 0: =) the sum over r in [r0, r1) in
+ * order of L[r * lr + n * ln] * X[r, m], X's rows [0, rx) at x0 and the rest at x1 (M floats
+ * each): one chain per output, continued through out from one r chunk to the next. With L = dG
+ * (R, N): lr = N, ln = 1, the weight gradient dG^T X. With L = dG (rows, 4H) and X = W_ih (4H, D):
+ * lr = 1, ln = 4H, the input gradient dG W_ih. NN: a compile-time constant at every call. */
+AVX2 INLINE void tn_item(const float *L, int64_t lr, int64_t ln, int64_t r0, int64_t r1, int64_t n0, const int NN,
+                         int64_t m0, const float *x0, const float *x1, int64_t rx, int64_t M, float *out) {
+    const VM ma = v_tail(m0, M), mb = v_tail(m0 + VL, M);
+    V s[4][2];
+    for (int i = 0; i < NN; ++i) {
+        s[i][0] = r0 == 0 ? V_ZERO() : V_MLOAD(ma, out + (n0 + i) * M + m0);
+        s[i][1] = r0 == 0 ? V_ZERO() : V_MLOAD(mb, out + (n0 + i) * M + m0 + VL);
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+        const float *row = r < rx ? x0 + r * M : x1 + (r - rx) * M;
+        const V xa = V_MLOAD(ma, row + m0), xb = V_MLOAD(mb, row + m0 + VL);
+        const float *g = L + r * lr + n0 * ln;
+        for (int i = 0; i < NN; ++i) {
+            const V gi = V_SET1(g[i * ln]);
+            s[i][0] = V_FMA(gi, xa, s[i][0]);
+            s[i][1] = V_FMA(gi, xb, s[i][1]);
+        }
+    }
+    for (int i = 0; i < NN; ++i) {
+        V_MSTORE(out + (n0 + i) * M + m0, ma, s[i][0]);
+        V_MSTORE(out + (n0 + i) * M + m0 + VL, mb, s[i][1]);
+    }
+}
+
 AVX2 static void tn_block(const float *L, int64_t lr, int64_t ln, int64_t r0, int64_t r1, int64_t n0, int nn,
-                          const float *x0, const float *x1, int64_t rx, int64_t M, float *out) {
-    for (int64_t m0 = 0; m0 < M; m0 += 2 * VL) {
-        const VM ma = v_tail(m0, M), mb = v_tail(m0 + VL, M);
-        V s[4][2];
-        for (int i = 0; i < 4; ++i) {
-            const int64_t n = n0 + (i < nn ? i : 0);
-            s[i][0] = r0 == 0 ? V_ZERO() : V_MLOAD(ma, out + n * M + m0);
-            s[i][1] = r0 == 0 ? V_ZERO() : V_MLOAD(mb, out + n * M + m0 + VL);
-        }
-        for (int64_t r = r0; r < r1; ++r) {
-            const float *row = r < rx ? x0 + r * M : x1 + (r - rx) * M;
-            const V xa = V_MLOAD(ma, row + m0), xb = V_MLOAD(mb, row + m0 + VL);
-            const float *g = L + r * lr + n0 * ln;
-            for (int i = 0; i < 4; ++i) {
-                const V gi = V_SET1(g[(i < nn ? i : 0) * ln]);
-                s[i][0] = V_FMA(gi, xa, s[i][0]);
-                s[i][1] = V_FMA(gi, xb, s[i][1]);
-            }
-        }
-        for (int i = 0; i < nn; ++i) {
-            V_MSTORE(out + (n0 + i) * M + m0, ma, s[i][0]);
-            V_MSTORE(out + (n0 + i) * M + m0 + VL, mb, s[i][1]);
-        }
+                          int64_t m0, const float *x0, const float *x1, int64_t rx, int64_t M, float *out) {
+    switch (nn) {
+    case 1: tn_item(L, lr, ln, r0, r1, n0, 1, m0, x0, x1, rx, M, out); break;
+    case 2: tn_item(L, lr, ln, r0, r1, n0, 2, m0, x0, x1, rx, M, out); break;
+    case 3: tn_item(L, lr, ln, r0, r1, n0, 3, m0, x0, x1, rx, M, out); break;
+    default: tn_item(L, lr, ln, r0, r1, n0, 4, m0, x0, x1, rx, M, out); break;
     }
 }
 
@@ -448,17 +463,25 @@ typedef struct {
     int nthreads;
 } tn_args;
 
+/* Work items: (4-row block of out, 16-column chunk) of out_a, then of out_b; thread t takes a
+ * fixed contiguous range of them (rows or columns: whichever there are more of, as a B = 1
+ * input gradient has one row block), so no output depends on the team size. */
 AVX2 static void tn_worker(void *arg) {
     tn_args *a = (tn_args *)arg;
     team_t tm = team(a->nthreads);
-    const int64_t nblk = (a->N + 3) / 4;
+    const int64_t nblk = (a->N + 3) / 4, ma = (a->ca + 2 * VL - 1) / (2 * VL);
+    const int64_t mb = a->outb ? (a->cb + 2 * VL - 1) / (2 * VL) : 0;
+    const int64_t na = nblk * ma, items = na + nblk * mb;
+    const int64_t lo = items * tm.tid / tm.nth, hi = items * (tm.tid + 1) / tm.nth;
     for (int64_t r0 = 0; r0 < a->R || r0 == 0; r0 += TN_ROWS) {   /* R == 0: one pass writing zeros */
         const int64_t r1 = a->R - r0 < TN_ROWS ? a->R : r0 + TN_ROWS;
-        for (int64_t k = nblk * tm.tid / tm.nth; k < nblk * (tm.tid + 1) / tm.nth; ++k) {
-            const int64_t n0 = 4 * k;
+        for (int64_t it = lo; it < hi; ++it) {
+            const int b = it >= na;
+            const int64_t j = b ? it - na : it, mc = b ? mb : ma;
+            const int64_t n0 = 4 * (j / mc), m0 = 2 * VL * (j % mc);
             const int nn = a->N - n0 < 4 ? (int)(a->N - n0) : 4;
-            if (a->ca) tn_block(a->L, a->lr, a->ln, r0, r1, n0, nn, a->a0, a->a1, a->ra, a->ca, a->outa);
-            if (a->outb && a->cb) tn_block(a->L, a->lr, a->ln, r0, r1, n0, nn, a->b0, a->b1, a->rb, a->cb, a->outb);
+            if (b) tn_block(a->L, a->lr, a->ln, r0, r1, n0, nn, m0, a->b0, a->b1, a->rb, a->cb, a->outb);
+            else tn_block(a->L, a->lr, a->ln, r0, r1, n0, nn, m0, a->a0, a->a1, a->ra, a->ca, a->outa);
         }
     }
 }
@@ -540,7 +563,7 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_
     }
     if (PyErr_Occurred()) return NULL;
     tn_args a = {q[0], v[1], 1, v[2], v[1], q[3], q[5], v[4], v[6], q[7], q[9], v[8], v[10], q[11], q[12], 0};
-    a.nthreads = team_size((int)v[14], (a.N + 3) / 4);
+    a.nthreads = team_size((int)v[14], (a.N + 3) / 4 * ((a.ca + a.cb) / (2 * VL) + 2));
     if (!a.outa || (a.R > 0 && (!a.L || !a.a0 || (a.ra < a.R && !a.a1) || (a.outb && (!a.b0 || (a.rb < a.R && !a.b1)))))) {
         PyErr_SetString(PyExc_ValueError, "weight_grad: a missing operand");
         return NULL;
@@ -554,7 +577,7 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 /* input_grad(dG, W, rows, G4, D, out, nthreads): out (rows, D) = dG (rows, G4) W (G4, D), each
- * output one chain over r = 0..G4-1 in order; threads own 4-row blocks of out. */
+ * output one chain over r = 0..G4-1 in order; threads own fixed ranges of output blocks. */
 static PyObject *py_input_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) { PyErr_SetString(PyExc_TypeError, "input_grad takes 7 arguments"); return NULL; }
     NEED_AVX2();
@@ -566,7 +589,7 @@ static PyObject *py_input_grad(PyObject *self, PyObject *const *args, Py_ssize_t
     if (PyErr_Occurred()) return NULL;
     if (!dG || !W || !out) { PyErr_SetString(PyExc_ValueError, "input_grad: a missing operand"); return NULL; }
     tn_args a = {dG, 1, G4, G4, rows, W, NULL, G4, D, NULL, NULL, 0, 0, out, NULL, 0};
-    a.nthreads = team_size(nth, (rows + 3) / 4);
+    a.nthreads = team_size(nth, (rows + 3) / 4 * (D / (2 * VL) + 1));
     resolve_gomp();
     Py_BEGIN_ALLOW_THREADS
     run(tn_worker, &a, a.nthreads);
