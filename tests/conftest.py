@@ -136,3 +136,19 @@ def cudnn_tf32():
         rnn.fp32_precision = saved
     else:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+def nn_lstm_runs_under_cpu_autocast():
+    """Whether nn.LSTM (the reference) runs under CPU autocast bf16 here: its oneDNN primitive
+    needs AVX512-BF16 or AMX, and raises on an AVX2-only CPU. Tests whose reference is
+    nn.LSTM-autocast skip where it cannot run (``requires_nn_autocast``)."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(2, 2)(torch.randn(1, 1, 2))
+        return True
+    except RuntimeError:
+        return False
+
+
+requires_nn_autocast = pytest.mark.skipif(not nn_lstm_runs_under_cpu_autocast(),
+                                          reason="nn.LSTM cannot run under CPU autocast bf16 on this CPU (oneDNN)")

@@ -2,6 +2,7 @@
 nn.LSTM under the same autocast (dtypes of outputs, state and gradients; values within bf16
 tolerance), accepts the (h, c) it returned as the next call's state as nn.LSTM does (d2l carries
 state that way), and bf16 parameters give nn.LSTM's bf16 outputs and gradients by value."""
+from conftest import requires_nn_autocast
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+@requires_nn_autocast
 @pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True), dict(proj_size=3)],
                          ids=["L1", "L2-bi", "proj3"])
 def test_cpu_autocast_bf16_matches_nn_lstm(kw):
@@ -58,6 +60,7 @@ def test_bf16_parameters_match_nn_lstm_by_value():
         assert not torch.isnan(a).any() and _rel(a, b) < 3e-2, f"grad {name}: {_rel(a, b):.2e}"
 
 
+@requires_nn_autocast
 @pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True), dict(proj_size=3)],
                          ids=["L1", "L2-bi", "proj3"])
 def test_autocast_state_fed_back_like_nn_lstm(kw):

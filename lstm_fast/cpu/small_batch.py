@@ -201,6 +201,8 @@ SWITCH_VALUES = ("auto", "1", "0")
 #: The "avx2-" entries: the AVX2 kernels against the stepwise route, from
 #: benchmarks/results/small-batch-crossovers-avx2.json (commit f6aac04, the same command, an AMD
 #: EPYC with AVX2 and no AVX-512, 2 cores, load average 0.6-2.1: this run alone on the machine).
+#: A call takes the small-batch kernels only where its 1- and 2-thread entries both say so
+#: (:func:`use_for`), so the choice, and the bits, do not change with the thread count.
 CROSSOVERS = {
     ("avx2-autocast-bfloat16", 1, "inference"): [(256, 8, 4), (512, 8, 4), (1024, 8, 4)],
     ("avx2-autocast-bfloat16", 1, "training"): [(256, 4, 1), (512, 4, 0), (1024, 4, 0)],
@@ -232,9 +234,6 @@ def _mode() -> str:
     return os.environ.get(SWITCH, "auto")
 
 
-@torch.compiler.assume_constant_result
-def _threads() -> int:
-    return min(torch.get_num_threads(), 2)
 
 
 def use_for(x, w_hh, lengths=None, autocast_dtype=None, training=False) -> bool:
@@ -251,10 +250,16 @@ def use_for(x, w_hh, lengths=None, autocast_dtype=None, training=False) -> bool:
         raise ValueError(f"{SWITCH} must be one of {SWITCH_VALUES}, got {mode!r}")
     T, B = x.shape[0], x.shape[1]
     H = w_hh.shape[1]
-    threads = _threads()
     key = "autocast-bfloat16" if autocast_dtype == torch.bfloat16 else str(x.dtype).replace("torch.", "")
     key = _KEY_PREFIX + key
-    for max_h, max_b1, max_bseq in CROSSOVERS.get((key, threads, "training" if training else "inference"), ()):
-        if H <= max_h:
-            return B <= (max_b1 if T == 1 else max_bseq)
-    return False
+    mode_key = "training" if training else "inference"
+
+    def says(threads):
+        for max_h, max_b1, max_bseq in CROSSOVERS.get((key, threads, mode_key), ()):
+            if H <= max_h:
+                return B <= (max_b1 if T == 1 else max_bseq)
+        return False
+    # the 1- and 2-thread entries must agree: a call then takes the same kernels, so the same
+    # bits, at any thread count (the kernels' results are thread-count independent; a choice
+    # that changed with the thread count would not be)
+    return says(1) and says(2)

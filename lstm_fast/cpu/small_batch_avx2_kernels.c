@@ -564,7 +564,8 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_
     if (PyErr_Occurred()) return NULL;
     tn_args a = {q[0], v[1], 1, v[2], v[1], q[3], q[5], v[4], v[6], q[7], q[9], v[8], v[10], q[11], q[12], 0};
     a.nthreads = team_size((int)v[14], (a.N + 3) / 4 * ((a.ca + a.cb) / (2 * VL) + 2));
-    if (!a.outa || (a.R > 0 && (!a.L || !a.a0 || (a.ra < a.R && !a.a1) || (a.outb && (!a.b0 || (a.rb < a.R && !a.b1)))))) {
+    if ((a.ca > 0 && !a.outa) || (a.R > 0 && (!a.L || (a.ca > 0 && (!a.a0 || (a.ra < a.R && !a.a1)))
+                                               || (a.outb && a.cb > 0 && (!a.b0 || (a.rb < a.R && !a.b1)))))) {
         PyErr_SetString(PyExc_ValueError, "weight_grad: a missing operand");
         return NULL;
     }

@@ -28,7 +28,7 @@ def _gemm_module():
     return None
 
 
-_sequence_kernels = _gemm_module()
+_gemm = _gemm_module()   # the module whose weight_grad runs here
 
 
 def _part(blocks, R):
@@ -62,11 +62,11 @@ def weight_gradients(dG, a0, a1=None, nthreads=None):
     if M0 + M1 == 0 or N == 0:   # empty outputs
         return out0, out1
     nthreads = max(1, torch.get_num_threads() if nthreads is None else nthreads)
-    scratch = workspace.empty((_sequence_kernels.weight_grad_scratch(N, M0 + M1, R, nthreads),), dG.dtype)
-    _sequence_kernels.weight_grad(dG.data_ptr(), N, R, *p0, *p1, out0.data_ptr(),
+    scratch = workspace.empty((_gemm.weight_grad_scratch(N, M0 + M1, R, nthreads),), dG.dtype)
+    _gemm.weight_grad(dG.data_ptr(), N, R, *p0, *p1, out0.data_ptr(),
                                   None if out1 is None else out1.data_ptr(), scratch.data_ptr(), nthreads)
     return out0, out1
 
 
 def available() -> bool:
-    return _sequence_kernels is not None
+    return _gemm is not None
