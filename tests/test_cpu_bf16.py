@@ -9,6 +9,7 @@ like we do, so both are small and noisy). Routing: the native kernels run under 
 and for bf16 parameters when the CPU has AVX512-BF16; LSTM_FAST_CPU_BF16 (bf16_sequence.MODE)
 forces either path, and the upcast path is today's float32 kernels on exactly upcast operands.
 """
+from conftest import requires_nn_autocast
 import pytest
 import torch
 from torch import nn
@@ -347,6 +348,7 @@ def test_train_precision_bf16(tmp_path, kernel_calls):
         TrainConfig(precision="fp16").validate()
 
 
+@requires_nn_autocast   # the script times nn.LSTM under autocast
 def test_benchmark_script_runs_and_renders(tmp_path):
     """benchmarks/cpu_bf16.py at a tiny shape (one round, no train runs) writes a results file
     that benchmarks/readme_table.py renders: the script and its table cannot rot unnoticed."""
