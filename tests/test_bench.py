@@ -10,6 +10,7 @@ import torch
 
 from lstm_fast.d2l import bench, cli
 from lstm_fast.d2l.bench import measure, quartiles, time_interleaved, with_ratios
+from conftest import nn_lstm_runs_under_cpu_autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,18 +227,6 @@ def _installed(name):
     return importlib.util.find_spec(name) is not None and importlib.util.find_spec("onnx") is not None
 
 
-def _nn_lstm_autocast_runs():
-    """Whether nn.LSTM runs under CPU autocast bf16 on this CPU (oneDNN's bf16 LSTM needs
-    AVX512-BF16 or AMX; on an AVX2-only CPU it raises, and peers.py records that as a skip)."""
-    import torch
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.nn.LSTM(2, 2)(torch.randn(1, 1, 2))
-        return True
-    except RuntimeError:
-        return False
-
-
 def _nn_bf16_skips(doc):
     """The skips a CPU without nn.LSTM-autocast gives (each naming oneDNN's error), as (peer, dtype)."""
     skips = [s for s in doc["skipped"] if s["implementation"] == "torch"]
@@ -268,7 +257,7 @@ def test_peers_smoke_checks_times_and_renders(tmp_path):
     _assert_evidence(doc)
     installed = {n for n in ("onnxruntime", "openvino") if _installed(n)}
     assert doc["failed"] == []
-    nn_bf16 = _nn_lstm_autocast_runs()
+    nn_bf16 = nn_lstm_runs_under_cpu_autocast()
     assert _nn_bf16_skips(doc) == (not nn_bf16)
     runtime_skips = [s for s in doc["skipped"] if s["implementation"] != "torch"]
     assert {s["implementation"] for s in runtime_skips} == {"onnxruntime", "openvino"} - installed
@@ -315,7 +304,7 @@ def test_peers_smoke_without_the_runtimes_skips_them(tmp_path):
         (block / f"{name}.py").write_text(f"raise ImportError('{name} blocked by the test')\n")
     doc = _run_peers(tmp_path / "peers.json", "--rows", "step", pythonpath=str(block))
     _assert_evidence(doc)
-    assert _nn_bf16_skips(doc) == (not _nn_lstm_autocast_runs())
+    assert _nn_bf16_skips(doc) == (not nn_lstm_runs_under_cpu_autocast())
     runtime_skips = [s for s in doc["skipped"] if s["implementation"] != "torch"]
     assert sorted(s["implementation"] for s in runtime_skips) == ["onnxruntime", "openvino"]
     assert all("blocked by the test" in s["reason"] for s in runtime_skips)
@@ -339,7 +328,7 @@ def test_peers_a_peer_over_the_tolerance_is_failed_not_timed(tmp_path, monkeypat
     doc = json.loads((tmp_path / "p.json").read_text())
     assert doc["rows"] == []
     want = {(p, d) for p in ("fused", "torch") for d in ("float32", "bf16")}
-    if not _nn_lstm_autocast_runs():   # nn.LSTM bf16 cannot run here: skipped, never checked
+    if not nn_lstm_runs_under_cpu_autocast():   # nn.LSTM bf16 cannot run here: skipped, never checked
         want.discard(("torch", "bf16"))
     assert {(f["implementation"], f["dtype"]) for f in doc["failed"]} == want
     assert all(f["max_abs_error"] >= 0 and f["tolerance"] == -1.0 for f in doc["failed"])

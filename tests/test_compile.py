@@ -2,7 +2,6 @@
 a fake (shape) implementation and an autograd formula, so forward and backward compile without a
 graph break and give eager's numbers. Dynamo refuses every nn.LSTM subclass unless
 torch._dynamo.config.allow_rnn is set (an isinstance check), so the test sets it, as users do."""
-from conftest import requires_nn_autocast
 import pytest
 import torch
 from torch import nn
@@ -11,6 +10,7 @@ from lstm_fast import FusedLSTM
 from lstm_fast.ops import custom_ops  # noqa: F401  (registers the lstm_fast:: ops)
 from lstm_fast.ops.plan import plan_layer
 from lstm_fast.cpu import bf16_sequence as cpu_bf16
+from conftest import requires_nn_autocast
 
 
 class Net(nn.Module):

@@ -9,13 +9,13 @@ like we do, so both are small and noisy). Routing: the native kernels run under 
 and for bf16 parameters when the CPU has AVX512-BF16; LSTM_FAST_CPU_BF16 (bf16_sequence.MODE)
 forces either path, and the upcast path is today's float32 kernels on exactly upcast operands.
 """
-from conftest import requires_nn_autocast
 import pytest
 import torch
 from torch import nn
 
 from lstm_fast import FusedLSTM, fused_lstm
 from lstm_fast.cpu import bf16_sequence
+from conftest import requires_nn_autocast
 
 native = pytest.mark.skipif(not bf16_sequence.cpu_supported(), reason="CPU without AVX512-BF16")
 

@@ -2,13 +2,13 @@
 nn.LSTM under the same autocast (dtypes of outputs, state and gradients; values within bf16
 tolerance), accepts the (h, c) it returned as the next call's state as nn.LSTM does (d2l carries
 state that way), and bf16 parameters give nn.LSTM's bf16 outputs and gradients by value."""
-from conftest import requires_nn_autocast
 import pytest
 import torch
 
 from torch import nn
 
 from lstm_fast import FusedLSTM, fused_lstm
+from conftest import requires_nn_autocast
 
 
 def _rel(a, b):

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from lstm_fast import FusedLSTM
 from lstm_fast.cpu import small_batch
 from lstm_fast.ops.plan import plan_layer
+from conftest import nn_lstm_runs_under_cpu_autocast
 
 pytestmark = pytest.mark.skipif(small_batch._small_batch_kernels is None,
                                 reason="small-batch kernels not built, or neither AVX-512 nor AVX2 on this CPU")
@@ -149,22 +150,11 @@ def _autocast_run(module, x, hx, weight, autocast=True):
     return [y, h, c, *torch.autograd.grad(loss, [x, *hx, *module.parameters()])]
 
 
-def _nn_autocast_runs():
-    """Whether nn.LSTM runs under CPU autocast bf16 here (its oneDNN primitive needs AVX512-BF16
-    or AMX: on an AVX2-only CPU it raises)."""
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            nn.LSTM(2, 2)(torch.randn(1, 1, 2))
-        return True
-    except RuntimeError:
-        return False
-
-
 def _nn_autocast_reference(module, x, hx, weight):
     """nn.LSTM-autocast's outputs and gradients: the real thing where it runs, else what it does
     emulated (float32 nn.LSTM on every operand rounded to bf16 as autocast casts them, the outputs
     rounded to bf16; the gradients flow back through the roundings as through autocast's casts)."""
-    if _nn_autocast_runs():
+    if nn_lstm_runs_under_cpu_autocast():
         return _autocast_run(module, x, hx, weight)
     x = x.clone().requires_grad_()
     hx = tuple(t.clone().requires_grad_() for t in hx)
