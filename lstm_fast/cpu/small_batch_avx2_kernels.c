@@ -504,6 +504,14 @@ static int team_size(int requested, int64_t blocks) {
     return requested < 1 ? 1 : (requested > blocks ? (int)(blocks < 1 ? 1 : blocks) : requested);
 }
 
+/* A worker on torch's OpenMP team, the GIL released (every entry point's last step). */
+static void launch(void (*fn)(void *), void *arg, int nthreads) {
+    resolve_gomp();
+    Py_BEGIN_ALLOW_THREADS
+    run(fn, arg, nthreads);
+    Py_END_ALLOW_THREADS
+}
+
 #define NEED_AVX2()                                                                                \
     if (!avx2_ok()) { PyErr_SetString(PyExc_RuntimeError, "these kernels need AVX2 and FMA"); return NULL; }
 
@@ -519,10 +527,7 @@ static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t na
     a.len = args[19] == Py_None ? NULL : PyLong_AsVoidPtr(args[19]);
     if (PyErr_Occurred()) return NULL;
     a.nthreads = team_size(a.nthreads, (a.H + VL - 1) / VL);
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(fwd_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
+    launch(fwd_worker, &a, a.nthreads);
 #endif
     Py_RETURN_NONE;
 }
@@ -538,10 +543,7 @@ static PyObject *py_backward(PyObject *self, PyObject *const *args, Py_ssize_t n
     a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
     if (PyErr_Occurred()) return NULL;
     a.nthreads = team_size(a.nthreads, (a.H + VL - 1) / VL);
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(bwd_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
+    launch(bwd_worker, &a, a.nthreads);
 #endif
     Py_RETURN_NONE;
 }
@@ -569,10 +571,7 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_ValueError, "weight_grad: a missing operand");
         return NULL;
     }
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(tn_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
+    launch(tn_worker, &a, a.nthreads);
 #endif
     Py_RETURN_NONE;
 }
@@ -591,10 +590,7 @@ static PyObject *py_input_grad(PyObject *self, PyObject *const *args, Py_ssize_t
     if (!dG || !W || !out) { PyErr_SetString(PyExc_ValueError, "input_grad: a missing operand"); return NULL; }
     tn_args a = {dG, 1, G4, G4, rows, W, NULL, G4, D, NULL, NULL, 0, 0, out, NULL, 0};
     a.nthreads = team_size(nth, (rows + 3) / 4 * (D / (2 * VL) + 1));
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(tn_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
+    launch(tn_worker, &a, a.nthreads);
 #endif
     Py_RETURN_NONE;
 }
