@@ -8,12 +8,26 @@ through ``torch.ops.mkldnn._linear_pointwise`` (the op inductor emits for CPU li
 the elementwise math and the algorithm our own.
 
 oneDNN costs ~14 us per call whatever the size, so tiny products (and float64, which oneDNN does
-not support, and every non-CPU tensor) go to ``torch.addmm``.
+not support, and every non-CPU tensor) go to ``torch.addmm`` -- on CPUs with AVX-512. On CPUs
+without it every float32 product goes to oneDNN: there MKL's bits change with the thread count
+at small sizes (an AMD EPYC with AVX2: a 7x33 @ 33x132 product differed between 1 and 2 threads,
+and so did the stepwise layer's outputs), while oneDNN's did not at any of the 120 shapes probed
+(m 1..1024, k 3..35000, n 3..1024); the cost there is ~20 us per tiny product (8 -> 31 us at 7x33x132).
 """
 import torch
 
-# Products with fewer multiply-adds than this go to BLAS: below it oneDNN's fixed call cost wins.
-ONEDNN_MIN_MACS = 1 << 20
+
+def _min_macs() -> int:
+    """Products with fewer multiply-adds than this go to BLAS (below it oneDNN's fixed call cost
+    wins); 0 where BLAS's results are not thread-count independent (see the module docstring)."""
+    try:
+        avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except (AttributeError, RuntimeError):
+        avx512 = False
+    return 1 << 20 if avx512 else 0
+
+
+ONEDNN_MIN_MACS = _min_macs()
 
 
 def _onednn_ops_present() -> bool:
@@ -29,7 +43,7 @@ _ONEDNN = _onednn_ops_present()
 def use_onednn(x: torch.Tensor, m: int, n: int, k: int) -> bool:
     """Whether an (m x k) @ (k x n) product on tensors like ``x`` should run on oneDNN."""
     return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
-            and m * n * k >= ONEDNN_MIN_MACS)
+            and m * n * k >= max(ONEDNN_MIN_MACS, 1))
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
