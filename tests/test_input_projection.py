@@ -2,7 +2,8 @@
 input_projection=True)`` take the first layer's precomputed ``x W_ih^T`` instead of x. Against
 nn.LSTM on x: outputs, final states and every gradient (W_ih's through the caller's projection),
 the projection's own gradient against nn.LSTM with W_ih = I, lengths, layers, bidirectional;
-the plan runs it natively on the float32 sequence kernels and with W_ih = I elsewhere."""
+the plan runs it natively on the float32 sequence kernels and the stepwise route, with W_ih = I
+elsewhere."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,25 +151,27 @@ def test_embedding_lookup_is_the_one_hot_projection():
         assert_close(a, b, torch.float32, f"grad {name}")
 
 
-def test_plan_runs_it_natively_on_the_sequence_kernels(monkeypatch):
-    """float32 CPU on the sequence kernels: natively (no identity GEMM); the small-batch kernels
-    (B1 T1) and float64 (stepwise) with W_ih = I, and native_input_projection says so."""
-    if not sequence.available_for(torch.empty(1, 1, 4), torch.empty(16, 4)):
-        pytest.skip("no AVX-512 sequence kernels on this CPU")
+def test_plan_runs_it_natively_where_it_can(monkeypatch):
+    """float32 CPU on the sequence kernels (where this CPU has them) and float64 (stepwise):
+    natively (no identity GEMM); the small-batch kernels (B1 T1) with W_ih = I, and
+    native_input_projection says so."""
     monkeypatch.setenv("LSTM_FAST_CPU_SMALL_BATCH", "auto")
     w_hh = torch.empty(4 * 8, 8)
-    plan = plan_layer(torch.empty(35, 32, 32), w_hh, "cpu", input_projection=True)
-    assert plan.implementation == "cpu_sequence" and not plan.identity_input, plan
-    assert native_input_projection(torch.float32, "cpu", (35, 32, 32), w_hh)
+    if sequence.available_for(torch.empty(1, 1, 4), torch.empty(16, 4)):
+        plan = plan_layer(torch.empty(35, 32, 32), w_hh, "cpu", input_projection=True)
+        assert plan.implementation == "cpu_sequence" and not plan.identity_input, plan
+        assert native_input_projection(torch.float32, "cpu", (35, 32, 32), w_hh)
     plan = plan_layer(torch.empty(3, 2, 32, dtype=torch.float64), w_hh.double(), "cpu", input_projection=True)
-    assert plan.implementation == "cpu_stepwise" and plan.identity_input
-    assert not native_input_projection(torch.float64, "cpu", (3, 2, 32), w_hh.double())
+    assert plan.implementation == "cpu_stepwise" and not plan.identity_input
+    assert native_input_projection(torch.float64, "cpu", (3, 2, 32), w_hh.double())
     if small_batch.available_for(torch.empty(1, 1, 32), w_hh):
         plan = plan_layer(torch.empty(1, 1, 32), w_hh, "cpu", input_projection=True)
         assert plan.implementation == "cpu_small_batch" and plan.identity_input
         assert not native_input_projection(torch.float32, "cpu", (1, 1, 32), w_hh)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not native_input_projection(torch.float32, "cpu", (35, 32, 32), w_hh)
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # the bf16 kernels take none; stepwise (no bf16 kernels) does
+        impl = plan_layer(torch.empty(35, 32, 32), w_hh, "cpu", input_projection=True).implementation
+        assert impl in ("cpu_bf16", "cpu_stepwise")
+        assert native_input_projection(torch.float32, "cpu", (35, 32, 32), w_hh) == (impl == "cpu_stepwise")
     assert not plan_layer(torch.empty(3, 2, 5), w_hh, "cpu").identity_input
 
 
@@ -218,6 +221,28 @@ def test_native_path_runs_no_input_gemm(monkeypatch):
     y, _ = fused_lstm(xg, None, None, w_hh, input_projection=True)
     y.sum().backward()
     assert kernel_d == [0] and packed_k == [H] and gemms == []
+    assert xg.grad.shape == (T, B, 4 * H) and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stepwise_runs_no_input_gemm(dtype, monkeypatch):
+    """The stepwise route (float64; float32 where the plan picks it) takes the projection with no
+    GEMM on it, forward or backward: its only products are the recurrent ones and dW_hh."""
+    from lstm_fast.cpu import stepwise
+    T, B, H = 6, 5, 24
+    monkeypatch.setenv("LSTM_FAST_CPU_SMALL_BATCH", "0")
+    monkeypatch.setattr(stepwise, "uses_fused_cell", lambda x: False)   # the torch-ops cell: every product is seen
+    w_hh = torch.randn(4 * H, H, dtype=dtype, requires_grad=True)
+    xg = torch.randn(T, B, 4 * H, dtype=dtype, requires_grad=True)
+    if plan_layer(xg, w_hh, "cpu", input_projection=True).implementation != "cpu_stepwise":
+        pytest.skip("the plan runs this layer on another implementation here")
+    gemms = []
+    real_linear, real_tn = stepwise.linear, stepwise.matmul_tn
+    monkeypatch.setattr(stepwise, "linear", lambda *a, **k: gemms.append("linear") or real_linear(*a, **k))
+    monkeypatch.setattr(stepwise, "matmul_tn", lambda a, b, **k: gemms.append(b.shape[1]) or real_tn(a, b, **k))
+    y, _ = fused_lstm(xg, None, None, w_hh, input_projection=True)
+    y.sum().backward()
+    assert gemms == [H], gemms     # dW_hh only: no x W_ih^T, no dx GEMM, no dW_ih
     assert xg.grad.shape == (T, B, 4 * H) and torch.isfinite(xg.grad).all()
 
 

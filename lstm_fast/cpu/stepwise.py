@@ -48,20 +48,21 @@ def uses_fused_cell(x: torch.Tensor) -> bool:
     return _cell_kernel is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
 
 
-def to_internal_order(w: torch.Tensor, hidden_size: int) -> torch.Tensor:
-    """Rows (or elements) in nn.LSTM gate order (i, f, g, o) -> internal order (o, i, f, g)."""
-    i, f, g, o = w.split(hidden_size, 0)
-    return torch.cat((o, i, f, g), 0)
+def to_internal_order(w: torch.Tensor, hidden_size: int, dim: int = 0) -> torch.Tensor:
+    """Rows (or elements; along ``dim``) in nn.LSTM gate order (i, f, g, o) -> internal order (o, i, f, g)."""
+    i, f, g, o = w.split(hidden_size, dim)
+    return torch.cat((o, i, f, g), dim)
 
 
-def from_internal_order(w: torch.Tensor, hidden_size: int) -> torch.Tensor:
+def from_internal_order(w: torch.Tensor, hidden_size: int, dim: int = 0) -> torch.Tensor:
     """Inverse of :func:`to_internal_order`."""
-    o, i, f, g = w.split(hidden_size, 0)
-    return torch.cat((i, f, g, o), 0)
+    o, i, f, g = w.split(hidden_size, dim)
+    return torch.cat((i, f, g, o), dim)
 
 
 def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
     """Run the recurrence. ``w_ih``, ``w_hh`` and ``bias`` are already in internal gate order;
+    ``w_ih`` None: ``x`` (T, B, 4H) is the input projection, in internal order too (no input GEMM);
     ``recurrent``: a prepared RecurrentMatmul for ``w_hh``, or None to prepare one here.
 
     Returns (Y, G, C): outputs h_t (T, B, H), activated gates (T, B, 4H) in internal order and
@@ -69,7 +70,10 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
     """
     T, B, D = x.shape
     H = w_hh.shape[0] // 4
-    XG = linear(x.reshape(T * B, D), w_ih, bias).view(T, B, 4 * H)   # X W_x + b, all steps
+    if w_ih is None:     # the projection given (contiguous): X W_x + b is x + b
+        XG = (x + bias if bias is not None else x).contiguous()
+    else:
+        XG = linear(x.reshape(T * B, D), w_ih, bias).view(T, B, 4 * H)   # X W_x + b, all steps
     Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
     recurrent = recurrent or RecurrentMatmul(w_hh, B)
     if uses_fused_cell(x):
@@ -145,11 +149,11 @@ def lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, needs):
         dG, dh0, dc = _backward_torch_ops(dY, dh_n, dc_n, c0, w_hh, G, C, needs[1])
     dG2 = dG.view(T * B, 4 * H)
     dx = dw_ih = dw_hh = db = None
-    if needs[0]:
-        dx = linear(dG2, w_ih.t()).view(T, B, D)
+    if needs[0]:    # w_ih None: x was the projection, its gradient is dG
+        dx = dG if w_ih is None else linear(dG2, w_ih.t()).view(T, B, D)
     # The three weight-side gradients sum over all T*B rows; transpose dG once for all of them.
     dGT = transpose_for_weight_grads(dG2) if needs[3] or needs[4] or needs[5] else None
-    if needs[3]:
+    if needs[3] and w_ih is not None:
         dw_ih = matmul_tn(dG2, x.reshape(T * B, D), a_t=dGT)
     if needs[4]:
         H_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
@@ -195,22 +199,34 @@ def _backward_torch_ops(dY, dh_n, dc_n, c0, w_hh, G, C, want_dh0):
     return dG, dh0, dc
 
 
+def _internal_operands(x, w_ih, H):
+    """x and W_ih with the gate rows in internal order; ``w_ih`` None: x (T, B, 4H) is the input
+    projection (``fused_lstm(..., input_projection=True)``), its gate columns reordered instead."""
+    if w_ih is None:
+        return to_internal_order(x, H, dim=2), None
+    return x, to_internal_order(w_ih, H)
+
+
 def forward_saving(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C)), G in internal order."""
+    """Forward that keeps what the backward needs: (Y, h_n, c_n, (G, C)), G in internal order.
+    ``w_ih`` None: x is the input projection (T, B, 4H), taken natively (no input GEMM)."""
     H = w_hh.shape[0] // 4
-    Y, G, C = lstm_forward_cpu(x, h0, c0, to_internal_order(w_ih, H), to_internal_order(w_hh, H),
-                               _combined_bias(b_ih, b_hh, H))
+    x, wi = _internal_operands(x, w_ih, H)
+    Y, G, C = lstm_forward_cpu(x, h0, c0, wi, to_internal_order(w_hh, H), _combined_bias(b_ih, b_hh, H))
     return Y, Y[-1].clone(), C[-1].clone(), (G, C)
 
 
 def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs):
-    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) from :func:`forward_saving`'s tensors."""
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) from :func:`forward_saving`'s tensors
+    (``w_ih`` None: dx is the projection's gradient, the gate gradients, and there is no dW_ih)."""
     G, C = saved
     n = needs
     H = C.shape[2]
-    wi, wh = to_internal_order(w_ih, H), to_internal_order(w_hh, H)
+    wi, wh = (None if w_ih is None else to_internal_order(w_ih, H)), to_internal_order(w_hh, H)
     dx, dh0, dc0, dwi, dwh, db = lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, wi, wh, Y, G, C,
                                                    (n[0], n[1], n[2], n[3], n[4], n[5] or n[6]))
+    if w_ih is None and dx is not None:
+        dx = from_internal_order(dx, H, dim=2)
     dwi = from_internal_order(dwi, H) if dwi is not None else None
     dwh = from_internal_order(dwh, H) if dwh is not None else None
     db = from_internal_order(db, H) if db is not None else None
@@ -227,8 +243,9 @@ def forward_inference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
     layer runs a padded batch here in segments between distinct lengths."""
     H = w_hh.shape[0] // 4
     # Weights are reordered on every call, never cached (see sequence.prepare for why).
-    Y, _, C = lstm_forward_cpu(x, h0, c0, to_internal_order(w_ih, H), to_internal_order(w_hh, H),
-                               _combined_bias(b_ih, b_hh, H), save=False)
+    x, wi = _internal_operands(x, w_ih, H)
+    Y, _, C = lstm_forward_cpu(x, h0, c0, wi, to_internal_order(w_hh, H), _combined_bias(b_ih, b_hh, H),
+                               save=False)
     return Y, (Y[-1].clone(), C[-1].clone())
 
 

@@ -30,7 +30,7 @@ The rules, in order:
    distinct lengths (eager only; under torch.compile an error).
 7. A precomputed input projection (``w_ih`` None, x (T, B, 4H): ``fused_lstm(...,
    input_projection=True)``): the implementations in :data:`INPUT_PROJECTION` take it natively
-   (the float32 sequence kernels skip the input GEMM). Any other implementation runs it with
+   (the float32 sequence kernels and the stepwise route skip the input GEMM). Any other implementation runs it with
    W_ih = I (4H x 4H): correct, but it computes that GEMM (``LayerPlan.identity_input``); a
    caller that could give either asks :func:`native_input_projection` first.
 """
@@ -59,7 +59,7 @@ IMPLEMENTATIONS = {
 
 #: The implementations that take a precomputed input projection (``w_ih`` None, x (T, B, 4H))
 #: natively: no input GEMM, and the projection's gradient is the gate gradients.
-INPUT_PROJECTION = frozenset({"cpu_sequence", "meta"})
+INPUT_PROJECTION = frozenset({"cpu_sequence", "cpu_stepwise", "meta"})
 
 _16BIT = (torch.float16, torch.bfloat16)
 _CPU_DTYPES = (torch.float32, torch.float64)
