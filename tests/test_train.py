@@ -47,10 +47,10 @@ def test_trainer_follows_the_d2l_reference_loop(gather, monkeypatch):
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from d2l_reference_loop import train_epoch_ch8
-    from lstm_fast.cpu import sequence
     from lstm_fast.d2l.data import SeqDataLoader, load_corpus
     from lstm_fast.d2l.generate import predict
     from lstm_fast.d2l.train import RNNModel, train_epoch
+    from lstm_fast.ops.plan import plan_layer
     monkeypatch.setattr(RNNModel, "GATHER_MIN_VOCAB", 0 if gather else 1 << 30)
     cfg = TrainConfig(model="fused", **SMALL)
     corpus, vocab = load_corpus(max_tokens=cfg.max_tokens)
@@ -58,7 +58,10 @@ def test_trainer_follows_the_d2l_reference_loop(gather, monkeypatch):
     ours = build_model(cfg, len(vocab), "cpu")
     ours.load_state_dict(ref.state_dict())
     X = torch.zeros(cfg.batch_size, cfg.num_steps, dtype=torch.long)
-    assert ours._gathers(X) == (gather and sequence.available_for(torch.empty(1, 1, 1), ours.rnn.weight_hh_l0))
+    w_hh = ours.rnn.weight_hh_l0     # the routes that take a projection natively: the sequence kernels, stepwise
+    route = plan_layer(torch.zeros(cfg.num_steps, cfg.batch_size, w_hh.shape[0]), w_hh, "cpu",
+                       input_projection=True).implementation
+    assert ours._gathers(X) == (gather and route in ("cpu_sequence", "cpu_stepwise")), route
     loaders = [SeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, seed=0) for _ in range(2)]
     opts = [torch.optim.SGD(net.parameters(), lr=cfg.lr) for net in (ref, ours)]
     loss = torch.nn.CrossEntropyLoss()
