@@ -45,8 +45,9 @@ def fused_lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, l
             ``input`` is the gates' pre-activation gradient (T, B, 4H), which a caller turns
             into dW_ih itself (for an embedding or one-hot input: a scatter-add, e.g. through
             ``F.embedding(tokens, W_ih.T)``). Native (no GEMM at all) on the float32 CPU
-            sequence kernels; every other implementation runs it with W_ih = I (4H x 4H), which
-            is correct but computes that GEMM (see :mod:`lstm_fast.ops.plan`).
+            sequence kernels and the CPU stepwise route (float64; float32 without AVX-512);
+            every other implementation runs it with W_ih = I (4H x 4H), which is correct but
+            computes that GEMM (see :mod:`lstm_fast.ops.plan`).
 
     Returns:
         ``(output, (h_n, c_n))``: output (T, B, H) holds h_t for every step; h_n, c_n are (B, H).
