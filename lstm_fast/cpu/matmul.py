@@ -16,6 +16,8 @@ and so did the stepwise layer's outputs), while oneDNN's did not at any of the 1
 """
 import torch
 
+from . import workspace
+
 
 def _min_macs() -> int:
     """Products with fewer multiply-adds than this go to BLAS (below it oneDNN's fixed call cost
@@ -46,25 +48,33 @@ def use_onednn(x: torch.Tensor, m: int, n: int, k: int) -> bool:
             and m * n * k >= max(ONEDNN_MIN_MACS, 1))
 
 
+def contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t.contiguous()``, a copy into a reused buffer (:mod:`.workspace`: no page faults on a
+    fresh multi-megabyte allocation) where one is needed. Only for operands used within a call."""
+    if t.is_contiguous():
+        return t
+    return workspace.empty(tuple(t.shape), t.dtype).copy_(t)
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
     """``x @ w.T + bias`` for 2-D ``x`` (M, K) and ``w`` (N, K)."""
     if use_onednn(x, x.shape[0], w.shape[0], w.shape[1]):
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w.contiguous(), bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(contiguous(x), contiguous(w), bias, "none", [], "")
     return torch.addmm(bias, x, w.t()) if bias is not None else x @ w.t()
 
 
 def transpose_for_weight_grads(a: torch.Tensor) -> torch.Tensor:
     """``a`` (R, M) prepared as the left operand of :func:`matmul_tn`: a contiguous (M, R) copy
     when oneDNN will run the product (it needs the summed dimension innermost), else a view."""
-    return a.t().contiguous() if use_onednn(a, a.shape[1], a.shape[1], a.shape[0]) else a.t()
+    return contiguous(a.t()) if use_onednn(a, a.shape[1], a.shape[1], a.shape[0]) else a.t()
 
 
 def matmul_tn(a: torch.Tensor, b: torch.Tensor, a_t=None) -> torch.Tensor:
     """``a.T @ b`` for a (R, M) and b (R, N): the weight-gradient product, summed over R = T*B rows.
     ``a_t``: :func:`transpose_for_weight_grads` of ``a`` when the caller already has it."""
     if use_onednn(a, a.shape[1], b.shape[1], a.shape[0]):
-        a_t = a.t().contiguous() if a_t is None or not a_t.is_contiguous() else a_t
-        return linear(a_t, b.t().contiguous())
+        a_t = contiguous(a.t()) if a_t is None or not a_t.is_contiguous() else a_t
+        return linear(a_t, contiguous(b.t()))
     return a.t() @ b
 
 
@@ -78,7 +88,7 @@ class RecurrentMatmul:
     def __init__(self, w: torch.Tensor, batch: int):
         self.onednn = use_onednn(w, batch, w.shape[0], w.shape[1])
         if self.onednn:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(contiguous(w), batch)
         else:
             self.wt = w.t()
 

@@ -29,6 +29,7 @@ algorithm as torch ops. Saved for the backward: the activated gates (T, B, 4H), 
 """
 import torch
 
+from . import workspace
 from .matmul import RecurrentMatmul, linear, matmul_tn, transpose_for_weight_grads
 from ..layer_math import summed_bias
 
@@ -71,10 +72,10 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
     T, B, D = x.shape
     H = w_hh.shape[0] // 4
     if w_ih is None:     # the projection given (contiguous): X W_x + b is x + b
-        XG = (x + bias if bias is not None else x).contiguous()
+        XG = x.contiguous() if bias is None else torch.add(x, bias, out=workspace.empty(tuple(x.shape), x.dtype))
     else:
         XG = linear(x.reshape(T * B, D), w_ih, bias).view(T, B, 4 * H)   # X W_x + b, all steps
-    Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+    Y = workspace.empty((T, B, H), x.dtype)
     recurrent = recurrent or RecurrentMatmul(w_hh, B)
     if uses_fused_cell(x):
         return _forward_fused_cell(XG, h0.contiguous(), c0.contiguous(), recurrent, Y, save)
@@ -97,39 +98,47 @@ def lstm_forward_cpu(x, h0, c0, w_ih, w_hh, bias, save=True, recurrent=None):
 
 
 def _forward_fused_cell(XG, h0, c0, recurrent, Y, save):
-    """The recurrence with the C cell: per step one GEMM, then one pass for gates, c and h."""
+    """The recurrence with the C cell: per step one GEMM, then one pass for gates, c and h. The
+    cell's operands are addressed by pointer arithmetic (float32, contiguous): indexing them as
+    tensors cost ~3 us per index, ~5 per step."""
     T, B, G4 = XG.shape
     H = G4 // 4
-    G = torch.empty(T, B, G4, dtype=XG.dtype) if save else None
-    C = torch.empty(T if save else 2, B, H, dtype=XG.dtype)
+    G = workspace.empty((T, B, G4), XG.dtype) if save else None
+    C = workspace.empty((T if save else 2, B, H), XG.dtype)
     scratch = None if save else torch.empty(B, G4, dtype=XG.dtype)   # activations, not kept
-    h, c = h0, c0
+    sg, sh = B * G4 * 4, B * H * 4      # bytes per step of (B, 4H) and (B, H) float32
+    pxg, py, pc = XG.data_ptr(), Y.data_ptr(), C.data_ptr()
+    pg = G.data_ptr() if save else scratch.data_ptr()
+    h, cp, last = h0, c0.data_ptr(), None
     for t in range(T):
         rec = recurrent.mm(h)                                   # H W_h for all four gates
-        act = G[t] if save else scratch
-        c_out = C[t] if save else C[t % 2]
-        _cell_kernel.forward(rec.data_ptr(), XG[t].data_ptr(), act.data_ptr(), c.data_ptr(),
-                          c_out.data_ptr(), Y[t].data_ptr(), B, H)
-        h, c = Y[t], c_out
+        last = t if save else t % 2
+        _cell_kernel.forward(rec.data_ptr(), pxg + t * sg, pg + t * sg if save else pg, cp,
+                             pc + last * sh, py + t * sh, B, H)
+        h, cp = Y[t], pc + last * sh
+    c = c0 if last is None else C[last]
     return Y, G, (C if save else c.unsqueeze(0))
 
 
 def _backward_fused_cell(dY, dh_n, dc_n, c0, w_hh, G, C, want_dh0):
     """Backward through time with the C cell; returns (dG (T, B, 4H), dh0 or None, dc0)."""
     T, B, H = C.shape
-    dG = torch.empty(T, B, 4 * H, dtype=G.dtype)
-    dY = torch.zeros(T, B, H, dtype=G.dtype) if dY is None else dY.contiguous()
+    dG = workspace.empty((T, B, 4 * H), G.dtype)
+    dY = workspace.zeros((T, B, H), G.dtype) if dY is None else dY.contiguous()
     dc = torch.zeros(B, H, dtype=G.dtype) if dc_n is None else dc_n.contiguous().clone()
-    dh_a, dh_b = dY[T - 1], (None if dh_n is None else dh_n.contiguous())
+    dh_n = None if dh_n is None else dh_n.contiguous()
     c0 = c0.contiguous()
+    sg, sh = B * 4 * H * 4, B * H * 4   # bytes per step, float32
+    pg, pc, pdg, pdy = G.data_ptr(), C.data_ptr(), dG.data_ptr(), dY.data_ptr()
+    dh_a, dh_b = pdy + (T - 1) * sh, (None if dh_n is None else dh_n.data_ptr())
     recurrent = RecurrentMatmul(w_hh.t(), B)
-    dh0 = None
+    dh0 = rec = None
     for t in range(T - 1, -1, -1):
-        c_prev = C[t - 1] if t > 0 else c0
-        _cell_kernel.backward(dh_a.data_ptr(), None if dh_b is None else dh_b.data_ptr(), dc.data_ptr(),
-                           G[t].data_ptr(), C[t].data_ptr(), c_prev.data_ptr(), dG[t].data_ptr(), B, H)
-        if t > 0:
-            dh_a, dh_b = recurrent.mm(dG[t]), dY[t - 1]          # dh_{t-1} = dgates_t W_hh + dY_{t-1}
+        c_prev = pc + (t - 1) * sh if t > 0 else c0.data_ptr()
+        _cell_kernel.backward(dh_a, dh_b, dc.data_ptr(), pg + t * sg, pc + t * sh, c_prev, pdg + t * sg, B, H)
+        if t > 0:   # dh_{t-1} = dgates_t W_hh + dY_{t-1} (rec stays referenced until the cell has read it)
+            rec = recurrent.mm(dG[t])
+            dh_a, dh_b = rec.data_ptr(), pdy + (t - 1) * sh
         elif want_dh0:
             dh0 = linear(dG[0], w_hh.t())
     return dG, dh0, dc
@@ -156,7 +165,10 @@ def lstm_backward_cpu(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, G, C, needs):
     if needs[3] and w_ih is not None:
         dw_ih = matmul_tn(dG2, x.reshape(T * B, D), a_t=dGT)
     if needs[4]:
-        H_prev = torch.cat((h0.unsqueeze(0), Y[:-1]), 0) if T > 1 else h0.unsqueeze(0)
+        H_prev = workspace.empty((T, B, h0.shape[1]), h0.dtype)    # [h_0; Y[:-1]]
+        H_prev[0] = h0
+        if T > 1:
+            H_prev[1:] = Y[:-1]
         dw_hh = matmul_tn(dG2, H_prev.reshape(T * B, h0.shape[1]), a_t=dGT)
     if needs[5]:
         db = dGT.sum(1) if dGT is not None and dGT.is_contiguous() else dG2.sum(0)
