@@ -104,14 +104,17 @@ def summary_rows():
     """(label, FusedLSTM tokens/sec, nn.LSTM tokens/sec, file) at the reference shapes: float32
     from the throughput files, bf16 (both under the same autocast) from the 2-thread bf16 file."""
     rows = []
+    machines = {doc["environment"]["device_name"] for _, doc in load("throughput")}
     for f, doc in load("throughput"):
         by = {(r["implementation"],) + _key(r): r for r in doc["rows"] if r["device"] == "cpu"}
         threads = doc["environment"].get("threads")
+        # several machines' files: each row says whose it is
+        on = f" ({doc['environment']['device_name']})" if len(machines) > 1 else ""
         for (impl, *key), r in sorted(by.items(), key=lambda kv: (kv[0][4] * kv[0][5], kv[0][2])):
             t = by.get(("torch", *key))
             if impl == "fused" and t:
                 rows.append((f"{r['mode']} B{r['B']} T{r['T']} H{r['H']} float32, {threads} thread"
-                             f"{'' if threads == 1 else 's'}", r["tokens_per_sec"], t["tokens_per_sec"], f.name))
+                             f"{'' if threads == 1 else 's'}{on}", r["tokens_per_sec"], t["tokens_per_sec"], f.name))
     for f, doc in load("cpu-bf16"):
         env = doc["environment"]
         if env.get("threads") != 2 or not env.get("amx") or "noamx" in f.name:
@@ -120,7 +123,8 @@ def summary_rows():
         for (impl, prec, mode, B, T, D, H), r in sorted(by.items(), key=lambda kv: (kv[0][3] * kv[0][4], kv[0][2])):
             t = by.get(("torch", prec, mode, B, T, D, H))
             if impl == "fused" and prec == "autocast-bf16" and t:
-                rows.append((f"{mode} B{B} T{T} H{H} bf16 autocast, 2 threads", r["tokens_per_sec"],
+                on = f" ({env['device_name']})" if len(machines) > 1 else ""
+                rows.append((f"{mode} B{B} T{T} H{H} bf16 autocast, 2 threads{on}", r["tokens_per_sec"],
                              t["tokens_per_sec"], f.name))
     return rows
 
@@ -130,7 +134,7 @@ def render_summary():
     if not rows:
         return "No CPU results measured yet."
     files = sorted({r[3] for r in rows})
-    machine = load("throughput")[0][1]["environment"]["device_name"] if load("throughput") else "this machine"
+    machine = " and ".join(sorted({doc["environment"]["device_name"] for _, doc in load("throughput")})) or "this machine"
     lines = [f"CPU, {machine}, tokens/sec (median of interleaved rounds; from "
              + ", ".join(f"`benchmarks/results/{n}`" for n in files) + "):", "",
              "| case | FusedLSTM | nn.LSTM | FusedLSTM / nn.LSTM |", "|---|---:|---:|---:|"]
