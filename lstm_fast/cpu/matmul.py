@@ -18,6 +18,11 @@ import torch
 
 from . import workspace
 
+try:
+    from ._cell_kernel import transpose as _c_transpose
+except ImportError:  # built without a C compiler
+    _c_transpose = None
+
 
 def _min_macs() -> int:
     """Products with fewer multiply-adds than this go to BLAS (below it oneDNN's fixed call cost
@@ -53,7 +58,21 @@ def contiguous(t: torch.Tensor) -> torch.Tensor:
     fresh multi-megabyte allocation) where one is needed. Only for operands used within a call."""
     if t.is_contiguous():
         return t
+    if t.dim() == 2 and t.t().is_contiguous():      # a transposed view: the C transpose
+        return transposed(t.t())
     return workspace.empty(tuple(t.shape), t.dtype).copy_(t)
+
+
+def transposed(a: torch.Tensor) -> torch.Tensor:
+    """``a.t().contiguous()`` for 2-D ``a`` (R, M), into a reused buffer; a contiguous float32
+    ``a`` by the C transpose (8 x 8 register blocks: 0.3 ms for the d2l shape's (1120, 1024) dG
+    on the AVX2 EPYC, torch's strided copy 0.85 ms)."""
+    if _c_transpose is None or a.dtype != torch.float32 or not a.is_contiguous() or a.numel() == 0 \
+            or not a.is_cpu:
+        return workspace.empty((a.shape[1], a.shape[0]), a.dtype).copy_(a.t())
+    out = workspace.empty((a.shape[1], a.shape[0]), a.dtype)
+    _c_transpose(a.data_ptr(), a.shape[0], a.shape[1], out.data_ptr())
+    return out
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
@@ -66,15 +85,15 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
 def transpose_for_weight_grads(a: torch.Tensor) -> torch.Tensor:
     """``a`` (R, M) prepared as the left operand of :func:`matmul_tn`: a contiguous (M, R) copy
     when oneDNN will run the product (it needs the summed dimension innermost), else a view."""
-    return contiguous(a.t()) if use_onednn(a, a.shape[1], a.shape[1], a.shape[0]) else a.t()
+    return transposed(a) if use_onednn(a, a.shape[1], a.shape[1], a.shape[0]) else a.t()
 
 
 def matmul_tn(a: torch.Tensor, b: torch.Tensor, a_t=None) -> torch.Tensor:
     """``a.T @ b`` for a (R, M) and b (R, N): the weight-gradient product, summed over R = T*B rows.
     ``a_t``: :func:`transpose_for_weight_grads` of ``a`` when the caller already has it."""
     if use_onednn(a, a.shape[1], b.shape[1], a.shape[0]):
-        a_t = contiguous(a.t()) if a_t is None or not a_t.is_contiguous() else a_t
-        return linear(a_t, contiguous(b.t()))
+        a_t = transposed(a) if a_t is None or not a_t.is_contiguous() else a_t
+        return linear(a_t, transposed(b))
     return a.t() @ b
 
 
