@@ -104,25 +104,16 @@ CLONES static void cell_backward(const float *R dh_a, const float *R dh_b, float
  * (oneDNN's weight-gradient product wants the summed T*B dimension innermost). torch's strided
  * copy took ~2.4 ms for the d2l shape's (1120, 1024) dG on the AVX2 EPYC (2 threads); this walks
  * 16-row strips in 8 x 8 register transposes, so every destination line is written whole. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"   /* its OpenMP and AVX-512 helpers: unused here */
+#include "kernel_support.h"
+#pragma GCC diagnostic pop
+#if LSTM_X86
 __attribute__((target("avx2"))) static void transpose8(const float *src, int64_t ld_src, float *dst, int64_t ld_dst) {
-    __m256 r[8], t[8], u[8];
+    __m256 r[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; ++c) {
-        _mm256_storeu_ps(dst + c * ld_dst, _mm256_permute2f128_ps(u[c], u[4 + c], 0x20));
-        _mm256_storeu_ps(dst + (4 + c) * ld_dst, _mm256_permute2f128_ps(u[c], u[4 + c], 0x31));
-    }
+    v_transpose8(r);
+    for (int c = 0; c < 8; ++c) _mm256_storeu_ps(dst + c * ld_dst, r[c]);
 }
 
 __attribute__((target("avx2"))) static void transpose_avx2(const float *src, int64_t rows, int64_t cols, float *dst) {

@@ -2,7 +2,7 @@
  * through sequence_templates.h):
  * torch's OpenMP runtime (libgomp, found among the loaded libraries, so our threads are torch's
  * own pool), the AVX-512 vector math of the LSTM cell (exp, sigmoid, tanh), a 16 x 16 register
- * transpose, tail masks, the register-tile row split and the Python pointer-argument parser.
+ * transpose (and an 8 x 8 AVX2 one), tail masks, the register-tile row split and the Python pointer-argument parser.
  * Every vector function carries its own target attribute, so a file including this still loads
  * on any x86-64. */
 #ifndef LSTM_FAST_KERNEL_SUPPORT_H
@@ -185,6 +185,29 @@ AVX512 INLINE void v_transpose16(__m512 *r) {
         r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xDD);
         r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
         r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xDD);
+    }
+}
+
+/* r[0..7] (8 rows of 8 lanes, AVX2) transposed in place, r[j] lane i becoming r[i] lane j: 32-bit
+ * unpacks, 64-bit shuffles, then 128-bit lane swaps (the AVX2 small-batch kernels' reduction and
+ * the stepwise route's dG^T in cell_kernel.c). target("avx2") only, so it inlines into callers
+ * built for avx2 or for avx2 + fma. */
+__attribute__((target("avx2"))) INLINE void v_transpose8(__m256 *r) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    /* u[c] (c < 4): 128-bit half h holds column 4h + c of rows 0-3; u[4 + c]: of rows 4-7 */
+    for (int c = 0; c < 4; ++c) {
+        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);       /* column c of rows 0-7 */
+        r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);   /* column 4 + c */
     }
 }
 

@@ -109,22 +109,7 @@ AVX2 INLINE V v8_tanh(V x) {
 /* acc[0..7] -> one vector whose lane i is the sum of acc[i]'s lanes: an 8 x 8 transpose, then a
  * fixed tree (lanes 0-3 + 4-7, then pairs, then neighbours). */
 AVX2 INLINE V reduce8(V *a) {
-    V t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    /* u[c] (c < 4): 128-bit half h holds column 4h + c of rows 0-3; u[4 + c]: of rows 4-7 */
-    for (int c = 0; c < 4; ++c) {
-        a[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);       /* column c of rows 0-7 */
-        a[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);   /* column 4 + c */
-    }
+    v_transpose8(a);                                   /* a[c]: column c of rows 0-7 */
     for (int s = 4; s >= 1; s >>= 1)
         for (int i = 0; i < s; ++i) a[i] = V_ADD(a[i], a[i + s]);
     return a[0];
