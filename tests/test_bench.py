@@ -178,6 +178,21 @@ def test_readme_check_catches_a_hand_edited_number(tmp_path):
     assert readme_table.updated_text(tampered, readme_table.TARGETS["docs/results.md"]) != tampered
 
 
+def test_blas_thread_bits_script_writes_evidence(tmp_path):
+    """benchmarks/blas_thread_bits.py (three shapes): per shape and library a bitwise verdict that
+    is the script's own 1- vs 2-thread comparison, a median inside its IQR, the command and commit."""
+    out = tmp_path / "bits.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "blas_thread_bits.py"), "--tiny", "--rounds", "3",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "blas-thread-bits" and len(doc["commit"]["sha"]) == 40
+    assert {(r["m"], r["k"], r["n"], r["library"]) for r in doc["rows"]} == {
+        (m, k, n, lib) for m, k, n in ((7, 33, 132), (1, 3, 3), (32, 256, 1024)) for lib in ("mkl", "onednn")}
+    for r in doc["rows"]:
+        assert isinstance(r["thread_invariant"], bool) and r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"]
+
+
 def test_record_results_script_writes_evidence(tmp_path):
     """benchmarks/record_results.py (tiny shapes): packed and epoch files with median and IQR per
     row, the command, the commit; readme_table renders them."""

@@ -9,10 +9,11 @@ the elementwise math and the algorithm our own.
 
 oneDNN costs ~14 us per call whatever the size, so tiny products (and float64, which oneDNN does
 not support, and every non-CPU tensor) go to ``torch.addmm`` -- on CPUs with AVX-512. On CPUs
-without it every float32 product goes to oneDNN: there MKL's bits change with the thread count
-at small sizes (an AMD EPYC with AVX2: a 7x33 @ 33x132 product differed between 1 and 2 threads,
-and so did the stepwise layer's outputs), while oneDNN's did not at any of the 120 shapes probed
-(m 1..1024, k 3..35000, n 3..1024); the cost there is ~20 us per tiny product (8 -> 31 us at 7x33x132).
+without it every float32 product goes to oneDNN: there MKL's bits changed with the thread count
+(on an AMD EPYC with AVX2, at 14 of 113 shapes probed, every one with 7 rows, from 7x3 @ 3x132 to
+7x35000 @ 35000x1024; so did the stepwise layer's outputs), while oneDNN's did not at any
+(``benchmarks/blas_thread_bits.py``, results/blas-thread-bits-cpu-amd-epyc.json); the cost there
+is ~20 us per tiny product (8 -> 31 us at 7x33x132).
 """
 import torch
 
