@@ -34,7 +34,6 @@
 #include "kernel_support.h"
 
 #if LSTM_X86
-#define AVX2 __attribute__((target("avx2,fma")))
 
 /* ---------------------------------------------------------------- 8-lane vector layer */
 #define VL 8
@@ -48,63 +47,6 @@ typedef __m256i VM;   /* a lane mask: all ones (lane taken) or zero */
 #define V_MUL(a, b) _mm256_mul_ps(a, b)
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)      /* a * b + c */
 #define V_FNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)    /* c - a * b */
-
-static const int32_t MASK_TABLE[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
-/* Masked load and store, the plain instruction where the mask is full: vmaskmovps stores are
- * microcoded on AMD Zen 2/3 (tens of cycles each; the weight-gradient product spent 350-550 us
- * of a 1 ms B1 T1 H256 backward in them, measured here), so only a tail takes them. */
-AVX2 INLINE int v_full(VM m) { return _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xFF; }
-AVX2 INLINE V V_MLOAD(VM m, const float *p) { return v_full(m) ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m); }
-AVX2 INLINE void V_MSTORE(float *p, VM m, V v) {
-    if (v_full(m)) _mm256_storeu_ps(p, v);
-    else _mm256_maskstore_ps(p, m, v);
-}
-
-/* The lanes of [j0, j0 + 8) below n. */
-AVX2 INLINE VM v_tail(int64_t j0, int64_t n) {
-    int64_t k = n - j0;
-    k = k < 0 ? 0 : (k > 8 ? 8 : k);
-    return _mm256_loadu_si256((const __m256i *)(MASK_TABLE + 8 - k));
-}
-
-/* 2^n for integral n in [-150, 128] (as a float vector), in two normal factors. */
-AVX2 INLINE V v_mul_pow2(V p, V n) {
-    __m256i ni = _mm256_cvtps_epi32(n);
-    __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
-    const __m256i bias = _mm256_set1_epi32(127);
-    V f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-    V f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-    return V_MUL(V_MUL(p, f1), f2);
-}
-
-/* exp, sigmoid and tanh: the polynomial and range reduction of kernel_support.h's v_exp. */
-AVX2 INLINE V v8_exp(V x) {
-    x = _mm256_max_ps(V_SET1(-104.0f), x);      /* NaN in x survives: max returns its second operand */
-    x = _mm256_min_ps(V_SET1(89.0f), x);
-    V n = _mm256_round_ps(V_MUL(x, V_SET1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    V r = V_FNMA(n, V_SET1(0.693359375f), x);
-    r = V_FNMA(n, V_SET1(-2.12194440e-4f), r);
-    V p = V_SET1(1.9875691500e-4f);
-    p = V_FMA(p, r, V_SET1(1.3981999507e-3f));
-    p = V_FMA(p, r, V_SET1(8.3334519073e-3f));
-    p = V_FMA(p, r, V_SET1(4.1665795894e-2f));
-    p = V_FMA(p, r, V_SET1(1.6666665459e-1f));
-    p = V_FMA(p, r, V_SET1(5.0000001201e-1f));
-    p = V_FMA(V_MUL(p, r), r, V_ADD(r, V_SET1(1.0f)));
-    return v_mul_pow2(p, n);
-}
-
-AVX2 INLINE V v8_sigmoid(V x) {
-    const V one = V_SET1(1.0f);
-    return _mm256_div_ps(one, V_ADD(one, v8_exp(V_SUB(V_ZERO(), x))));
-}
-
-AVX2 INLINE V v8_tanh(V x) {
-    const V one = V_SET1(1.0f);
-    V e = v8_exp(V_ADD(x, x));
-    return V_SUB(one, _mm256_div_ps(V_SET1(2.0f), V_ADD(one, e)));
-}
 
 /* acc[0..7] -> one vector whose lane i is the sum of acc[i]'s lanes: an 8 x 8 transpose, then a
  * fixed tree (lanes 0-3 + 4-7, then pairs, then neighbours). */
@@ -137,11 +79,11 @@ AVX2 INLINE void dot8(const float *W, int64_t K, int64_t row0, int nvalid, const
             }
         }
         if (k < K) {
-            const VM m = v_tail(k, K);
+            const VM m = v8_tail(k, K);
             V x[4];
-            for (int i = 0; i < NB; ++i) x[i] = V_MLOAD(m, v + i * ldv + k);
+            for (int i = 0; i < NB; ++i) x[i] = v8_mload(m, v + i * ldv + k);
             for (int r = 0; r < R; ++r) {
-                const V wv = V_MLOAD(m, w[r] + k);
+                const V wv = v8_mload(m, w[r] + k);
                 for (int i = 0; i < NB; ++i) s[r][i] = V_FMA(wv, x[i], s[r][i]);
             }
         }
@@ -183,8 +125,8 @@ typedef struct {
 
 AVX2 INLINE V bias8(const fwd_args *a, int64_t r, VM m) {
     V b = V_ZERO();
-    if (a->bih) b = V_MLOAD(m, a->bih + r);
-    if (a->bhh) b = a->bih ? V_ADD(b, V_MLOAD(m, a->bhh + r)) : V_MLOAD(m, a->bhh + r);
+    if (a->bih) b = v8_mload(m, a->bih + r);
+    if (a->bhh) b = a->bih ? V_ADD(b, v8_mload(m, a->bhh + r)) : v8_mload(m, a->bhh + r);
     return b;
 }
 
@@ -204,13 +146,13 @@ AVX2 static void fwd_worker(void *arg) {
         for (int64_t jb = jlo; jb < jhi; ++jb) {
             const int64_t j0 = jb * VL;
             const int nv = H - j0 < VL ? (int)(H - j0) : VL;
-            const VM m = v_tail(j0, H);
+            const VM m = v8_tail(j0, H);
             V o[4];
             for (int q = 0; q < 4; ++q)
                 for (int64_t tb = 0; tb < T * B; tb += 4) {
                     const int64_t n = T * B - tb < 4 ? T * B - tb : 4;
                     dot8_many(a->Wih, D, q * H + j0, nv, a->X + tb * D, D, n, o, 1);
-                    for (int64_t i = 0; i < n; ++i) V_MSTORE(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
+                    for (int64_t i = 0; i < n; ++i) v8_mstore(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
                 }
         }
     }
@@ -222,7 +164,7 @@ AVX2 static void fwd_worker(void *arg) {
         for (int64_t jb = jlo; jb < jhi; ++jb) {
             const int64_t j0 = jb * VL;
             const int nv = H - j0 < VL ? (int)(H - j0) : VL;
-            const VM m = v_tail(j0, H);
+            const VM m = v8_tail(j0, H);
             for (int64_t b0 = 0; b0 < B; b0 += BCHUNK) {
                 const int64_t nbat = B - b0 < BCHUNK ? B - b0 : BCHUNK;
                 for (int q = 0; q < 4; ++q) {
@@ -233,28 +175,28 @@ AVX2 static void fwd_worker(void *arg) {
                     const int64_t b = b0 + i;
                     V g[4];
                     for (int q = 0; q < 4; ++q) {
-                        V xp = T > 1 ? V_MLOAD(m, XP + (t * B + b) * G4 + q * H + j0) : prex[i * 4 + q];
+                        V xp = T > 1 ? v8_mload(m, XP + (t * B + b) * G4 + q * H + j0) : prex[i * 4 + q];
                         g[q] = V_ADD(V_ADD(pre[i * 4 + q], xp), bias8(a, q * H + j0, m));
                     }
                     V I = v8_sigmoid(g[0]), F = v8_sigmoid(g[1]), Ct = v8_tanh(g[2]), O = v8_sigmoid(g[3]);
-                    V c_prev = V_MLOAD(m, cp + b * H + j0);
+                    V c_prev = v8_mload(m, cp + b * H + j0);
                     V c = V_FMA(F, c_prev, V_MUL(I, Ct));
                     V h = V_MUL(O, v8_tanh(c));
                     if (a->len && t >= a->len[b]) {   /* finished row: state frozen, output 0 */
                         c = c_prev;
-                        if (t == 0) V_MSTORE(a->hn + b * H + j0, m, V_MLOAD(m, a->h0 + b * H + j0));
+                        if (t == 0) v8_mstore(a->hn + b * H + j0, m, v8_mload(m, a->h0 + b * H + j0));
                         h = V_ZERO();
                     } else {
-                        V_MSTORE(a->hn + b * H + j0, m, h);
+                        v8_mstore(a->hn + b * H + j0, m, h);
                     }
-                    V_MSTORE(co + b * H + j0, m, c);
-                    V_MSTORE(a->Y + (t * B + b) * H + j0, m, h);
+                    v8_mstore(co + b * H + j0, m, c);
+                    v8_mstore(a->Y + (t * B + b) * H + j0, m, h);
                     if (a->G) {
                         float *gs = a->G + (t * B + b) * G4 + j0;
-                        V_MSTORE(gs, m, I);
-                        V_MSTORE(gs + H, m, F);
-                        V_MSTORE(gs + 2 * H, m, Ct);
-                        V_MSTORE(gs + 3 * H, m, O);
+                        v8_mstore(gs, m, I);
+                        v8_mstore(gs + H, m, F);
+                        v8_mstore(gs + 2 * H, m, Ct);
+                        v8_mstore(gs + 3 * H, m, O);
                     }
                 }
             }
@@ -262,8 +204,8 @@ AVX2 static void fwd_worker(void *arg) {
         if (a->G && t == T - 1)   /* saving: cn is also C[T-1] */
             for (int64_t jb = jlo; jb < jhi; ++jb)
                 for (int64_t b = 0; b < B; ++b) {
-                    const VM m = v_tail(jb * VL, H);
-                    V_MSTORE(a->cn + b * H + jb * VL, m, V_MLOAD(m, co + b * H + jb * VL));
+                    const VM m = v8_tail(jb * VL, H);
+                    v8_mstore(a->cn + b * H + jb * VL, m, v8_mload(m, co + b * H + jb * VL));
                 }
         if (t + 1 < T) sb_wait(&a->bar, tm.nth);
     }
@@ -282,40 +224,40 @@ typedef struct {
 /* Gate gradients of step t for units [j0, j0 + 8) of every row (as small_batch_kernels.c). */
 AVX2 static void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
     const int64_t B = a->B, H = a->H, G4 = 4 * H, j0 = jb * VL;
-    const VM m = v_tail(j0, H);
+    const VM m = v8_tail(j0, H);
     const V one = V_SET1(1.0f);
     for (int64_t b = 0; b < B; ++b) {
         const int64_t o = b * H + j0;
         float *d = a->dG + (t * B + b) * G4 + j0;
         if (a->len && t >= a->len[b]) {   /* finished row: no gate gradients; dh, dc carried */
-            for (int q = 0; q < 4; ++q) V_MSTORE(d + q * H, m, V_ZERO());
+            for (int q = 0; q < 4; ++q) v8_mstore(d + q * H, m, V_ZERO());
             continue;
         }
         const float *g = a->G + (t * B + b) * G4 + j0;
-        V dh = V_MLOAD(m, a->DH + o);
-        if (a->dY) dh = V_ADD(V_MLOAD(m, a->dY + t * B * H + o), dh);
-        V dc = V_MLOAD(m, a->DC + o);
-        V I = V_MLOAD(m, g), F = V_MLOAD(m, g + H);
-        V Ct = V_MLOAD(m, g + 2 * H), O = V_MLOAD(m, g + 3 * H);
-        V c = V_MLOAD(m, a->C + t * B * H + o);
-        V cp = V_MLOAD(m, t > 0 ? a->C + (t - 1) * B * H + o : a->c0 + o);
+        V dh = v8_mload(m, a->DH + o);
+        if (a->dY) dh = V_ADD(v8_mload(m, a->dY + t * B * H + o), dh);
+        V dc = v8_mload(m, a->DC + o);
+        V I = v8_mload(m, g), F = v8_mload(m, g + H);
+        V Ct = v8_mload(m, g + 2 * H), O = v8_mload(m, g + 3 * H);
+        V c = v8_mload(m, a->C + t * B * H + o);
+        V cp = v8_mload(m, t > 0 ? a->C + (t - 1) * B * H + o : a->c0 + o);
         V tc = v8_tanh(c);
         V dct = V_FMA(V_MUL(dh, O), V_FNMA(tc, tc, one), dc);
         V di = V_MUL(V_MUL(dct, Ct), V_MUL(I, V_SUB(one, I)));
         V df = V_MUL(V_MUL(dct, cp), V_MUL(F, V_SUB(one, F)));
         V dg = V_MUL(V_MUL(dct, I), V_FNMA(Ct, Ct, one));
         V dO = V_MUL(V_MUL(dh, tc), V_MUL(O, V_SUB(one, O)));
-        V_MSTORE(d, m, di);
-        V_MSTORE(d + H, m, df);
-        V_MSTORE(d + 2 * H, m, dg);
-        V_MSTORE(d + 3 * H, m, dO);
-        V_MSTORE(a->DC + o, m, V_MUL(dct, F));
+        v8_mstore(d, m, di);
+        v8_mstore(d + H, m, df);
+        v8_mstore(d + 2 * H, m, dg);
+        v8_mstore(d + 3 * H, m, dO);
+        v8_mstore(a->DC + o, m, V_MUL(dct, F));
         if (a->db) {   /* rows in order b = 0..B-1, steps T-1..0: a fixed order */
             float *bq = a->db + j0;
-            V_MSTORE(bq, m, V_ADD(V_MLOAD(m, bq), di));
-            V_MSTORE(bq + H, m, V_ADD(V_MLOAD(m, bq + H), df));
-            V_MSTORE(bq + 2 * H, m, V_ADD(V_MLOAD(m, bq + 2 * H), dg));
-            V_MSTORE(bq + 3 * H, m, V_ADD(V_MLOAD(m, bq + 3 * H), dO));
+            v8_mstore(bq, m, V_ADD(v8_mload(m, bq), di));
+            v8_mstore(bq + H, m, V_ADD(v8_mload(m, bq + H), df));
+            v8_mstore(bq + 2 * H, m, V_ADD(v8_mload(m, bq + 2 * H), dg));
+            v8_mstore(bq + 3 * H, m, V_ADD(v8_mload(m, bq + 3 * H), dO));
         }
     }
 }
@@ -324,7 +266,7 @@ AVX2 static void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
  * r, summed at the end), for up to 4 rows b at once (frozen rows keep the dh carried through). */
 AVX2 static void bwd_dh(const bwd_args *a, int64_t t, int64_t n0) {
     const int64_t B = a->B, H = a->H, G4 = 4 * H;
-    const VM m = v_tail(n0, H);
+    const VM m = v8_tail(n0, H);
     for (int64_t b0 = 0; b0 < B; b0 += 4) {
         const int64_t nbat = B - b0 < 4 ? B - b0 : 4;
         const float *d0 = a->dG + (t * B + b0) * G4;
@@ -332,8 +274,8 @@ AVX2 static void bwd_dh(const bwd_args *a, int64_t t, int64_t n0) {
         V s0 = V_ZERO(), s1 = s0, s2 = s0, s3 = s0;
         V u0 = s0, u1 = s0, u2 = s0, u3 = s0;
         for (int64_t r = 0; r + 2 <= G4; r += 2) {   /* 4H is even: no r left */
-            V w = V_MLOAD(m, a->Whh + r * H + n0);
-            V w1 = V_MLOAD(m, a->Whh + (r + 1) * H + n0);
+            V w = v8_mload(m, a->Whh + r * H + n0);
+            V w1 = v8_mload(m, a->Whh + (r + 1) * H + n0);
             s0 = V_FMA(V_SET1(d0[r]), w, s0);
             u0 = V_FMA(V_SET1(d0[r + 1]), w1, u0);
             s1 = V_FMA(V_SET1(d1[r]), w, s1);
@@ -347,7 +289,7 @@ AVX2 static void bwd_dh(const bwd_args *a, int64_t t, int64_t n0) {
         for (int64_t i = 0; i < nbat; ++i) {
             const int64_t b = b0 + i;
             if (a->len && t >= a->len[b]) continue;
-            V_MSTORE(a->DH + b * H + n0, m, v[i]);
+            v8_mstore(a->DH + b * H + n0, m, v[i]);
         }
     }
 }
@@ -361,18 +303,18 @@ AVX2 static void bwd_dh1(const bwd_args *a, int64_t t, int64_t jb0, int nblk) {
     VM m[4];
     V s[4], u[4];
     for (int c = 0; c < 4; ++c) {
-        m[c] = c < nblk ? v_tail((jb0 + c) * VL, H) : _mm256_setzero_si256();
+        m[c] = c < nblk ? v8_tail((jb0 + c) * VL, H) : _mm256_setzero_si256();
         s[c] = u[c] = V_ZERO();
     }
     for (int64_t r = 0; r + 2 <= G4; r += 2) {
         const V d0 = V_SET1(d[r]), d1 = V_SET1(d[r + 1]);
         const float *w0 = a->Whh + r * H + jb0 * VL, *w1 = w0 + H;
         for (int c = 0; c < 4; ++c) {
-            s[c] = V_FMA(d0, V_MLOAD(m[c], w0 + VL * c), s[c]);
-            u[c] = V_FMA(d1, V_MLOAD(m[c], w1 + VL * c), u[c]);
+            s[c] = V_FMA(d0, v8_mload(m[c], w0 + VL * c), s[c]);
+            u[c] = V_FMA(d1, v8_mload(m[c], w1 + VL * c), u[c]);
         }
     }
-    for (int c = 0; c < nblk; ++c) V_MSTORE(a->DH + (jb0 + c) * VL, m[c], V_ADD(s[c], u[c]));
+    for (int c = 0; c < nblk; ++c) v8_mstore(a->DH + (jb0 + c) * VL, m[c], V_ADD(s[c], u[c]));
 }
 
 AVX2 static void bwd_worker(void *arg) {
@@ -400,15 +342,15 @@ AVX2 static void bwd_worker(void *arg) {
  * lr = 1, ln = 4H, the input gradient dG W_ih. NN: a compile-time constant at every call. */
 AVX2 INLINE void tn_item(const float *L, int64_t lr, int64_t ln, int64_t r0, int64_t r1, int64_t n0, const int NN,
                          int64_t m0, const float *x0, const float *x1, int64_t rx, int64_t M, float *out) {
-    const VM ma = v_tail(m0, M), mb = v_tail(m0 + VL, M);
+    const VM ma = v8_tail(m0, M), mb = v8_tail(m0 + VL, M);
     V s[4][2];
     for (int i = 0; i < NN; ++i) {
-        s[i][0] = r0 == 0 ? V_ZERO() : V_MLOAD(ma, out + (n0 + i) * M + m0);
-        s[i][1] = r0 == 0 ? V_ZERO() : V_MLOAD(mb, out + (n0 + i) * M + m0 + VL);
+        s[i][0] = r0 == 0 ? V_ZERO() : v8_mload(ma, out + (n0 + i) * M + m0);
+        s[i][1] = r0 == 0 ? V_ZERO() : v8_mload(mb, out + (n0 + i) * M + m0 + VL);
     }
     for (int64_t r = r0; r < r1; ++r) {
         const float *row = r < rx ? x0 + r * M : x1 + (r - rx) * M;
-        const V xa = V_MLOAD(ma, row + m0), xb = V_MLOAD(mb, row + m0 + VL);
+        const V xa = v8_mload(ma, row + m0), xb = v8_mload(mb, row + m0 + VL);
         const float *g = L + r * lr + n0 * ln;
         for (int i = 0; i < NN; ++i) {
             const V gi = V_SET1(g[i * ln]);
@@ -417,8 +359,8 @@ AVX2 INLINE void tn_item(const float *L, int64_t lr, int64_t ln, int64_t r0, int
         }
     }
     for (int i = 0; i < NN; ++i) {
-        V_MSTORE(out + (n0 + i) * M + m0, ma, s[i][0]);
-        V_MSTORE(out + (n0 + i) * M + m0 + VL, mb, s[i][1]);
+        v8_mstore(out + (n0 + i) * M + m0, ma, s[i][0]);
+        v8_mstore(out + (n0 + i) * M + m0 + VL, mb, s[i][1]);
     }
 }
 
@@ -473,15 +415,6 @@ AVX2 static void tn_worker(void *arg) {
 #endif /* LSTM_X86 */
 
 /* ---------------------------------------------------------------- Python bindings */
-static int avx2_ok(void) {
-#if LSTM_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
-
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx2_ok()); }
 
 /* The team: torch's OpenMP pool, at most one thread per 8-unit block. */
