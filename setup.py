@@ -14,6 +14,10 @@ cpu_seq = Extension("lstm_fast.cpu._sequence_kernels", sources=["lstm_fast/cpu/s
                     depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/sequence_templates.h",
                              "lstm_fast/cpu/weight_gradient_gemm.h"],
                     extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
+# The same for x86-64 CPUs with AVX2 + FMA and no AVX-512 (8-lane tiles, its own panel shapes).
+cpu_seq_avx2 = Extension("lstm_fast.cpu._sequence_avx2_kernels", sources=["lstm_fast/cpu/sequence_avx2_kernels.c"],
+                         libraries=["dl"], depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/sequence_templates.h"],
+                         extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 # The same in bfloat16 (AVX512-BF16 dot products; per-function target attributes and a runtime CPU
 # check, so the module loads on any x86-64 and reports itself unavailable where the CPU lacks them).
 cpu_bf16_seq = Extension("lstm_fast.cpu._bf16_sequence_kernels", sources=["lstm_fast/cpu/bf16_sequence_kernels.c"],
@@ -57,6 +61,6 @@ setup(
         # onnx, onnxscript, onnxruntime: tests/test_export.py exports to ONNX and runs the file.
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "onnx", "onnxscript", "onnxruntime"],
     },
-    ext_modules=[cpu_cell, cpu_seq, cpu_bf16_seq, cpu_small_batch, cpu_small_batch_avx2],
+    ext_modules=[cpu_cell, cpu_seq, cpu_seq_avx2, cpu_bf16_seq, cpu_small_batch, cpu_small_batch_avx2],
     entry_points={"console_scripts": ["lstm-fast=lstm_fast.d2l.cli:main"]},
 )

@@ -1,4 +1,5 @@
-"""The float32 CPU path on the whole-sequence AVX-512 kernels (``sequence_kernels.c``).
+"""The float32 CPU path on the whole-sequence kernels: ``sequence_kernels.c`` (AVX-512), or
+``sequence_avx2_kernels.c`` on CPUs with AVX2 + FMA and no AVX-512 (the same algorithm on 8-lane tiles).
 
 Shapes: T steps, B batch, D input, H hidden; gates in nn.LSTM's order i, f, g, o.
 
@@ -16,43 +17,64 @@ Input projection (skip-input mode, ``w_ih`` None): ``x`` is then (T, B, 4H), alr
 in the cell epilogue and runs no input GEMM (D = 0); its gradient is the gate gradients dG
 themselves, so the backward skips the ``dx`` GEMM and ``dW_ih`` too.
 """
+import os
+from functools import partial
+
 import torch
 
 from . import workspace
 from .matmul import linear
-from .weight_gradient import weight_gradients
+from .weight_gradient import available as weight_gradients_available, weight_gradients, weight_gradients_onednn
 from ..layer_math import final_hidden, padding_mask, summed_bias
 
-try:
-    from . import _sequence_kernels
-    if not _sequence_kernels.available():  # no AVX-512 on this CPU
-        _sequence_kernels = None
-except ImportError:              # built without a C compiler
-    _sequence_kernels = None
+def _kernels():
+    """(the kernel module this CPU runs, its ISA): ``_sequence_kernels`` (AVX-512), else
+    ``_sequence_avx2_kernels`` (AVX2 + FMA: same entry points, its own panel shapes), else
+    (None, None) (another CPU, or built without a C compiler: the stepwise route runs).
+    ``LSTM_FAST_CPU_ISA=avx2`` takes the AVX2 kernels on an AVX-512 CPU too."""
+    order = ("avx2",) if os.environ.get("LSTM_FAST_CPU_ISA") == "avx2" else ("avx512", "avx2")
+    for isa in order:
+        try:
+            if isa == "avx512":
+                from . import _sequence_kernels as k
+            else:
+                from . import _sequence_avx2_kernels as k
+        except ImportError:
+            continue
+        if k.available():
+            return k, isa
+    return None, None
+
+
+_sequence_kernels, ISA = _kernels()
 
 
 def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
     """Whether this layer can run here: float32 CPU tensors, a non-empty batch, W_hh (4H, H)."""
-    return (_sequence_kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] > 0
-            and w_hh.shape[1] * 4 == w_hh.shape[0])
+    return (_sequence_kernels is not None and weight_gradients_available() and x.dtype == torch.float32
+            and x.device.type == "cpu" and x.shape[1] > 0 and w_hh.shape[1] * 4 == w_hh.shape[0])
 
 
 def pack_panels(w):
-    """W (4H, K) in nn.LSTM layout -> forward panels (ceil(H/16), K, 64): panel j, row k holds
-    gates i, f, g, o of hidden units j*16.. for input k, zero padded past H (one C pass)."""
+    """W (4H, K) in nn.LSTM layout -> forward panels (ceil(H/U), K, 4U), U the module's
+    FWD_PANEL_UNITS (16 AVX-512, 4 AVX2): panel j, row k holds gates i, f, g, o of hidden units
+    j*U.. for input k, zero padded past H (one C pass)."""
     G4, K = w.shape
     H = G4 // 4
+    U = _sequence_kernels.FWD_PANEL_UNITS
     w = w.contiguous()
-    P = workspace.empty(((H + 15) // 16, K, 64), w.dtype)
+    P = workspace.empty(((H + U - 1) // U, K, 4 * U), w.dtype)
     _sequence_kernels.pack_panels(w.data_ptr(), H, K, P.data_ptr())
     return P
 
 
 def pack_backward_panels(w_hh):
-    """W_hh (4H, H) -> backward panels (ceil(H/64), 4H, 64): column blocks of every row."""
+    """W_hh (4H, H) -> backward panels (ceil(H/N), 4H, N), N the module's BWD_PANEL_COLS (64
+    AVX-512, 16 AVX2): column blocks of every row."""
     G4, H = w_hh.shape
+    N = _sequence_kernels.BWD_PANEL_COLS
     w_hh = w_hh.contiguous()
-    Q = workspace.empty(((H + 63) // 64, G4, 64), w_hh.dtype)
+    Q = workspace.empty(((H + N - 1) // N, G4, N), w_hh.dtype)
     _sequence_kernels.pack_backward_panels(w_hh.data_ptr(), H, G4, Q.data_ptr())
     return Q
 
@@ -135,12 +157,13 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
         dx = linear(dG2, w_ih.t()).view(T, B, D)
     if n[4] or (w_ih is not None and n[3]):   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
         a1 = [h0.contiguous(), Y[:-1].contiguous().view((T - 1) * B, H)] if T > 1 else [h0.contiguous()]
+        products = weight_gradients_onednn if ISA == "avx2" else partial(weight_gradients, nthreads=nt)
         if w_ih is None:      # no X block: dW_hh = dG^T [h_0; Y[:-1]] alone
-            dw_hh, _ = weight_gradients(dG2, a1, None, nt)
+            dw_hh, _ = products(dG2, a1)
         else:
             if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
                 x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
-            dw_ih, dw_hh = weight_gradients(dG2, [x.contiguous().view(T * B, D)], a1, nt)
+            dw_ih, dw_hh = products(dG2, [x.contiguous().view(T * B, D)], a1)
             dw_ih = dw_ih if n[3] else None
         dw_hh = dw_hh if n[4] else None
     return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,

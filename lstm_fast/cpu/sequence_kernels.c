@@ -330,4 +330,13 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sequence_kernels", "Whole-sequence LSTM kernels (float32, AVX-512).", -1, methods};
 
-PyMODINIT_FUNC PyInit__sequence_kernels(void) { return PyModule_Create(&module); }
+/* FWD_PANEL_UNITS, BWD_PANEL_COLS: the panel shapes pack_panels and pack_backward_panels write
+ * (sequence.py sizes its buffers from them; the AVX2 module's differ). */
+PyMODINIT_FUNC PyInit__sequence_kernels(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && (PyModule_AddIntConstant(m, "FWD_PANEL_UNITS", 16) < 0 || PyModule_AddIntConstant(m, "BWD_PANEL_COLS", 64) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -10,6 +10,7 @@ import os
 import torch
 
 from . import workspace
+from .matmul import matmul_tn, transpose_for_weight_grads
 
 def _gemm_module():
     if os.environ.get("LSTM_FAST_CPU_ISA") != "avx2":
@@ -66,6 +67,24 @@ def weight_gradients(dG, a0, a1=None, nthreads=None):
     _gemm.weight_grad(dG.data_ptr(), N, R, *p0, *p1, out0.data_ptr(),
                                   None if out1 is None else out1.data_ptr(), scratch.data_ptr(), nthreads)
     return out0, out1
+
+
+def weight_gradients_onednn(dG, a0, a1=None):
+    """:func:`weight_gradients` on oneDNN (``matmul.matmul_tn``: dG transposed once by the C
+    transpose, each right operand joined and transposed in pooled buffers): for the AVX2
+    whole-sequence route, where the fixed-order AVX2 product is 1.9x slower (d2l shape
+    dW_ih + dW_hh: 23.0 vs 12.3 ms at 1 thread, 14.1 vs 6.5 ms at 2, AVX2 EPYC, interleaved).
+    oneDNN's bits did not change with the thread count at any of the 113 shapes
+    ``benchmarks/blas_thread_bits.py`` probed on that CPU (the weight-gradient shapes' sizes
+    included); the stepwise route relies on the same."""
+    dGT = transpose_for_weight_grads(dG)
+
+    def product(blocks):
+        b = blocks[0] if len(blocks) == 1 else torch.cat(
+            blocks, out=workspace.empty((sum(x.shape[0] for x in blocks), blocks[0].shape[1]), dG.dtype))
+        return matmul_tn(dG, b, a_t=dGT)
+
+    return product(a0), (product(a1) if a1 else None)
 
 
 def available() -> bool:
