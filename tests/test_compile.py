@@ -8,7 +8,7 @@ from torch import nn
 
 from lstm_fast import FusedLSTM
 from lstm_fast.ops import custom_ops  # noqa: F401  (registers the lstm_fast:: ops)
-from lstm_fast.ops.plan import plan_layer
+from lstm_fast.ops.plan import cast_inputs, plan_layer
 from lstm_fast.cpu import bf16_sequence as cpu_bf16
 from conftest import requires_nn_autocast
 
@@ -63,6 +63,7 @@ def test_custom_op_fake_shapes_match_real(dtype, with_lengths):
     if plan.segments:   # e.g. a CPU without AVX-512: the stepwise route, lengths only as eager segments
         pytest.skip(f"lengths under compile need an implementation that masks them, not {plan.implementation}")
     impl = plan.implementation
+    args = list(cast_inputs(plan, *args))   # as lstm_layer hands them to the op (e.g. 16-bit upcast)
     real = torch.ops.lstm_fast.lstm_forward(*args, lengths, impl)
     with FakeTensorMode() as mode:
         fake = torch.ops.lstm_fast.lstm_forward(*[mode.from_tensor(a) for a in args],

@@ -168,10 +168,10 @@ def test_plan_runs_it_natively_where_it_can(monkeypatch):
         plan = plan_layer(torch.empty(1, 1, 32), w_hh, "cpu", input_projection=True)
         assert plan.implementation == "cpu_small_batch" and plan.identity_input
         assert not native_input_projection(torch.float32, "cpu", (1, 1, 32), w_hh)
-    with torch.autocast("cpu", dtype=torch.bfloat16):   # the bf16 kernels take none; stepwise (no bf16 kernels) does
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # the bf16 kernels take none; the float32 routes (no bf16 kernels) do
         impl = plan_layer(torch.empty(35, 32, 32), w_hh, "cpu", input_projection=True).implementation
-        assert impl in ("cpu_bf16", "cpu_stepwise")
-        assert native_input_projection(torch.float32, "cpu", (35, 32, 32), w_hh) == (impl == "cpu_stepwise")
+        assert impl in ("cpu_bf16", "cpu_sequence", "cpu_stepwise")
+        assert native_input_projection(torch.float32, "cpu", (35, 32, 32), w_hh) == (impl != "cpu_bf16")
     assert not plan_layer(torch.empty(3, 2, 5), w_hh, "cpu").identity_input
 
 

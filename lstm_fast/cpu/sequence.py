@@ -18,13 +18,12 @@ in the cell epilogue and runs no input GEMM (D = 0); its gradient is the gate gr
 themselves, so the backward skips the ``dx`` GEMM and ``dW_ih`` too.
 """
 import os
-from functools import partial
 
 import torch
 
 from . import workspace
 from .matmul import linear
-from .weight_gradient import available as weight_gradients_available, weight_gradients, weight_gradients_onednn
+from .weight_gradient import available as weight_gradients_available, weight_gradients
 from ..layer_math import final_hidden, padding_mask, summed_bias
 
 def _kernels():
@@ -55,6 +54,14 @@ def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
             and x.device.type == "cpu" and x.shape[1] > 0 and w_hh.shape[1] * 4 == w_hh.shape[0])
 
 
+def _check_float32(*tensors):
+    """The kernels read and write float32 through raw pointers: any other dtype (a caller that
+    skipped the plan's upcast) would be read as garbage and overrun its buffers, so it is an error."""
+    for t in tensors:
+        if t.dtype != torch.float32 or not t.is_cpu:
+            raise RuntimeError(f"cpu_sequence: float32 CPU tensors only, got {t.dtype} on {t.device}")
+
+
 def pack_panels(w):
     """W (4H, K) in nn.LSTM layout -> forward panels (ceil(H/U), K, 4U), U the module's
     FWD_PANEL_UNITS (16 AVX-512, 4 AVX2): panel j, row k holds gates i, f, g, o of hidden units
@@ -62,6 +69,7 @@ def pack_panels(w):
     G4, K = w.shape
     H = G4 // 4
     U = _sequence_kernels.FWD_PANEL_UNITS
+    _check_float32(w)
     w = w.contiguous()
     P = workspace.empty(((H + U - 1) // U, K, 4 * U), w.dtype)
     _sequence_kernels.pack_panels(w.data_ptr(), H, K, P.data_ptr())
@@ -73,6 +81,7 @@ def pack_backward_panels(w_hh):
     AVX-512, 16 AVX2): column blocks of every row."""
     G4, H = w_hh.shape
     N = _sequence_kernels.BWD_PANEL_COLS
+    _check_float32(w_hh)
     w_hh = w_hh.contiguous()
     Q = workspace.empty(((H + N - 1) // N, G4, N), w_hh.dtype)
     _sequence_kernels.pack_backward_panels(w_hh.data_ptr(), H, G4, Q.data_ptr())
@@ -109,6 +118,7 @@ def forward(x, h0, c0, prepared, save, lengths=None, projected=False):
     T, B, D = x.shape
     px, ph, bias = prepared
     H = ph.shape[1]
+    _check_float32(x, h0, c0, ph, *(() if bias is None else (bias,)))
     x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
     xg = None
     if projected:
@@ -139,6 +149,7 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     n = needs
     T, B, H = C.shape
     D = x.shape[2]
+    _check_float32(G, C, w_hh, c0, *(t for t in (dY, dh_n, dc_n) if t is not None))
     nt = torch.get_num_threads()
     dG = workspace.empty((T, B, 4 * H), G.dtype)
     dY = workspace.zeros((T, B, H), G.dtype) if dY is None else dY.contiguous()
@@ -157,13 +168,12 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
         dx = linear(dG2, w_ih.t()).view(T, B, D)
     if n[4] or (w_ih is not None and n[3]):   # one packed GEMM: [dW_ih | dW_hh] = dG^T [X | h_0; Y[:-1]] (weight_gradient_gemm.h)
         a1 = [h0.contiguous(), Y[:-1].contiguous().view((T - 1) * B, H)] if T > 1 else [h0.contiguous()]
-        products = weight_gradients_onednn if ISA == "avx2" else partial(weight_gradients, nthreads=nt)
         if w_ih is None:      # no X block: dW_hh = dG^T [h_0; Y[:-1]] alone
-            dw_hh, _ = products(dG2, a1)
+            dw_hh, _ = weight_gradients(dG2, a1, None, nt)
         else:
             if lengths is not None:   # dgates are 0 past each row's end, but 0 * NaN padding is NaN
                 x = x.masked_fill(padding_mask(lengths, T, x.device), 0)
-            dw_ih, dw_hh = products(dG2, [x.contiguous().view(T * B, D)], a1)
+            dw_ih, dw_hh = weight_gradients(dG2, [x.contiguous().view(T * B, D)], a1, nt)
             dw_ih = dw_ih if n[3] else None
         dw_hh = dw_hh if n[4] else None
     return (dx, DH if n[1] else None, DC if n[2] else None, dw_ih, dw_hh,

@@ -21,9 +21,10 @@
  * weight_grad(dG, N, R, a0, rows_a0, a1, cols_a, b0, rows_b0, b1, cols_b, out_a, out_b, scratch,
  *   nthreads): out_a (N, cols_a) = dG^T A and out_b (N, cols_b) = dG^T B (out_b NULL: none), dG
  *   (R, N) row-major; A given as rows_a0 rows at a0 then R - rows_a0 rows at a1 (a1 NULL when
- *   rows_a0 == R), B likewise: the signature of sequence_kernels' weight_grad. Each thread owns
- *   fixed ranges of (4-row, 16-column) output blocks, each output a single chain over r = 0..R-1 in order:
- *   bitwise independent of the thread count. weight_grad_scratch(...) -> 0 (no scratch needed).
+ *   rows_a0 == R), B likewise: the signature of sequence_kernels' weight_grad. The packed GEMM
+ *   of weight_gradient_gemm_avx2.h: each thread owns fixed 16-column blocks of dG, each output a
+ *   single chain over r = 0..R-1 in order: bitwise independent of the thread count.
+ *   weight_grad_scratch(N, M, R, nthreads) -> the floats of scratch it needs.
  * input_grad(dG, W, rows, G4, D, out, nthreads): out (rows, D) = dG (rows, G4) W (G4, D), the same
  *   product with the roles turned (torch's GEMM changes its bits with the thread count on the
  *   AMD EPYC this was written on, so dx of a small-batch backward could not come from it).
@@ -32,6 +33,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "kernel_support.h"
+#include "weight_gradient_gemm_avx2.h"
 
 #if LSTM_X86
 
@@ -337,9 +339,9 @@ AVX2 static void bwd_worker(void *arg) {
 /* ---------------------------------------------------------------- weight and input gradients */
 /* out[n, m0..m0+16) (n in [n0, n0 + NN), NN <= 4) += (r0 == 0: =) the sum over r in [r0, r1) in
  * order of L[r * lr + n * ln] * X[r, m], X's rows [0, rx) at x0 and the rest at x1 (M floats
- * each): one chain per output, continued through out from one r chunk to the next. With L = dG
- * (R, N): lr = N, ln = 1, the weight gradient dG^T X. With L = dG (rows, 4H) and X = W_ih (4H, D):
- * lr = 1, ln = 4H, the input gradient dG W_ih. NN: a compile-time constant at every call. */
+ * each): one chain per output, continued through out from one r chunk to the next. Used as the
+ * input gradient dG W_ih: L = dG (rows, 4H), X = W_ih (4H, D), lr = 1, ln = 4H (the weight
+ * gradients are weight_gradient_gemm_avx2.h's). NN: a compile-time constant at every call. */
 AVX2 INLINE void tn_item(const float *L, int64_t lr, int64_t ln, int64_t r0, int64_t r1, int64_t n0, const int NN,
                          int64_t m0, const float *x0, const float *x1, int64_t rx, int64_t M, float *out) {
     const VM ma = v8_tail(m0, M), mb = v8_tail(m0 + VL, M);
@@ -382,33 +384,26 @@ AVX2 static void tn_block(const float *L, int64_t lr, int64_t ln, int64_t r0, in
 typedef struct {
     const float *L;
     int64_t lr, ln, R, N;
-    const float *a0, *a1;   /* A: rows [0, ra) at a0, the rest at a1 */
+    const float *a0, *a1;   /* X: rows [0, ra) at a0, the rest at a1 */
     int64_t ra, ca;
-    const float *b0, *b1;   /* B likewise (optional: outb NULL) */
-    int64_t rb, cb;
-    float *outa, *outb;
+    float *out;
     int nthreads;
 } tn_args;
 
-/* Work items: (4-row block of out, 16-column chunk) of out_a, then of out_b; thread t takes a
- * fixed contiguous range of them (rows or columns: whichever there are more of, as a B = 1
- * input gradient has one row block), so no output depends on the team size. */
+/* Work items: (4-row block of out, 16-column chunk); thread t takes a fixed contiguous range of
+ * them (rows or columns: whichever there are more of, as a B = 1 input gradient has one row
+ * block), so no output depends on the team size. */
 AVX2 static void tn_worker(void *arg) {
     tn_args *a = (tn_args *)arg;
     team_t tm = team(a->nthreads);
-    const int64_t nblk = (a->N + 3) / 4, ma = (a->ca + 2 * VL - 1) / (2 * VL);
-    const int64_t mb = a->outb ? (a->cb + 2 * VL - 1) / (2 * VL) : 0;
-    const int64_t na = nblk * ma, items = na + nblk * mb;
+    const int64_t nblk = (a->N + 3) / 4, mc = (a->ca + 2 * VL - 1) / (2 * VL), items = nblk * mc;
     const int64_t lo = items * tm.tid / tm.nth, hi = items * (tm.tid + 1) / tm.nth;
     for (int64_t r0 = 0; r0 < a->R || r0 == 0; r0 += TN_ROWS) {   /* R == 0: one pass writing zeros */
         const int64_t r1 = a->R - r0 < TN_ROWS ? a->R : r0 + TN_ROWS;
         for (int64_t it = lo; it < hi; ++it) {
-            const int b = it >= na;
-            const int64_t j = b ? it - na : it, mc = b ? mb : ma;
-            const int64_t n0 = 4 * (j / mc), m0 = 2 * VL * (j % mc);
+            const int64_t n0 = 4 * (it / mc), m0 = 2 * VL * (it % mc);
             const int nn = a->N - n0 < 4 ? (int)(a->N - n0) : 4;
-            if (b) tn_block(a->L, a->lr, a->ln, r0, r1, n0, nn, m0, a->b0, a->b1, a->rb, a->cb, a->outb);
-            else tn_block(a->L, a->lr, a->ln, r0, r1, n0, nn, m0, a->a0, a->a1, a->ra, a->ca, a->outa);
+            tn_block(a->L, a->lr, a->ln, r0, r1, n0, nn, m0, a->a0, a->a1, a->ra, a->ca, a->out);
         }
     }
 }
@@ -482,14 +477,17 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_
         }
     }
     if (PyErr_Occurred()) return NULL;
-    tn_args a = {q[0], v[1], 1, v[2], v[1], q[3], q[5], v[4], v[6], q[7], q[9], v[8], v[10], q[11], q[12], 0};
-    a.nthreads = team_size((int)v[14], (a.N + 3) / 4 * ((a.ca + a.cb) / (2 * VL) + 2));
-    if ((a.ca > 0 && !a.outa) || (a.R > 0 && (!a.L || (a.ca > 0 && (!a.a0 || (a.ra < a.R && !a.a1)))
-                                               || (a.outb && a.cb > 0 && (!a.b0 || (a.rb < a.R && !a.b1)))))) {
+    const int64_t N = v[1], R = v[2], ca = v[6], cb = q[12] ? v[10] : 0;
+    wg8_args a = {q[0], {{q[3], q[5], v[4], ca}, {q[7], q[9], v[8], cb}}, {q[11], q[12]}, q[13], N, R, 1};
+    if ((ca > 0 && !a.out[0]) || (ca + cb > 0 && !a.scratch)
+        || (R > 0 && (!a.dG || (ca > 0 && (!q[3] || (v[4] < R && !q[5]))) || (cb > 0 && (!q[7] || (v[8] < R && !q[9])))))) {
         PyErr_SetString(PyExc_ValueError, "weight_grad: a missing operand");
         return NULL;
     }
-    launch(tn_worker, &a, a.nthreads);
+    if (N == 0 || ca + cb == 0) Py_RETURN_NONE;
+    /* at most the thread count the scratch was sized for, and one thread per 16-column block */
+    a.nthreads = team_size((int)v[14], wg8_ceil(N, WG8_NR));
+    launch(wg8_worker, &a, a.nthreads);
 #endif
     Py_RETURN_NONE;
 }
@@ -506,15 +504,19 @@ static PyObject *py_input_grad(PyObject *self, PyObject *const *args, Py_ssize_t
     const int nth = (int)PyLong_AsLong(args[6]);
     if (PyErr_Occurred()) return NULL;
     if (!dG || !W || !out) { PyErr_SetString(PyExc_ValueError, "input_grad: a missing operand"); return NULL; }
-    tn_args a = {dG, 1, G4, G4, rows, W, NULL, G4, D, NULL, NULL, 0, 0, out, NULL, 0};
+    tn_args a = {dG, 1, G4, G4, rows, W, NULL, G4, D, out, 0};
     a.nthreads = team_size(nth, (rows + 3) / 4 * (D / (2 * VL) + 1));
     launch(tn_worker, &a, a.nthreads);
 #endif
     Py_RETURN_NONE;
 }
 
+/* weight_grad_scratch(N, M, R, nthreads) -> the floats of scratch weight_grad needs. */
 static PyObject *py_weight_grad_scratch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return PyLong_FromLong(0);
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "weight_grad_scratch takes 4 arguments"); return NULL; }
+    const int64_t N = PyLong_AsLongLong(args[0]), M = PyLong_AsLongLong(args[1]), nt = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(wg8_scratch_floats(N, M, nt < 1 ? 1 : nt));
 }
 
 static PyMethodDef methods[] = {

@@ -1,7 +1,12 @@
 """The LSTM weight gradients dW_ih = dG^T X and dW_hh = dG^T [h_0; Y[:-1]] as one packed GEMM
 (``weight_gradient_gemm.h`` in ``_sequence_kernels``, AVX-512), bitwise independent of the thread
-count. On CPUs with AVX2 and no AVX-512 (or with ``LSTM_FAST_CPU_ISA=avx2``): the fixed-order
-GEMM of ``_small_batch_avx2_kernels`` (same entry points, its own summation order).
+count. On CPUs with AVX2 and no AVX-512 (or with ``LSTM_FAST_CPU_ISA=avx2``): the same structure on
+8-lane tiles (``weight_gradient_gemm_avx2.h`` in ``_small_batch_avx2_kernels``: same entry points,
+its own summation order). At the d2l shape's products (dG (1120, 1024) against X (1120, 28) and
+[h_0; Y[:-1]] (1120, 256)) on the AVX2 EPYC it took 8.1 ms at 1 thread and 4.2 ms at 2 (95% and 93%
+of the torch.mm peak that CPU's throughput files record), oneDNN on transposed operands 12.3 and
+6.5 ms, the unpacked fixed-order product it replaced 22.0 and 10.9 (interleaved in one process,
+both builds side by side; bitwise that product's results at 7 shapes).
 
 Shapes: R = T*B rows (the reduction), dG (R, 4H) gate gradients; each right operand is given as
 one or two row blocks (h_0 then Y[:-1], read in place: no concatenation)."""
@@ -10,7 +15,6 @@ import os
 import torch
 
 from . import workspace
-from .matmul import matmul_tn, transpose_for_weight_grads
 
 def _gemm_module():
     if os.environ.get("LSTM_FAST_CPU_ISA") != "avx2":
@@ -67,24 +71,6 @@ def weight_gradients(dG, a0, a1=None, nthreads=None):
     _gemm.weight_grad(dG.data_ptr(), N, R, *p0, *p1, out0.data_ptr(),
                                   None if out1 is None else out1.data_ptr(), scratch.data_ptr(), nthreads)
     return out0, out1
-
-
-def weight_gradients_onednn(dG, a0, a1=None):
-    """:func:`weight_gradients` on oneDNN (``matmul.matmul_tn``: dG transposed once by the C
-    transpose, each right operand joined and transposed in pooled buffers): for the AVX2
-    whole-sequence route, where the fixed-order AVX2 product is 1.9x slower (d2l shape
-    dW_ih + dW_hh: 23.0 vs 12.3 ms at 1 thread, 14.1 vs 6.5 ms at 2, AVX2 EPYC, interleaved).
-    oneDNN's bits did not change with the thread count at any of the 113 shapes
-    ``benchmarks/blas_thread_bits.py`` probed on that CPU (the weight-gradient shapes' sizes
-    included); the stepwise route relies on the same."""
-    dGT = transpose_for_weight_grads(dG)
-
-    def product(blocks):
-        b = blocks[0] if len(blocks) == 1 else torch.cat(
-            blocks, out=workspace.empty((sum(x.shape[0] for x in blocks), blocks[0].shape[1]), dG.dtype))
-        return matmul_tn(dG, b, a_t=dGT)
-
-    return product(a0), (product(a1) if a1 else None)
 
 
 def available() -> bool:
