@@ -278,14 +278,16 @@ AVX2 INLINE void bwd_store(const bwd_args *a, int64_t t, int64_t row, int64_t n0
 BWD_TILE8(6, DECL6_8, FMA6_8, if (n > 4) bwd_store(a, t, rb + 4, n0, c40, c41); if (n > 5) bwd_store(a, t, rb + 5, n0, c50, c51);)
 BWD_TILE8(4, DECL4_8, FMA4_8, )
 
-/* Per step, from t = T-1 down: phase A (threads split the 8-unit blocks), a barrier, phase B
- * (dh_{t-1}: threads split the 16-column panels), a barrier. */
+/* Per step, from t = T-1 down: phase A, a barrier, phase B. Each thread owns the same hidden units
+ * in both phases (its 16-column panels and the 8-unit cell blocks inside them), so step t-1's
+ * phase A reads only the DH columns this thread's phase B just wrote (and its own DC): one
+ * barrier per step, before phase B reads every unit of dG_t. */
 AVX2 static void bwd_worker(void *arg) {
     const bwd_args *a = (const bwd_args *)arg;
     team_t tm = team(a->nthreads);
     const int64_t B = a->B, H = a->H, nb8 = (H + 7) / 8, nbq = (H + BWD_COLS - 1) / BWD_COLS;
-    const int64_t clo = nb8 * tm.tid / tm.nth, chi = nb8 * (tm.tid + 1) / tm.nth;
     const int64_t glo = nbq * tm.tid / tm.nth, ghi = nbq * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
+    const int64_t clo = glo * (BWD_COLS / 8), chi = ghi * (BWD_COLS / 8) < nb8 ? ghi * (BWD_COLS / 8) : nb8;
     for (int64_t t = a->T - 1; t >= 0; --t) {
         for (int64_t jb = clo; jb < chi; ++jb) bwd_cell(a, t, jb);
         barrier(tm);
@@ -294,7 +296,6 @@ AVX2 static void bwd_worker(void *arg) {
             for (int64_t i = 0; i < n6; ++i, rb += 6) bwd_tile6(a, t, rb, nb);
             for (; rb < B; rb += 4) bwd_tile4(a, t, rb, nb);
         }
-        barrier(tm);
     }
 }
 
