@@ -1,8 +1,8 @@
 """The CPU implementation of one LSTM layer: a hand-written forward and backward through time.
 
-float32 layers on CPUs with AVX-512 run on the whole-sequence kernels of
+float32 layers on CPUs with AVX-512 or AVX2 + FMA run on the whole-sequence kernels of
 :mod:`lstm_fast.cpu.sequence` instead (:func:`lstm_fast.ops.plan.plan_layer` chooses); this module serves float64
-(gradcheck), CPUs without AVX-512 and installs without a C compiler.
+(gradcheck), CPUs with neither and installs without a C compiler.
 
 Shapes: T steps, B batch, D input, H hidden. Gates i, f, g, o as in ``nn.LSTM`` (d2l: I, F, C_tilda, O).
 

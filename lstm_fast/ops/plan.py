@@ -21,7 +21,7 @@ The rules, in order:
 4. float32 on the CPU: the small-batch kernels where their measured crossover table says they
    win (:func:`lstm_fast.cpu.small_batch.use_for`, env ``LSTM_FAST_CPU_SMALL_BATCH``; its
    inference and training tables: training when grad mode is on and x or W_hh requires grad), else the
-   whole-sequence AVX-512 kernels where this CPU has them (:mod:`lstm_fast.cpu.sequence`), else
+   whole-sequence kernels where this CPU has them (AVX-512 or AVX2 + FMA: :mod:`lstm_fast.cpu.sequence`), else
    the stepwise implementation (also float64).
 5. CUDA (or ``backend="triton"``): the Triton implementation (:mod:`lstm_fast.triton_layer`).
    Meta tensors (every tensor on ``meta``; the op layer's guard sees to that): outputs of the
