@@ -26,6 +26,7 @@ from .matmul import linear
 from .weight_gradient import available as weight_gradients_available, weight_gradients
 from ..layer_math import final_hidden, padding_mask, summed_bias
 
+
 def _kernels():
     """(the kernel module this CPU runs, its ISA): ``_sequence_kernels`` (AVX-512), else
     ``_sequence_avx2_kernels`` (AVX2 + FMA: same entry points, its own panel shapes), else

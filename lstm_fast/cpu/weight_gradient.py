@@ -4,9 +4,9 @@ count. On CPUs with AVX2 and no AVX-512 (or with ``LSTM_FAST_CPU_ISA=avx2``): th
 8-lane tiles (``weight_gradient_gemm_avx2.h`` in ``_small_batch_avx2_kernels``: same entry points,
 its own summation order). At the d2l shape's products (dG (1120, 1024) against X (1120, 28) and
 [h_0; Y[:-1]] (1120, 256)) on the AVX2 EPYC it took 8.1 ms at 1 thread and 4.2 ms at 2 (95% and 93%
-of the torch.mm peak that CPU's throughput files record), oneDNN on transposed operands 12.3 and
-6.5 ms, the unpacked fixed-order product it replaced 22.0 and 10.9 (interleaved in one process,
-both builds side by side; bitwise that product's results at 7 shapes).
+of the torch.mm peak that CPU's throughput files record), the unpacked fixed-order product it
+replaced 22.0 and 10.9 (both builds interleaved in one process; bitwise that product's results at
+7 shapes), oneDNN on transposed operands 12.3 and 6.5 ms (an earlier run, same session).
 
 Shapes: R = T*B rows (the reduction), dG (R, 4H) gate gradients; each right operand is given as
 one or two row blocks (h_0 then Y[:-1], read in place: no concatenation)."""
