@@ -17,36 +17,17 @@ Input projection (skip-input mode, ``w_ih`` None): ``x`` is then (T, B, 4H), alr
 in the cell epilogue and runs no input GEMM (D = 0); its gradient is the gate gradients dG
 themselves, so the backward skips the ``dx`` GEMM and ``dW_ih`` too.
 """
-import os
-
 import torch
 
-from . import workspace
+from . import kernel_isa, workspace
 from .matmul import linear
 from .weight_gradient import available as weight_gradients_available, weight_gradients
 from ..layer_math import final_hidden, padding_mask, summed_bias
 
 
-def _kernels():
-    """(the kernel module this CPU runs, its ISA): ``_sequence_kernels`` (AVX-512), else
-    ``_sequence_avx2_kernels`` (AVX2 + FMA: same entry points, its own panel shapes), else
-    (None, None) (another CPU, or built without a C compiler: the stepwise route runs).
-    ``LSTM_FAST_CPU_ISA=avx2`` takes the AVX2 kernels on an AVX-512 CPU too."""
-    order = ("avx2",) if os.environ.get("LSTM_FAST_CPU_ISA") == "avx2" else ("avx512", "avx2")
-    for isa in order:
-        try:
-            if isa == "avx512":
-                from . import _sequence_kernels as k
-            else:
-                from . import _sequence_avx2_kernels as k
-        except ImportError:
-            continue
-        if k.available():
-            return k, isa
-    return None, None
-
-
-_sequence_kernels, ISA = _kernels()
+#: The kernel module this CPU runs: ``_sequence_kernels`` (AVX-512) or ``_sequence_avx2_kernels``
+#: (AVX2 + FMA: same entry points, its own panel shapes), or None (the stepwise route runs).
+_sequence_kernels, ISA = kernel_isa.load("_sequence_kernels", "_sequence_avx2_kernels")
 
 
 def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:

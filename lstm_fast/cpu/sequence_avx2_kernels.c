@@ -299,7 +299,10 @@ AVX2 static void bwd_worker(void *arg) {
     }
 }
 
+#endif /* LSTM_X86 */
+
 /* ---------------------------------------------------------------- panel packing */
+#if LSTM_X86
 /* 8 rows of W at src (row stride K), columns k0..k0+7, transposed into 8 panel rows of 16 floats
  * at dst (8 floats each): v_transpose8 instead of 64 scalar moves. */
 AVX2 static void transpose_8x8(const float *const *rows, int64_t k0, float *dst) {
@@ -308,9 +311,10 @@ AVX2 static void transpose_8x8(const float *const *rows, int64_t k0, float *dst)
     v_transpose8(r);
     for (int kk = 0; kk < 8; ++kk) _mm256_storeu_ps(dst + kk * 16, r[kk]);
 }
+#endif
 
 /* P[j][k][q*4 + u] = W[q*H + 4j + u][k] (0 past H). */
-AVX2 static void pack_panels(const float *W, int64_t H, int64_t K, float *P) {
+static void pack_panels(const float *W, int64_t H, int64_t K, float *P) {
     const int64_t nb = (H + FWD_UNITS - 1) / FWD_UNITS;
     for (int64_t j = 0; j < nb; ++j) {
         float *panel = P + j * K * 16;
@@ -318,104 +322,30 @@ AVX2 static void pack_panels(const float *W, int64_t H, int64_t K, float *P) {
         for (int q = 0; q < 4; ++q)
             for (int u = 0; u < 4; ++u) src[q * 4 + u] = j * 4 + u < H ? W + (q * H + j * 4 + u) * K : NULL;
         int64_t k0 = 0;
+#if LSTM_X86
         if (j * 4 + 4 <= H)
             for (; k0 + 8 <= K; k0 += 8) {
                 transpose_8x8(src, k0, panel + k0 * 16);          /* gates i, f */
                 transpose_8x8(src + 8, k0, panel + k0 * 16 + 8);  /* gates g, o */
             }
+#endif
         for (int64_t k = k0; k < K; ++k)
             for (int col = 0; col < 16; ++col) panel[k * 16 + col] = src[col] ? src[col][k] : 0.0f;
     }
 }
-#endif /* LSTM_X86 */
-
-/* Q[j][k][u] = W[k][16j + u] (0 past H): W_hh's rows cut into 16-column panels. */
-static void pack_backward_panels(const float *W, int64_t H, int64_t K, float *Q) {
-    const int64_t nb = (H + BWD_COLS - 1) / BWD_COLS;
-    for (int64_t j = 0; j < nb; ++j) {
-        const int64_t n = H - j * BWD_COLS < BWD_COLS ? H - j * BWD_COLS : BWD_COLS;
-        for (int64_t k = 0; k < K; ++k) {
-            float *dst = Q + (j * K + k) * BWD_COLS;
-            memcpy(dst, W + k * H + j * BWD_COLS, (size_t)n * sizeof(float));
-            if (n < BWD_COLS) memset(dst + n, 0, (size_t)(BWD_COLS - n) * sizeof(float));
-        }
-    }
-}
 
 /* ---------------------------------------------------------------- Python bindings */
-static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx2_ok()); }
-
-#if LSTM_X86
-DEFINE_RUN_WITH_ZERO_ROW()
-#endif
-
-static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("forward_seq", 16, avx2_ok(), "AVX2 and FMA")
-#if LSTM_X86
-    PARSE_FWD_ARGS(a)
-    a.XG = args[15] == Py_None ? NULL : PyLong_AsVoidPtr(args[15]);
-    if (PyErr_Occurred()) return NULL;
-    return run_with_zero_row(fwd_worker, &a, &a.zero, a.D > a.H ? a.D : a.H, a.nthreads);
-#else
-    Py_RETURN_NONE;
-#endif
-}
-
-static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("backward_seq", 14, avx2_ok(), "AVX2 and FMA")
-#if LSTM_X86
-    PARSE_BWD_ARGS(a)
-    if (PyErr_Occurred()) return NULL;
-    return run_with_zero_row(bwd_worker, &a, &a.zero, 4 * a.H, a.nthreads);
-#else
-    Py_RETURN_NONE;
-#endif
-}
-
-static PyObject *py_pack_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("pack_panels", 4, avx2_ok(), "AVX2 and FMA")
-#if LSTM_X86
-    const float *W = PyLong_AsVoidPtr(args[0]);
-    int64_t H = PyLong_AsLongLong(args[1]), K = PyLong_AsLongLong(args[2]);
-    float *P = PyLong_AsVoidPtr(args[3]);
-    if (PyErr_Occurred()) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    pack_panels(W, H, K, P);
-    Py_END_ALLOW_THREADS
-#endif
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "pack_backward_panels takes 4 arguments"); return NULL; }
-    const float *W = PyLong_AsVoidPtr(args[0]);
-    int64_t H = PyLong_AsLongLong(args[1]), K = PyLong_AsLongLong(args[2]);
-    float *Q = PyLong_AsVoidPtr(args[3]);
-    if (PyErr_Occurred()) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    pack_backward_panels(W, H, K, Q);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
+#define SEQ_CPU_OK avx2_ok
+#define SEQ_CPU_NEEDS "AVX2 and FMA"
+#define SEQ_BWD_COLS BWD_COLS
+#include "sequence_bindings.h"
 
 static PyMethodDef methods[] = {
-    {"available", py_available, METH_NOARGS, "whether this CPU runs these kernels (AVX2 and FMA)"},
-    {"forward_seq", (PyCFunction)(void (*)(void))py_forward_seq, METH_FASTCALL, "LSTM forward over all steps"},
-    {"backward_seq", (PyCFunction)(void (*)(void))py_backward_seq, METH_FASTCALL, "LSTM backward over all steps"},
-    {"pack_panels", (PyCFunction)(void (*)(void))py_pack_panels, METH_FASTCALL, "forward weight panels"},
-    {"pack_backward_panels", (PyCFunction)(void (*)(void))py_pack_backward_panels, METH_FASTCALL, "backward weight panels"},
+    SEQUENCE_METHODS
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sequence_avx2_kernels",
                                     "Whole-sequence LSTM kernels (float32, AVX2 + FMA).", -1, methods};
 
-PyMODINIT_FUNC PyInit__sequence_avx2_kernels(void) {
-    PyObject *m = PyModule_Create(&module);
-    if (m && (PyModule_AddIntConstant(m, "FWD_PANEL_UNITS", FWD_UNITS) < 0 ||
-              PyModule_AddIntConstant(m, "BWD_PANEL_COLS", BWD_COLS) < 0)) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
-}
+PyMODINIT_FUNC PyInit__sequence_avx2_kernels(void) { return sequence_module(&module, FWD_UNITS); }

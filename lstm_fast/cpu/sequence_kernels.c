@@ -223,48 +223,11 @@ static void pack_panels(const float *W, int64_t H, int64_t K, float *P) {
     }
 }
 
-/* Q[j][k][u] = W[k][j*64 + u] (0 past H): W_hh's rows cut into 64-column panels. */
-static void pack_backward_panels(const float *W, int64_t H, int64_t K, float *Q) {
-    const int64_t nb = (H + 63) / 64;
-    for (int64_t j = 0; j < nb; ++j) {
-        const int64_t n = H - j * 64 < 64 ? H - j * 64 : 64;
-        for (int64_t k = 0; k < K; ++k) {
-            float *dst = Q + (j * K + k) * 64;
-            memcpy(dst, W + k * H + j * 64, (size_t)n * sizeof(float));
-            if (n < 64) memset(dst + n, 0, (size_t)(64 - n) * sizeof(float));
-        }
-    }
-}
-
 /* ---------------------------------------------------------------- Python bindings */
-static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx512_ok()); }
-
-#if LSTM_X86
-DEFINE_RUN_WITH_ZERO_ROW()
-#endif
-
-static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("forward_seq", 16, avx512_ok(), "AVX-512")
-#if LSTM_X86
-    PARSE_FWD_ARGS(a)
-    a.XG = args[15] == Py_None ? NULL : PyLong_AsVoidPtr(args[15]);
-    if (PyErr_Occurred()) return NULL;
-    return run_with_zero_row(fwd_worker, &a, &a.zero, a.D > a.H ? a.D : a.H, a.nthreads);
-#else
-    Py_RETURN_NONE;
-#endif
-}
-
-static PyObject *py_backward_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_CALL("backward_seq", 14, avx512_ok(), "AVX-512")
-#if LSTM_X86
-    PARSE_BWD_ARGS(a)
-    if (PyErr_Occurred()) return NULL;
-    return run_with_zero_row(bwd_worker, &a, &a.zero, 4 * a.H, a.nthreads);
-#else
-    Py_RETURN_NONE;
-#endif
-}
+#define SEQ_CPU_OK avx512_ok
+#define SEQ_CPU_NEEDS "AVX-512"
+#define SEQ_BWD_COLS 64
+#include "sequence_bindings.h"
 
 static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     CHECK_CALL("weight_grad", 15, avx512_ok(), "AVX-512")
@@ -295,34 +258,8 @@ static PyObject *py_weight_grad_scratch(PyObject *self, PyObject *const *args, P
     return PyLong_FromLongLong(weight_grad_scratch_floats(N, M, R, nt < 1 ? 1 : nt));
 }
 
-static PyObject *py_pack_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "pack_panels takes 4 arguments"); return NULL; }
-    const float *W = PyLong_AsVoidPtr(args[0]);
-    int64_t H = PyLong_AsLongLong(args[1]), K = PyLong_AsLongLong(args[2]);
-    float *P = PyLong_AsVoidPtr(args[3]);
-    if (PyErr_Occurred()) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    pack_panels(W, H, K, P);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "pack_backward_panels takes 4 arguments"); return NULL; }
-    const float *W = PyLong_AsVoidPtr(args[0]);
-    int64_t H = PyLong_AsLongLong(args[1]), K = PyLong_AsLongLong(args[2]);
-    float *Q = PyLong_AsVoidPtr(args[3]);
-    if (PyErr_Occurred()) return NULL;
-    pack_backward_panels(W, H, K, Q);
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
-    {"available", py_available, METH_NOARGS, "whether this CPU runs the AVX-512 sequence kernels"},
-    {"forward_seq", (PyCFunction)(void (*)(void))py_forward_seq, METH_FASTCALL, "LSTM forward over all steps"},
-    {"backward_seq", (PyCFunction)(void (*)(void))py_backward_seq, METH_FASTCALL, "LSTM backward over all steps"},
-    {"pack_panels", (PyCFunction)(void (*)(void))py_pack_panels, METH_FASTCALL, "forward weight panels"},
-    {"pack_backward_panels", (PyCFunction)(void (*)(void))py_pack_backward_panels, METH_FASTCALL, "backward weight panels"},
+    SEQUENCE_METHODS
     {"weight_grad", (PyCFunction)(void (*)(void))py_weight_grad, METH_FASTCALL, "[dW0 | dW1] = dG^T @ [A0 | A1]"},
     {"weight_grad_scratch", (PyCFunction)(void (*)(void))py_weight_grad_scratch, METH_FASTCALL, "scratch floats of weight_grad"},
     {NULL, NULL, 0, NULL},
@@ -330,13 +267,4 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sequence_kernels", "Whole-sequence LSTM kernels (float32, AVX-512).", -1, methods};
 
-/* FWD_PANEL_UNITS, BWD_PANEL_COLS: the panel shapes pack_panels and pack_backward_panels write
- * (sequence.py sizes its buffers from them; the AVX2 module's differ). */
-PyMODINIT_FUNC PyInit__sequence_kernels(void) {
-    PyObject *m = PyModule_Create(&module);
-    if (m && (PyModule_AddIntConstant(m, "FWD_PANEL_UNITS", 16) < 0 || PyModule_AddIntConstant(m, "BWD_PANEL_COLS", 64) < 0)) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
-}
+PyMODINIT_FUNC PyInit__sequence_kernels(void) { return sequence_module(&module, 16); }

@@ -23,31 +23,14 @@ import os
 
 import torch
 
-from . import workspace
+from . import kernel_isa, workspace
 from .matmul import linear
 from .weight_gradient import available as weight_gradients_available, weight_gradients
 from ..layer_math import final_hidden, padding_mask
 
-def _kernels():
-    """(the kernel module this CPU runs, its ISA): ``_small_batch_kernels`` (AVX-512), else
-    ``_small_batch_avx2_kernels`` (AVX2 + FMA; same entry points), else (None, None) (another
-    CPU, or built without a C compiler). ``LSTM_FAST_CPU_ISA=avx2`` takes the AVX2 kernels on an
-    AVX-512 CPU too (how tests and benchmarks reach them there)."""
-    order = ("avx2",) if os.environ.get("LSTM_FAST_CPU_ISA") == "avx2" else ("avx512", "avx2")
-    for isa in order:
-        try:
-            if isa == "avx512":
-                from . import _small_batch_kernels as k
-            else:
-                from . import _small_batch_avx2_kernels as k
-        except ImportError:
-            continue
-        if k.available():
-            return k, isa
-    return None, None
-
-
-_small_batch_kernels, ISA = _kernels()
+#: The kernel module this CPU runs: ``_small_batch_kernels`` (AVX-512) or
+#: ``_small_batch_avx2_kernels`` (AVX2 + FMA; same entry points), or None.
+_small_batch_kernels, ISA = kernel_isa.load("_small_batch_kernels", "_small_batch_avx2_kernels")
 
 _F32 = torch.float32
 _I64 = torch.int64

@@ -10,30 +10,12 @@ replaced 22.0 and 10.9 (both builds interleaved in one process; bitwise that pro
 
 Shapes: R = T*B rows (the reduction), dG (R, 4H) gate gradients; each right operand is given as
 one or two row blocks (h_0 then Y[:-1], read in place: no concatenation)."""
-import os
 
 import torch
 
-from . import workspace
+from . import kernel_isa, workspace
 
-def _gemm_module():
-    if os.environ.get("LSTM_FAST_CPU_ISA") != "avx2":
-        try:
-            from . import _sequence_kernels
-            if _sequence_kernels.available():
-                return _sequence_kernels
-        except ImportError:
-            pass
-    try:
-        from . import _small_batch_avx2_kernels
-        if _small_batch_avx2_kernels.available():
-            return _small_batch_avx2_kernels
-    except ImportError:
-        pass
-    return None
-
-
-_gemm = _gemm_module()   # the module whose weight_grad runs here
+_gemm, _ = kernel_isa.load("_sequence_kernels", "_small_batch_avx2_kernels")   # whose weight_grad runs here
 
 
 def _part(blocks, R):
