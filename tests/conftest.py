@@ -152,3 +152,22 @@ def nn_lstm_runs_under_cpu_autocast():
 
 requires_nn_autocast = pytest.mark.skipif(not nn_lstm_runs_under_cpu_autocast(),
                                           reason="nn.LSTM cannot run under CPU autocast bf16 on this CPU (oneDNN)")
+
+
+def nn_lstm_autocast(module, x, hx=None):
+    """``module(x, hx)`` for an nn.LSTM under CPU autocast bf16: the real call where it runs here,
+    else what it computes, emulated where its oneDNN primitive cannot run (an AVX2-only CPU):
+    float32 nn.LSTM on every operand rounded to bf16 as autocast casts them, outputs rounded to
+    bf16; gradients flow back through the roundings as through autocast's casts (to the float32
+    parameters and inputs). Called outside any autocast region."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return module(x, hx)
+    except RuntimeError:
+        if nn_lstm_runs_under_cpu_autocast():
+            raise
+    r = lambda t: t.bfloat16().float()  # noqa: E731
+    params = {k: r(v) for k, v in module.named_parameters()}
+    args = (r(x),) if hx is None else (r(x), tuple(r(t) for t in hx))
+    y, (h, c) = torch.func.functional_call(module, params, args)
+    return y.bfloat16(), (h.bfloat16(), c.bfloat16())

@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from lstm_fast import FusedLSTM
 from lstm_fast.cpu import small_batch
 from lstm_fast.ops.plan import plan_layer
-from conftest import nn_lstm_runs_under_cpu_autocast
+from conftest import nn_lstm_autocast
 
 pytestmark = pytest.mark.skipif(small_batch._small_batch_kernels is None,
                                 reason="small-batch kernels not built, or neither AVX-512 nor AVX2 on this CPU")
@@ -151,17 +151,11 @@ def _autocast_run(module, x, hx, weight, autocast=True):
 
 
 def _nn_autocast_reference(module, x, hx, weight):
-    """nn.LSTM-autocast's outputs and gradients: the real thing where it runs, else what it does
-    emulated (float32 nn.LSTM on every operand rounded to bf16 as autocast casts them, the outputs
-    rounded to bf16; the gradients flow back through the roundings as through autocast's casts)."""
-    if nn_lstm_runs_under_cpu_autocast():
-        return _autocast_run(module, x, hx, weight)
+    """nn.LSTM-autocast's outputs and gradients (conftest.nn_lstm_autocast: emulated where it
+    cannot run)."""
     x = x.clone().requires_grad_()
     hx = tuple(t.clone().requires_grad_() for t in hx)
-    r = lambda t: t.bfloat16().float()  # noqa: E731
-    params = {k: r(v) for k, v in module.named_parameters()}
-    y, (h, c) = torch.func.functional_call(module, params, (r(x), (r(hx[0]), r(hx[1]))))
-    y, h, c = y.bfloat16(), h.bfloat16(), c.bfloat16()
+    y, (h, c) = nn_lstm_autocast(module, x, hx)
     loss = (y.double() * weight).sum() + h.double().sum() + c.double().sum()
     return [y, h, c, *torch.autograd.grad(loss, [x, *hx, *module.parameters()])]
 
