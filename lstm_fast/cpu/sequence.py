@@ -100,7 +100,7 @@ def forward(x, h0, c0, prepared, save, lengths=None, projected=False):
     T, B, D = x.shape
     px, ph, bias = prepared
     H = ph.shape[1]
-    _check_float32(x, h0, c0, ph, *(() if bias is None else (bias,)))
+    _check_float32(x, h0, c0, *(() if bias is None else (bias,)))   # the panels: pack_panels checked W
     x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
     xg = None
     if projected:
@@ -131,7 +131,7 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     n = needs
     T, B, H = C.shape
     D = x.shape[2]
-    _check_float32(G, C, w_hh, c0, *(t for t in (dY, dh_n, dc_n) if t is not None))
+    _check_float32(G, C, c0, *(t for t in (dY, dh_n, dc_n) if t is not None))   # W_hh: pack_backward_panels
     nt = torch.get_num_threads()
     dG = workspace.empty((T, B, 4 * H), G.dtype)
     dY = workspace.zeros((T, B, H), G.dtype) if dY is None else dY.contiguous()

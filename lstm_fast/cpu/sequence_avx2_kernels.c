@@ -29,10 +29,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #define SEQ_T float
+#define SEQ_TARGET AVX2    /* (kernel_support.h) the target of the template-made functions */
+#define SEQ_FWD_UNITS 4    /* hidden units per forward panel: 4 gates x 4 units = 16 columns */
+#define SEQ_BWD_COLS 16    /* output columns per backward panel */
 #include "sequence_templates.h"
-
-#define FWD_UNITS 4    /* hidden units per forward panel: 4 gates x 4 units = 16 columns */
-#define BWD_COLS 16    /* output columns per backward panel */
 
 #if LSTM_X86
 /* ---------------------------------------------------------------- register tile */
@@ -80,15 +80,7 @@ AVX2 INLINE void store8(float *p, __m256 v, int64_t nv) {
 }
 
 /* ---------------------------------------------------------------- forward */
-typedef struct {
-    const float *X, *Px, *bias, *Ph, *h0, *c0;
-    float *Y, *C, *G;
-    int64_t T, B, D, H;
-    int nthreads;
-    const float *zero;   /* max(D, H) zeros: the A row of tile rows past the batch */
-    const int64_t *len;  /* per-row sequence lengths, or NULL: all rows run all T steps */
-    const float *XG;     /* (T, B, 4H) precomputed input projection, or NULL */
-} fwd_args;
+DEFINE_F32_ARGS()
 
 /* One row's results (the 4 units' 128-bit halves): c, h and, when saved, the gates. */
 AVX2 INLINE void fwd_store_row(const fwd_args *a, int64_t t, int64_t row, int64_t j0, int nu, __m128 I, __m128 F,
@@ -157,7 +149,7 @@ AVX2 INLINE void prefetch_projection(const fwd_args *a, int64_t t, int64_t rb, i
 #define FWD_TILE8(MR, DECLS, FMAS, TAIL)                                                              \
     AVX2 static void fwd_tile##MR(const fwd_args *a, int64_t t, int64_t rb, int64_t jb, const float *hp, \
                                   const float *cp, float *c_out) {                                    \
-        const int64_t H = a->H, D = a->D, n = a->B - rb, j0 = jb * FWD_UNITS;                         \
+        const int64_t H = a->H, D = a->D, n = a->B - rb, j0 = jb * SEQ_FWD_UNITS;                     \
         const float *zero = a->zero, *a0, *a1, *a2, *a3, *a4, *a5;                                    \
         prefetch_projection(a, t, rb, n, j0);                                                         \
         DECLS                                                                                         \
@@ -173,36 +165,9 @@ AVX2 INLINE void prefetch_projection(const fwd_args *a, int64_t t, int64_t rb, i
 FWD_TILE8(6, DECL6_8, FMA6_8, if (n > 4) fwd_cell_pair(a, t, rb + 4, n > 5, j0, c40, c41, c50, c51, cp, c_out);)
 FWD_TILE8(4, DECL4_8, FMA4_8, )
 
-/* Threads split the 4-unit panels; every step ends at a barrier (step t + 1 reads all of h_t).
- * C holds every step's cell state when G is saved, else two alternating (B, H) buffers. */
-AVX2 static void fwd_worker(void *arg) {
-    const fwd_args *a = (const fwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t B = a->B, H = a->H, nb = (H + FWD_UNITS - 1) / FWD_UNITS;
-    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
-    for (int64_t t = 0; t < a->T; ++t) {
-        const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
-        const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H);
-        float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;
-        for (int64_t jb = jlo; jb < jhi; ++jb) {
-            int64_t rb = 0;
-            for (int64_t i = 0; i < n6; ++i, rb += 6) fwd_tile6(a, t, rb, jb, hp, cp, c_out);
-            for (; rb < B; rb += 4) fwd_tile4(a, t, rb, jb, hp, cp, c_out);
-        }
-        barrier(tm);
-    }
-}
+DEFINE_FWD_WORKER()
 
 /* ---------------------------------------------------------------- backward */
-typedef struct {
-    const float *dY, *Wq, *G, *C, *c0;
-    float *dG, *DH, *DC, *db;
-    int64_t T, B, H;
-    int nthreads;
-    const float *zero;   /* 4H zeros */
-    const int64_t *len;  /* per-row sequence lengths, or NULL */
-} bwd_args;
-
 /* Phase A: gate gradients of step t for units [j0, j0+8) of every row, and their bias gradient
  * (summed over rows in order; each thread owns its unit blocks). */
 AVX2 static void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
@@ -261,14 +226,12 @@ AVX2 INLINE void bwd_store(const bwd_args *a, int64_t t, int64_t row, int64_t n0
 /* Phase B: DH[rows rb..rb+MR, units n0..n0+16) = dG_t[rows, :] @ W_hh[:, n0..]. */
 #define BWD_TILE8(MR, DECLS, FMAS, TAIL)                                                              \
     AVX2 static void bwd_tile##MR(const bwd_args *a, int64_t t, int64_t rb, int64_t nb) {             \
-        const int64_t H = a->H, K = 4 * H, n0 = nb * BWD_COLS, n = a->B - rb;                         \
-        const float *zero = a->zero;                                                                  \
-        const float *a0 = a->dG + (t * a->B + rb) * K, *a1 = n > 1 ? a0 + K : zero;                   \
-        const float *a2 = n > 2 ? a0 + 2 * K : zero, *a3 = n > 3 ? a0 + 3 * K : zero;                 \
-        const float *a4 = n > 4 ? a0 + 4 * K : zero, *a5 = n > 5 ? a0 + 5 * K : zero;                 \
+        const int64_t H = a->H, K = 4 * H, n0 = nb * SEQ_BWD_COLS, n = a->B - rb;                     \
+        const float *zero = a->zero, *a0, *a1, *a2, *a3, *a4, *a5;                                    \
+        TILE_ROWS(a->dG + t * a->B * K, K)                                                            \
         (void)a4; (void)a5;                                                                           \
         DECLS                                                                                         \
-        PANEL16(K, a->Wq + nb * K * BWD_COLS, FMAS)                                                   \
+        PANEL16(K, a->Wq + nb * K * SEQ_BWD_COLS, FMAS)                                               \
         bwd_store(a, t, rb, n0, c00, c01);                                                            \
         if (n > 1) bwd_store(a, t, rb + 1, n0, c10, c11);                                             \
         if (n > 2) bwd_store(a, t, rb + 2, n0, c20, c21);                                             \
@@ -285,9 +248,9 @@ BWD_TILE8(4, DECL4_8, FMA4_8, )
 AVX2 static void bwd_worker(void *arg) {
     const bwd_args *a = (const bwd_args *)arg;
     team_t tm = team(a->nthreads);
-    const int64_t B = a->B, H = a->H, nb8 = (H + 7) / 8, nbq = (H + BWD_COLS - 1) / BWD_COLS;
+    const int64_t B = a->B, H = a->H, nb8 = (H + 7) / 8, nbq = (H + SEQ_BWD_COLS - 1) / SEQ_BWD_COLS;
     const int64_t glo = nbq * tm.tid / tm.nth, ghi = nbq * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B);
-    const int64_t clo = glo * (BWD_COLS / 8), chi = ghi * (BWD_COLS / 8) < nb8 ? ghi * (BWD_COLS / 8) : nb8;
+    const int64_t clo = glo * (SEQ_BWD_COLS / 8), chi = ghi * (SEQ_BWD_COLS / 8) < nb8 ? ghi * (SEQ_BWD_COLS / 8) : nb8;
     for (int64_t t = a->T - 1; t >= 0; --t) {
         for (int64_t jb = clo; jb < chi; ++jb) bwd_cell(a, t, jb);
         barrier(tm);
@@ -315,7 +278,7 @@ AVX2 static void transpose_8x8(const float *const *rows, int64_t k0, float *dst)
 
 /* P[j][k][q*4 + u] = W[q*H + 4j + u][k] (0 past H). */
 static void pack_panels(const float *W, int64_t H, int64_t K, float *P) {
-    const int64_t nb = (H + FWD_UNITS - 1) / FWD_UNITS;
+    const int64_t nb = (H + SEQ_FWD_UNITS - 1) / SEQ_FWD_UNITS;
     for (int64_t j = 0; j < nb; ++j) {
         float *panel = P + j * K * 16;
         const float *src[16];   /* source row of column q*4 + u, NULL past H */
@@ -337,7 +300,6 @@ static void pack_panels(const float *W, int64_t H, int64_t K, float *P) {
 /* ---------------------------------------------------------------- Python bindings */
 #define SEQ_CPU_OK avx2_ok
 #define SEQ_CPU_NEEDS "AVX2 and FMA"
-#define SEQ_BWD_COLS BWD_COLS
 #include "sequence_bindings.h"
 
 static PyMethodDef methods[] = {
@@ -348,4 +310,4 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sequence_avx2_kernels",
                                     "Whole-sequence LSTM kernels (float32, AVX2 + FMA).", -1, methods};
 
-PyMODINIT_FUNC PyInit__sequence_avx2_kernels(void) { return sequence_module(&module, FWD_UNITS); }
+PyMODINIT_FUNC PyInit__sequence_avx2_kernels(void) { return sequence_module(&module); }

@@ -5,7 +5,7 @@
  *
  * Included once, after the file's kernels, by a file that defines:
  *   SEQ_CPU_OK()     whether this CPU runs its kernels;   SEQ_CPU_NEEDS  its words for the error
- *   SEQ_BWD_COLS     the backward panels' width (64, 16)
+ *   SEQ_BWD_COLS     the backward panels' width (64, 16); SEQ_FWD_UNITS (sequence_templates.h) the forward panels' units
  *   fwd_worker, bwd_worker, fwd_args, bwd_args, pack_panels (on x86-64). */
 #ifndef LSTM_FAST_SEQUENCE_BINDINGS_H
 #define LSTM_FAST_SEQUENCE_BINDINGS_H
@@ -96,9 +96,9 @@ static PyObject *py_pack_backward_panels(PyObject *self, PyObject *const *args, 
 
 /* The module object with FWD_PANEL_UNITS and BWD_PANEL_COLS (the panel shapes sequence.py sizes
  * its buffers from). */
-static PyObject *sequence_module(PyModuleDef *def, long fwd_units) {
+static PyObject *sequence_module(PyModuleDef *def) {
     PyObject *m = PyModule_Create(def);
-    if (m && (PyModule_AddIntConstant(m, "FWD_PANEL_UNITS", fwd_units) < 0 ||
+    if (m && (PyModule_AddIntConstant(m, "FWD_PANEL_UNITS", SEQ_FWD_UNITS) < 0 ||
               PyModule_AddIntConstant(m, "BWD_PANEL_COLS", SEQ_BWD_COLS) < 0)) {
         Py_DECREF(m);
         return NULL;

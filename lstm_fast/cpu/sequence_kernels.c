@@ -51,15 +51,7 @@
 #define SEQ_T float
 
 /* ---------------------------------------------------------------- forward */
-typedef struct {
-    const float *X, *Px, *bias, *Ph, *h0, *c0;
-    float *Y, *C, *G;
-    int64_t T, B, D, H;
-    int nthreads;
-    const float *zero;   /* max(D, H) zeros: the A row of tile rows past the batch */
-    const int64_t *len;  /* per-row sequence lengths, or NULL: all rows run all T steps */
-    const float *XG;     /* (T, B, 4H) precomputed input projection, or NULL */
-} fwd_args;
+DEFINE_F32_ARGS()
 
 /* One k step of tile row r: a_r[k] (broadcast) times the 64 panel columns b0..b3. */
 #define TILE_FMA(r)                                                                  \
@@ -127,15 +119,6 @@ FWD_TILE(4, DECL4, FMA4)
 DEFINE_FWD_WORKER()
 
 /* ---------------------------------------------------------------- backward */
-typedef struct {
-    const float *dY, *Wq, *G, *C, *c0;
-    float *dG, *DH, *DC, *db;
-    int64_t T, B, H;
-    int nthreads;
-    const float *zero;   /* 4H zeros */
-    const int64_t *len;  /* per-row sequence lengths, or NULL */
-} bwd_args;
-
 /* Phase A: gate gradients of step t for units [j0, j0+16) of every row. */
 AVX512 INLINE void bwd_cell(const bwd_args *a, int64_t t, int64_t jb) {
     const int64_t B = a->B, H = a->H, G4 = 4 * H, j0 = jb * 16;
@@ -267,4 +250,4 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sequence_kernels", "Whole-sequence LSTM kernels (float32, AVX-512).", -1, methods};
 
-PyMODINIT_FUNC PyInit__sequence_kernels(void) { return sequence_module(&module, 16); }
+PyMODINIT_FUNC PyInit__sequence_kernels(void) { return sequence_module(&module); }

@@ -83,13 +83,17 @@
     if (n > 4) fwd_cell(a, t, rb + 4, j0, m, c40, c41, c42, c43, cp, c_out);                          \
     if (n > 5) fwd_cell(a, t, rb + 5, j0, m, c50, c51, c52, c53, cp, c_out);
 
-/* Threads split the 16-unit blocks; every step ends at a barrier (step t + 1 reads all of h_t).
- * C holds every step's cell state when G is saved, else two alternating (B, H) buffers. */
+/* Threads split the SEQ_FWD_UNITS-unit panels (16 unless the including file says otherwise);
+ * every step ends at a barrier (step t + 1 reads all of h_t). C holds every step's cell state when
+ * G is saved, else two alternating (B, H) buffers. */
+#ifndef SEQ_FWD_UNITS
+#define SEQ_FWD_UNITS 16
+#endif
 #define DEFINE_FWD_WORKER()                                                                           \
     SEQ_TARGET static void fwd_worker(void *arg) {                                                    \
         const fwd_args *a = (const fwd_args *)arg;                                                    \
         team_t tm = team(a->nthreads);                                                                \
-        const int64_t B = a->B, H = a->H, nb = (H + 15) / 16;                                         \
+        const int64_t B = a->B, H = a->H, nb = (H + SEQ_FWD_UNITS - 1) / SEQ_FWD_UNITS;               \
         const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth, n6 = six_row_tiles(B); \
         for (int64_t t = 0; t < a->T; ++t) {                                                          \
             const SEQ_T *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;                                \
@@ -178,6 +182,27 @@
         free(zero);                                                                                   \
         Py_RETURN_NONE;                                                                               \
     }
+
+/* The float32 modules' argument blocks (sequence_kernels.c, sequence_avx2_kernels.c), in the field
+ * order PARSE_FWD_ARGS and PARSE_BWD_ARGS fill. */
+#define DEFINE_F32_ARGS()                                                                             \
+    typedef struct {                                                                                  \
+        const float *X, *Px, *bias, *Ph, *h0, *c0;                                                    \
+        float *Y, *C, *G;                                                                             \
+        int64_t T, B, D, H;                                                                           \
+        int nthreads;                                                                                 \
+        const float *zero;   /* max(D, H) zeros: the A row of tile rows past the batch */             \
+        const int64_t *len;  /* per-row sequence lengths, or NULL: all rows run all T steps */        \
+        const float *XG;     /* (T, B, 4H) precomputed input projection, or NULL */                   \
+    } fwd_args;                                                                                       \
+    typedef struct {                                                                                  \
+        const float *dY, *Wq, *G, *C, *c0;                                                            \
+        float *dG, *DH, *DC, *db;                                                                     \
+        int64_t T, B, H;                                                                              \
+        int nthreads;                                                                                 \
+        const float *zero;   /* 4H zeros */                                                           \
+        const int64_t *len;  /* per-row sequence lengths, or NULL */                                  \
+    } bwd_args;
 
 /* fwd_args a from forward_seq's arguments (X, Px, bias, Ph, h0, c0, Y, C, G, T, B, D, H, nthreads,
  * len); p[] (the 9 pointers) stays in scope. Returns NULL from the caller on a bad argument. */
