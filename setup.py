@@ -12,7 +12,8 @@ cpu_cell = Extension("lstm_fast.cpu._cell_kernel", sources=["lstm_fast/cpu/cell_
 # Whole-sequence AVX-512 kernels (one call walks T; threads from torch's own OpenMP runtime).
 cpu_seq = Extension("lstm_fast.cpu._sequence_kernels", sources=["lstm_fast/cpu/sequence_kernels.c"], libraries=["dl"],
                     depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/sequence_templates.h",
-                             "lstm_fast/cpu/sequence_bindings.h", "lstm_fast/cpu/weight_gradient_gemm.h"],
+                             "lstm_fast/cpu/sequence_bindings.h", "lstm_fast/cpu/weight_gradient_gemm.h",
+                             "lstm_fast/cpu/weight_gradient_operands.h"],
                     extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 # The same for x86-64 CPUs with AVX2 + FMA and no AVX-512 (8-lane tiles, its own panel shapes).
 cpu_seq_avx2 = Extension("lstm_fast.cpu._sequence_avx2_kernels", sources=["lstm_fast/cpu/sequence_avx2_kernels.c"],
@@ -35,7 +36,8 @@ cpu_small_batch = Extension("lstm_fast.cpu._small_batch_kernels", sources=["lstm
 # their backward needs there (the AVX-512 one lives in _sequence_kernels).
 cpu_small_batch_avx2 = Extension("lstm_fast.cpu._small_batch_avx2_kernels",
                                  sources=["lstm_fast/cpu/small_batch_avx2_kernels.c"], libraries=["dl"],
-                                 depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/weight_gradient_gemm_avx2.h"],
+                                 depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/weight_gradient_gemm_avx2.h",
+                                          "lstm_fast/cpu/weight_gradient_operands.h"],
                                  extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 
 setup(

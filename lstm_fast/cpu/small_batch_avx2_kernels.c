@@ -478,7 +478,7 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_
     }
     if (PyErr_Occurred()) return NULL;
     const int64_t N = v[1], R = v[2], ca = v[6], cb = q[12] ? v[10] : 0;
-    wg8_args a = {q[0], {{q[3], q[5], v[4], ca}, {q[7], q[9], v[8], cb}}, {q[11], q[12]}, q[13], N, R, 1};
+    wgg_args a = {q[0], {{q[3], q[5], v[4], ca}, {q[7], q[9], v[8], cb}}, {q[11], q[12]}, q[13], N, R, 1};
     if ((ca > 0 && !a.out[0]) || (ca + cb > 0 && !a.scratch)
         || (R > 0 && (!a.dG || (ca > 0 && (!q[3] || (v[4] < R && !q[5]))) || (cb > 0 && (!q[7] || (v[8] < R && !q[9])))))) {
         PyErr_SetString(PyExc_ValueError, "weight_grad: a missing operand");
@@ -486,7 +486,7 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *const *args, Py_ssize_
     }
     if (N == 0 || ca + cb == 0) Py_RETURN_NONE;
     /* at most the thread count the scratch was sized for, and one thread per 16-column block */
-    a.nthreads = team_size((int)v[14], wg8_ceil(N, WG8_NR));
+    a.nthreads = team_size((int)v[14], wgg_ceil(N, WG8_NR));
     launch(wg8_worker, &a, a.nthreads);
 #endif
     Py_RETURN_NONE;

@@ -28,27 +28,12 @@ which on a shared 2-core host cost a scheduling quantum each), then each thread 
 #ifndef LSTM_FAST_WEIGHT_GRADIENT_GEMM_H
 #define LSTM_FAST_WEIGHT_GRADIENT_GEMM_H
 #include "kernel_support.h"
+#include "weight_gradient_operands.h"
 
 #define WGG_MR 6
 #define WGG_NV 4
 #define WGG_NR (16 * WGG_NV)
 #define WGG_KC 128
-
-typedef struct {
-    const float *p0, *p1;   /* rows [0, rows0) at p0, the rest at p1; row stride = cols */
-    int64_t rows0, cols;
-} wgg_part;
-
-typedef struct {
-    const float *dG;        /* (R, N) */
-    wgg_part a[2];          /* A = [a[0] | a[1]] */
-    float *out[2];          /* (N, a[i].cols) */
-    float *scratch;
-    int64_t N, R;
-    int nthreads;
-} wgg_args;
-
-static int64_t wgg_ceil(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* Cp rows: M padded to the 6-row tiles and to the 16-row transposes. */
 static int64_t wgg_mpad(int64_t M) {
@@ -60,10 +45,6 @@ static int64_t weight_grad_scratch_floats(int64_t N, int64_t M, int64_t R, int64
     (void)R;
     const int64_t npad = wgg_ceil(N, WGG_NR) * WGG_NR, mpad = wgg_mpad(M);
     return npad * WGG_KC + mpad * npad + nthreads * mpad * WGG_KC + 16;   /* Bp, Cp, Ap per thread, alignment */
-}
-
-static const float *wgg_row(const wgg_part *p, int64_t r) {
-    return r < p->rows0 ? p->p0 + r * p->cols : p->p1 + (r - p->rows0) * p->cols;
 }
 
 #if LSTM_X86

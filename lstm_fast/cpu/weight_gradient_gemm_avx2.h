@@ -25,40 +25,21 @@
 #ifndef LSTM_FAST_WEIGHT_GRADIENT_GEMM_AVX2_H
 #define LSTM_FAST_WEIGHT_GRADIENT_GEMM_AVX2_H
 #include "kernel_support.h"
+#include "weight_gradient_operands.h"
 
 #define WG8_MR 6
 #define WG8_NR 16
 #define WG8_KC 256
 
-typedef struct {
-    const float *p0, *p1;   /* rows [0, rows0) at p0, the rest at p1; row stride = cols */
-    int64_t rows0, cols;
-} wg8_part;
-
-typedef struct {
-    const float *dG;        /* (R, N) */
-    wg8_part a[2];          /* A = [a[0] | a[1]] */
-    float *out[2];          /* (N, a[i].cols); out[1] NULL when a[1].cols == 0 */
-    float *scratch;
-    int64_t N, R;
-    int nthreads;
-} wg8_args;
-
-static int64_t wg8_ceil(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 /* Cp rows: M padded to the 6-row tiles and to the 8-row transposes. */
 static int64_t wg8_mpad(int64_t M) {
-    const int64_t m6 = wg8_ceil(M, WG8_MR) * WG8_MR, m8 = wg8_ceil(M, 8) * 8;
+    const int64_t m6 = wgg_ceil(M, WG8_MR) * WG8_MR, m8 = wgg_ceil(M, 8) * 8;
     return m6 > m8 ? m6 : m8;
 }
 
 static int64_t wg8_scratch_floats(int64_t N, int64_t M, int64_t nthreads) {
-    const int64_t npad = wg8_ceil(N, WG8_NR) * WG8_NR, mpad = wg8_mpad(M);
+    const int64_t npad = wgg_ceil(N, WG8_NR) * WG8_NR, mpad = wg8_mpad(M);
     return npad * WG8_KC + mpad * npad + nthreads * mpad * WG8_KC + 16;   /* Bp, Cp, Ap per thread, alignment */
-}
-
-static const float *wg8_row(const wg8_part *p, int64_t r) {
-    return r < p->rows0 ? p->p0 + r * p->cols : p->p1 + (r - p->rows0) * p->cols;
 }
 
 #if LSTM_X86
@@ -88,7 +69,7 @@ AVX2 static void wg8_kernel(int64_t kc, const float *ap, const float *bp, float 
 }
 
 /* Bp[nb][k][0..16) = dG[r0 + k, nb*16 ..] (zero past N), for column blocks [lo, hi). */
-AVX2 static void wg8_pack_b(const wg8_args *a, int64_t r0, int64_t kc, float *bp, int64_t lo, int64_t hi) {
+AVX2 static void wg8_pack_b(const wgg_args *a, int64_t r0, int64_t kc, float *bp, int64_t lo, int64_t hi) {
     const int64_t N = a->N;
     for (int64_t nb = lo; nb < hi; ++nb) {
         float *dst = bp + nb * WG8_KC * WG8_NR;
@@ -103,19 +84,19 @@ AVX2 static void wg8_pack_b(const wg8_args *a, int64_t r0, int64_t kc, float *bp
 }
 
 /* Ap[mb][k][0..6) = A[r0 + k, mb*6 ..] (zero past M), for every row block. */
-AVX2 static void wg8_pack_a(const wg8_args *a, int64_t r0, int64_t kc, float *ap) {
-    const int64_t M0 = a->a[0].cols, M = M0 + a->a[1].cols, nmb = wg8_ceil(M, WG8_MR);
+AVX2 static void wg8_pack_a(const wgg_args *a, int64_t r0, int64_t kc, float *ap) {
+    const int64_t M0 = a->a[0].cols, M = M0 + a->a[1].cols, nmb = wgg_ceil(M, WG8_MR);
     for (int64_t mb = 0; mb < nmb; ++mb) {
         float *dst = ap + mb * WG8_KC * WG8_MR;
         const int64_t m0 = mb * WG8_MR;
         if (m0 + WG8_MR <= M0 || (m0 >= M0 && m0 + WG8_MR <= M)) {   /* in one part: 6 floats a row */
             const int q = m0 >= M0;
             const int64_t c0 = m0 - (q ? M0 : 0);
-            for (int64_t k = 0; k < kc; ++k) memcpy(dst + k * WG8_MR, wg8_row(&a->a[q], r0 + k) + c0, WG8_MR * sizeof(float));
+            for (int64_t k = 0; k < kc; ++k) memcpy(dst + k * WG8_MR, wgg_row(&a->a[q], r0 + k) + c0, WG8_MR * sizeof(float));
         } else {        /* straddles the parts or the end: column by column */
             for (int64_t k = 0; k < kc; ++k) {
-                const float *s0 = M0 ? wg8_row(&a->a[0], r0 + k) : NULL;
-                const float *s1 = M > M0 ? wg8_row(&a->a[1], r0 + k) : NULL;
+                const float *s0 = M0 ? wgg_row(&a->a[0], r0 + k) : NULL;
+                const float *s1 = M > M0 ? wgg_row(&a->a[1], r0 + k) : NULL;
                 for (int i = 0; i < WG8_MR; ++i) {
                     const int64_t m = m0 + i;
                     dst[k * WG8_MR + i] = m < M0 ? s0[m] : m < M ? s1[m - M0] : 0.0f;
@@ -126,7 +107,7 @@ AVX2 static void wg8_pack_a(const wg8_args *a, int64_t r0, int64_t kc, float *ap
 }
 
 /* out_q[n, c] = Cp[m, n] for this thread's 8-unit blocks [lo, hi) of n (8 x 8 transposes). */
-AVX2 static void wg8_unpack(const wg8_args *a, const float *cp, int64_t npad, int64_t lo, int64_t hi) {
+AVX2 static void wg8_unpack(const wgg_args *a, const float *cp, int64_t npad, int64_t lo, int64_t hi) {
     const int64_t N = a->N, M0 = a->a[0].cols, M = M0 + a->a[1].cols;
     for (int64_t jb = lo; jb < hi; ++jb) {
         const int64_t n0 = jb * 8, nn = N - n0 < 8 ? N - n0 : 8;
@@ -155,11 +136,11 @@ AVX2 static void wg8_unpack(const wg8_args *a, const float *cp, int64_t npad, in
 }
 
 AVX2 static void wg8_worker(void *arg) {
-    const wg8_args *a = (const wg8_args *)arg;
+    const wgg_args *a = (const wgg_args *)arg;
     team_t tm = team(a->nthreads);
     const int64_t N = a->N, M = a->a[0].cols + a->a[1].cols, R = a->R;
-    const int64_t npad = wg8_ceil(N, WG8_NR) * WG8_NR, mpad = wg8_mpad(M);
-    const int64_t nmb = wg8_ceil(M, WG8_MR), nnb = npad / WG8_NR;
+    const int64_t npad = wgg_ceil(N, WG8_NR) * WG8_NR, mpad = wg8_mpad(M);
+    const int64_t nmb = wgg_ceil(M, WG8_MR), nnb = npad / WG8_NR;
     float *base = (float *)(((uintptr_t)a->scratch + 63) & ~(uintptr_t)63);
     float *bp = base, *cp = bp + npad * WG8_KC, *ap = cp + mpad * npad + tm.tid * mpad * WG8_KC;
     /* This thread's column blocks: it packs their dG panels, computes their tiles and writes their
@@ -180,7 +161,7 @@ AVX2 static void wg8_worker(void *arg) {
     }
     for (int64_t m = nmb * WG8_MR; m < mpad; ++m)   /* Cp rows past the 6-row tiles (read by the transposes) */
         memset(cp + m * npad + blo * WG8_NR, 0, own);
-    const int64_t nj = wg8_ceil(N, 8), jhi = bhi * (WG8_NR / 8);
+    const int64_t nj = wgg_ceil(N, 8), jhi = bhi * (WG8_NR / 8);
     wg8_unpack(a, cp, npad, blo * (WG8_NR / 8), jhi < nj ? jhi : nj);
 }
 #endif /* LSTM_X86 */
