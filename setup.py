@@ -36,7 +36,7 @@ cpu_small_batch = Extension("lstm_fast.cpu._small_batch_kernels", sources=["lstm
 # their backward needs there (the AVX-512 one lives in _sequence_kernels).
 cpu_small_batch_avx2 = Extension("lstm_fast.cpu._small_batch_avx2_kernels",
                                  sources=["lstm_fast/cpu/small_batch_avx2_kernels.c"], libraries=["dl"],
-                                 depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/weight_gradient_gemm_avx2.h",
+                                 depends=["lstm_fast/cpu/kernel_support.h", "lstm_fast/cpu/thread_team.h", "lstm_fast/cpu/weight_gradient_gemm_avx2.h",
                                           "lstm_fast/cpu/weight_gradient_operands.h"],
                                  extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"], optional=True)
 

@@ -278,3 +278,160 @@ def test_avx2_kernels_pass_the_same_tests_on_an_avx512_cpu():
             "'-k', 'not avx2_kernels_pass']))")
     r = subprocess.run([sys.executable, "-c", code, __file__], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- the claimed-phase teams (thread_team.h)
+_team = pytest.mark.skipif(not hasattr(small_batch._small_batch_kernels, "_team_stats"),
+                           reason="the AVX2 kernels' teams (LSTM_FAST_CPU_ISA=avx2 reaches them on AVX-512)")
+_RUNNERS = {"by-call-kind": 0, "pool": 1, "openmp": 2}
+
+
+@pytest.fixture
+def team_hooks():
+    """The AVX2 module with its test hooks reset afterwards, and 2 threads."""
+    k = small_batch._small_batch_kernels
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield k
+    k._set_team_mode(0)
+    k._set_join_delay_us(0)
+    torch.set_num_threads(before)
+
+
+def _train_and_serve(fused, x, state):
+    """Every output and gradient of a training call and an inference call carrying ``state``."""
+    y, (h, c) = fused(x)
+    grads = torch.autograd.grad(y.sum() + 0.5 * c.sum(), [x, *fused.parameters()])
+    with torch.no_grad():
+        yi, (hi, ci) = fused(x[:1].detach(), state)
+    return (y, h, c, *grads, yi, hi, ci)
+
+
+@_team
+@pytest.mark.parametrize("delay_us", [0, 300, 20000], ids=lambda d: f"join-delay-{d}us")
+@pytest.mark.parametrize("runner", list(_RUNNERS), ids=str)
+@pytest.mark.parametrize("B,T,H", [(1, 6, 520), (3, 4, 130), (1, 1, 33)], ids=lambda v: str(v))
+def test_every_runner_and_late_worker_gives_the_one_thread_bits(team_hooks, runner, delay_us, B, T, H):
+    """A worker that joins late (or never: 20 ms is longer than these calls) changes who computes
+    an item, never its bits: outputs and gradients equal the 1-thread run exactly."""
+    torch.manual_seed(B * 100 + T * 10 + H)
+    _, fused = _pair(9, H)
+    x = torch.randn(T, B, 9, requires_grad=True)
+    state = (torch.randn(1, B, H), torch.randn(1, B, H))
+    torch.set_num_threads(1)
+    want = _train_and_serve(fused, x, state)
+    torch.set_num_threads(2)
+    team_hooks._set_team_mode(_RUNNERS[runner])
+    team_hooks._set_join_delay_us(delay_us)
+    for _ in range(3):
+        got = _train_and_serve(fused, x, state)
+        for a, b in zip(want, got, strict=True):
+            assert torch.equal(a, b)
+
+
+@_team
+def test_the_caller_runs_the_items_of_a_worker_that_has_not_joined(team_hooks):
+    """With the pool's worker held back 20 ms, the caller takes its range (items stolen) and the
+    call does not wait for it: the stats count calls the worker missed."""
+    torch.manual_seed(0)
+    _, fused = _pair(16, 256)
+    x = torch.randn(1, 1, 16)
+    team_hooks._set_team_mode(1)
+    team_hooks._set_join_delay_us(20000)
+    with torch.no_grad():
+        want = fused(x)[0]
+        s0 = team_hooks._team_stats()
+        for _ in range(20):
+            assert torch.equal(fused(x)[0], want)
+        s1 = team_hooks._team_stats()
+    assert s1["pool_calls"] - s0["pool_calls"] == 20
+    assert s1["stolen"] > s0["stolen"]
+    assert s1["joined"] - s0["joined"] < 20
+
+
+@_team
+def test_runners_are_the_ones_the_call_kind_asks_for(team_hooks):
+    """Inference calls run on the pool, training calls (forward saving, backward) on OpenMP's team."""
+    torch.manual_seed(1)
+    _, fused = _pair(8, 64)
+    x = torch.randn(5, 1, 8, requires_grad=True)
+    s0 = team_hooks._team_stats()
+    with torch.no_grad():
+        fused(x)
+    s1 = team_hooks._team_stats()
+    fused(x)[0].sum().backward()
+    s2 = team_hooks._team_stats()
+    assert (s1["pool_calls"] - s0["pool_calls"], s1["openmp_calls"] - s0["openmp_calls"]) == (1, 0)
+    assert (s2["pool_calls"] - s1["pool_calls"], s2["openmp_calls"] - s1["openmp_calls"]) == (0, 2)
+    with pytest.raises(ValueError, match="team mode"):
+        team_hooks._set_team_mode(3)
+
+
+@_team
+@pytest.mark.parametrize("T", [1, 7], ids=lambda t: f"T{t}")
+def test_python_threads_sharing_a_module_each_get_their_serial_answer(team_hooks, T):
+    """Four Python threads serving requests at once through one module (the pool is taken by one
+    caller at a time; the others run alone): every answer bitwise its serial one."""
+    import threading
+    torch.manual_seed(T)
+    _, fused = _pair(12, 130)
+    xs = [torch.randn(T, 1, 12) for _ in range(4)]
+    states = [(torch.randn(1, 1, 130), torch.randn(1, 1, 130)) for _ in range(4)]
+    with torch.no_grad():
+        want = [fused(x, s) for x, s in zip(xs, states)]
+    bad, errors = [], []
+
+    def serve(i):
+        try:
+            with torch.no_grad():
+                for _ in range(40):
+                    y, (h, c) = fused(xs[i], states[i])
+                    if not (torch.equal(y, want[i][0]) and torch.equal(h, want[i][1][0]) and torch.equal(c, want[i][1][1])):
+                        bad.append(i)
+        except Exception as e:  # reported below, not lost in the thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a serving thread hung"
+    assert not errors and not bad
+
+
+@_team
+def test_a_forked_child_runs_the_pool_again(team_hooks):
+    """fork() after the pool has run: the child (which has no worker threads) makes new ones and
+    gets the parent's bits, within a timeout instead of a hang."""
+    import os
+    import pickle
+    import time
+    torch.manual_seed(2)
+    _, fused = _pair(10, 256)
+    x = torch.randn(20, 1, 10)
+    team_hooks._set_team_mode(1)
+    with torch.no_grad():
+        want = fused(x)[0]
+    calls_before = team_hooks._team_stats()["pool_calls"]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, never return into pytest
+        try:
+            torch.set_num_threads(2)
+            with torch.no_grad():
+                y = fused(x)[0]
+            os.write(w, pickle.dumps((torch.equal(y, want), team_hooks._team_stats()["pool_calls"])))
+        finally:
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if time.monotonic() >= deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    with os.fdopen(r, "rb") as f:
+        same, calls = pickle.loads(f.read())
+    assert same and calls == calls_before + 1

@@ -34,6 +34,7 @@
 #include <Python.h>
 #include "kernel_support.h"
 #include "weight_gradient_gemm_avx2.h"
+#include "thread_team.h"
 
 #if LSTM_X86
 
@@ -120,7 +121,8 @@ typedef struct {
     int64_t T, B, D, H;
     int nthreads;
     const int64_t *len;
-    sb_barrier bar;
+    int64_t group;          /* unit blocks per claimed item */
+    team_phases ph;
 } fwd_args;
 
 #define BCHUNK 8   /* batch rows whose gate pre-activations a unit block holds at once */
@@ -138,79 +140,83 @@ static inline float *c_slot(const fwd_args *a, int64_t t) {
     return ((a->T - 1 - t) & 1) ? a->S : a->cn;
 }
 
-AVX2 static void fwd_worker(void *arg) {
-    fwd_args *a = (fwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t T = a->T, B = a->B, D = a->D, H = a->H, G4 = 4 * H, nb = (H + VL - 1) / VL;
-    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
-    float *XP = a->G ? a->G : a->P;   /* input projections (T, B, 4H), when T > 1 */
-    if (T > 1) {
-        for (int64_t jb = jlo; jb < jhi; ++jb) {
-            const int64_t j0 = jb * VL;
-            const int nv = H - j0 < VL ? (int)(H - j0) : VL;
-            const VM m = v8_tail(j0, H);
-            V o[4];
-            for (int q = 0; q < 4; ++q)
-                for (int64_t tb = 0; tb < T * B; tb += 4) {
-                    const int64_t n = T * B - tb < 4 ? T * B - tb : 4;
-                    dot8_many(a->Wih, D, q * H + j0, nv, a->X + tb * D, D, n, o, 1);
-                    for (int64_t i = 0; i < n; ++i) v8_mstore(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
-                }
+/* The input projection of unit block jb for all T * B rows (T > 1): XP[:, q * H + j0 ..]. */
+AVX2 static void fwd_projection(const fwd_args *a, int64_t jb) {
+    const int64_t T = a->T, B = a->B, D = a->D, H = a->H, G4 = 4 * H, j0 = jb * VL;
+    float *XP = a->G ? a->G : a->P;
+    const int nv = H - j0 < VL ? (int)(H - j0) : VL;
+    const VM m = v8_tail(j0, H);
+    V o[4];
+    for (int q = 0; q < 4; ++q)
+        for (int64_t tb = 0; tb < T * B; tb += 4) {
+            const int64_t n = T * B - tb < 4 ? T * B - tb : 4;
+            dot8_many(a->Wih, D, q * H + j0, nv, a->X + tb * D, D, n, o, 1);
+            for (int64_t i = 0; i < n; ++i) v8_mstore(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
         }
-    }
+}
+
+/* Step t of unit block jb for every row: gates, cell, h (and the saved gates, c, c_n). */
+AVX2 static void fwd_step(const fwd_args *a, int64_t t, int64_t jb) {
+    const int64_t T = a->T, B = a->B, D = a->D, H = a->H, G4 = 4 * H, j0 = jb * VL;
+    const float *XP = a->G ? a->G : a->P;   /* input projections (T, B, 4H), when T > 1 */
+    const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
+    const float *cp = t == 0 ? a->c0 : c_slot(a, t - 1);
+    float *co = c_slot(a, t);
+    const int nv = H - j0 < VL ? (int)(H - j0) : VL;
+    const VM m = v8_tail(j0, H);
     V pre[BCHUNK * 4], prex[BCHUNK * 4];
-    for (int64_t t = 0; t < T; ++t) {
-        const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
-        const float *cp = t == 0 ? a->c0 : c_slot(a, t - 1);
-        float *co = c_slot(a, t);
-        for (int64_t jb = jlo; jb < jhi; ++jb) {
-            const int64_t j0 = jb * VL;
-            const int nv = H - j0 < VL ? (int)(H - j0) : VL;
-            const VM m = v8_tail(j0, H);
-            for (int64_t b0 = 0; b0 < B; b0 += BCHUNK) {
-                const int64_t nbat = B - b0 < BCHUNK ? B - b0 : BCHUNK;
-                for (int q = 0; q < 4; ++q) {
-                    dot8_many(a->Whh, H, q * H + j0, nv, hp + b0 * H, H, nbat, pre + q, 4);
-                    if (T == 1) dot8_many(a->Wih, D, q * H + j0, nv, a->X + b0 * D, D, nbat, prex + q, 4);
-                }
-                for (int64_t i = 0; i < nbat; ++i) {
-                    const int64_t b = b0 + i;
-                    V g[4];
-                    for (int q = 0; q < 4; ++q) {
-                        V xp = T > 1 ? v8_mload(m, XP + (t * B + b) * G4 + q * H + j0) : prex[i * 4 + q];
-                        g[q] = V_ADD(V_ADD(pre[i * 4 + q], xp), bias8(a, q * H + j0, m));
-                    }
-                    V I = v8_sigmoid(g[0]), F = v8_sigmoid(g[1]), Ct = v8_tanh(g[2]), O = v8_sigmoid(g[3]);
-                    V c_prev = v8_mload(m, cp + b * H + j0);
-                    V c = V_FMA(F, c_prev, V_MUL(I, Ct));
-                    V h = V_MUL(O, v8_tanh(c));
-                    if (a->len && t >= a->len[b]) {   /* finished row: state frozen, output 0 */
-                        c = c_prev;
-                        if (t == 0) v8_mstore(a->hn + b * H + j0, m, v8_mload(m, a->h0 + b * H + j0));
-                        h = V_ZERO();
-                    } else {
-                        v8_mstore(a->hn + b * H + j0, m, h);
-                    }
-                    v8_mstore(co + b * H + j0, m, c);
-                    v8_mstore(a->Y + (t * B + b) * H + j0, m, h);
-                    if (a->G) {
-                        float *gs = a->G + (t * B + b) * G4 + j0;
-                        v8_mstore(gs, m, I);
-                        v8_mstore(gs + H, m, F);
-                        v8_mstore(gs + 2 * H, m, Ct);
-                        v8_mstore(gs + 3 * H, m, O);
-                    }
-                }
+    for (int64_t b0 = 0; b0 < B; b0 += BCHUNK) {
+        const int64_t nbat = B - b0 < BCHUNK ? B - b0 : BCHUNK;
+        for (int q = 0; q < 4; ++q) {
+            dot8_many(a->Whh, H, q * H + j0, nv, hp + b0 * H, H, nbat, pre + q, 4);
+            if (T == 1) dot8_many(a->Wih, D, q * H + j0, nv, a->X + b0 * D, D, nbat, prex + q, 4);
+        }
+        for (int64_t i = 0; i < nbat; ++i) {
+            const int64_t b = b0 + i;
+            V g[4];
+            for (int q = 0; q < 4; ++q) {
+                V xp = T > 1 ? v8_mload(m, XP + (t * B + b) * G4 + q * H + j0) : prex[i * 4 + q];
+                g[q] = V_ADD(V_ADD(pre[i * 4 + q], xp), bias8(a, q * H + j0, m));
+            }
+            V I = v8_sigmoid(g[0]), F = v8_sigmoid(g[1]), Ct = v8_tanh(g[2]), O = v8_sigmoid(g[3]);
+            V c_prev = v8_mload(m, cp + b * H + j0);
+            V c = V_FMA(F, c_prev, V_MUL(I, Ct));
+            V h = V_MUL(O, v8_tanh(c));
+            if (a->len && t >= a->len[b]) {   /* finished row: state frozen, output 0 */
+                c = c_prev;
+                if (t == 0) v8_mstore(a->hn + b * H + j0, m, v8_mload(m, a->h0 + b * H + j0));
+                h = V_ZERO();
+            } else {
+                v8_mstore(a->hn + b * H + j0, m, h);
+            }
+            v8_mstore(co + b * H + j0, m, c);
+            v8_mstore(a->Y + (t * B + b) * H + j0, m, h);
+            if (a->G) {
+                float *gs = a->G + (t * B + b) * G4 + j0;
+                v8_mstore(gs, m, I);
+                v8_mstore(gs + H, m, F);
+                v8_mstore(gs + 2 * H, m, Ct);
+                v8_mstore(gs + 3 * H, m, O);
             }
         }
-        if (a->G && t == T - 1)   /* saving: cn is also C[T-1] */
-            for (int64_t jb = jlo; jb < jhi; ++jb)
-                for (int64_t b = 0; b < B; ++b) {
-                    const VM m = v8_tail(jb * VL, H);
-                    v8_mstore(a->cn + b * H + jb * VL, m, v8_mload(m, co + b * H + jb * VL));
-                }
-        if (t + 1 < T) sb_wait(&a->bar, tm.nth);
     }
+    if (a->G && t == T - 1)   /* saving: cn is also C[T-1] */
+        for (int64_t b = 0; b < B; ++b) v8_mstore(a->cn + b * H + j0, m, v8_mload(m, co + b * H + j0));
+}
+
+/* Phases (thread_team.h): the input projection when T > 1, then one per step; item g: unit
+ * blocks [g group, (g + 1) group). */
+AVX2 static void fwd_item(const fwd_args *a, int64_t p, int64_t g) {
+    const int64_t nb = (a->H + VL - 1) / VL, jb1 = (g + 1) * a->group < nb ? (g + 1) * a->group : nb;
+    for (int64_t jb = g * a->group; jb < jb1; ++jb)
+        if (p < (a->T > 1)) fwd_projection(a, jb);
+        else fwd_step(a, p - (a->T > 1), jb);
+}
+#define FWD_ITEM(p, g) fwd_item(a, p, g)
+AVX2 static void fwd_worker(void *arg, int tid) {
+    fwd_args *a = (fwd_args *)arg;
+    const int64_t proj = a->T > 1;
+    TEAM_PHASES(&a->ph, tid, proj + a->T, FWD_ITEM)
 }
 
 /* ---------------------------------------------------------------- backward */
@@ -220,7 +226,8 @@ typedef struct {
     int64_t T, B, H;
     int nthreads;
     const int64_t *len;
-    sb_barrier bar;
+    int64_t group;          /* unit blocks per claimed item, a multiple of bwd_unit */
+    team_phases ph;
 } bwd_args;
 
 /* Gate gradients of step t for units [j0, j0 + 8) of every row (as small_batch_kernels.c). */
@@ -319,21 +326,31 @@ AVX2 static void bwd_dh1(const bwd_args *a, int64_t t, int64_t jb0, int nblk) {
     for (int c = 0; c < nblk; ++c) v8_mstore(a->DH + (jb0 + c) * VL, m[c], V_ADD(s[c], u[c]));
 }
 
-AVX2 static void bwd_worker(void *arg) {
-    bwd_args *a = (bwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t nb = (a->H + VL - 1) / VL;
-    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
-    for (int64_t t = a->T - 1; t >= 0; --t) {
-        for (int64_t jb = jlo; jb < jhi; ++jb) bwd_cell(a, t, jb);
-        sb_wait(&a->bar, tm.nth);
-        /* no second barrier: step t-1's cell reads only this thread's DH, DC and writes dG[t-1],
-         * which nobody reads before the next barrier */
+/* Blocks per bwd_dh1 call at B == 1 (its 32 columns per broadcast), else 1: backward items are
+ * whole multiples of it. */
+static inline int64_t bwd_unit(const bwd_args *a) { return a->B == 1 ? 4 : 1; }
+
+/* Phases (thread_team.h): phase p < T is step t = T-1-p, its item g (blocks [g group, (g + 1)
+ * group)) first turns dG[t+1] into those blocks' DH columns (p > 0), then runs their cell: both
+ * read and write only the item's own columns of DH and DC, and dG[t+1] is complete at the phase's
+ * start. Phase T is the last DH (dh_0). */
+AVX2 static void bwd_item(const bwd_args *a, int64_t p, int64_t g) {
+    const int64_t T = a->T, t = T - 1 - p, nb = (a->H + VL - 1) / VL;
+    const int64_t jb0 = g * a->group, jb1 = jb0 + a->group < nb ? jb0 + a->group : nb;
+    if (p > 0) {
         if (a->B == 1)
-            for (int64_t jb = jlo; jb < jhi; jb += 4) bwd_dh1(a, t, jb, jhi - jb < 4 ? (int)(jhi - jb) : 4);
+            for (int64_t jb = jb0; jb < jb1; jb += 4) bwd_dh1(a, t + 1, jb, jb1 - jb < 4 ? (int)(jb1 - jb) : 4);
         else
-            for (int64_t jb = jlo; jb < jhi; ++jb) bwd_dh(a, t, jb * VL);
+            for (int64_t jb = jb0; jb < jb1; ++jb) bwd_dh(a, t + 1, jb * VL);
     }
+    if (p < T)
+        for (int64_t jb = jb0; jb < jb1; ++jb) bwd_cell(a, t, jb);
+}
+
+#define BWD_ITEM(p, g) bwd_item(a, p, g)
+AVX2 static void bwd_worker(void *arg, int tid) {
+    bwd_args *a = (bwd_args *)arg;
+    TEAM_PHASES(&a->ph, tid, a->T + 1, BWD_ITEM)
 }
 
 /* ---------------------------------------------------------------- weight and input gradients */
@@ -425,6 +442,42 @@ static void launch(void (*fn)(void *), void *arg, int nthreads) {
     Py_END_ALLOW_THREADS
 }
 
+/* The recurrences on a claimed-phase team (thread_team.h), the GIL released. Inference calls
+ * run on the pool: serving and generation loops have no torch parallel op between them, and the
+ * pool never waits for a thread that has not started (one step per call at H 256 beside a busy
+ * process: ~1.6x the quiet time, OpenMP's 3-4x). Training calls (a forward that saves, every
+ * backward) run on torch's OpenMP team, which the loop's torch ops keep awake. */
+static void launch_team(void (*fn)(void *, int), void *arg, team_phases *ph, int runner) {
+    Py_BEGIN_ALLOW_THREADS
+    team_run(fn, arg, ph, runner);
+    Py_END_ALLOW_THREADS
+}
+
+/* Tests: pool workers wait this many microseconds before joining a call (a late thread). */
+static PyObject *py_set_join_delay_us(PyObject *self, PyObject *arg) {
+    long us = PyLong_AsLong(arg);
+    if (us == -1 && PyErr_Occurred()) return NULL;
+    team_test_join_delay_us = us < 0 ? 0 : (int)us;
+    Py_RETURN_NONE;
+}
+
+/* Tests: which team the recurrences run on: 0 by call kind (default), 1 the pool, 2 OpenMP's. */
+static PyObject *py_set_team_mode(PyObject *self, PyObject *arg) {
+    long m = PyLong_AsLong(arg);
+    if (m == -1 && PyErr_Occurred()) return NULL;
+    if (m < 0 || m > 2) { PyErr_SetString(PyExc_ValueError, "team mode must be 0, 1 or 2"); return NULL; }
+    team_test_mode = (int)m;
+    Py_RETURN_NONE;
+}
+
+/* Tests and benchmarks: counts since the module loaded (thread_team.h). */
+static PyObject *py_team_stats(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("{sLsLsLsL}", "pool_calls", (long long)__atomic_load_n(&team_stat_calls, __ATOMIC_RELAXED),
+                         "joined", (long long)__atomic_load_n(&team_stat_joined, __ATOMIC_RELAXED),
+                         "stolen", (long long)__atomic_load_n(&team_stat_stolen, __ATOMIC_RELAXED),
+                         "openmp_calls", (long long)__atomic_load_n(&team_stat_gomp_calls, __ATOMIC_RELAXED));
+}
+
 #define NEED_AVX2()                                                                                \
     if (!avx2_ok()) { PyErr_SetString(PyExc_RuntimeError, "these kernels need AVX2 and FMA"); return NULL; }
 
@@ -439,8 +492,11 @@ static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t na
                   PyLong_AsLongLong(args[17]), (int)PyLong_AsLong(args[18])};
     a.len = args[19] == Py_None ? NULL : PyLong_AsVoidPtr(args[19]);
     if (PyErr_Occurred()) return NULL;
-    a.nthreads = team_size(a.nthreads, (a.H + VL - 1) / VL);
-    launch(fwd_worker, &a, a.nthreads);
+    const int64_t nb = (a.H + VL - 1) / VL;
+    a.nthreads = team_size(a.nthreads, nb);
+    a.group = team_item_group(nb, a.nthreads);
+    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group);
+    launch_team(fwd_worker, &a, &a.ph, a.G ? TEAM_OPENMP : TEAM_POOL);
 #endif
     Py_RETURN_NONE;
 }
@@ -455,8 +511,11 @@ static PyObject *py_backward(PyObject *self, PyObject *const *args, Py_ssize_t n
                   PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
     a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
     if (PyErr_Occurred()) return NULL;
-    a.nthreads = team_size(a.nthreads, (a.H + VL - 1) / VL);
-    launch(bwd_worker, &a, a.nthreads);
+    const int64_t nb = (a.H + VL - 1) / VL, units = (nb + bwd_unit(&a) - 1) / bwd_unit(&a);
+    a.nthreads = team_size(a.nthreads, units);
+    a.group = team_item_group(units, a.nthreads) * bwd_unit(&a);
+    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group);
+    launch_team(bwd_worker, &a, &a.ph, TEAM_OPENMP);
 #endif
     Py_RETURN_NONE;
 }
@@ -529,6 +588,10 @@ static PyMethodDef methods[] = {
      "dG W, fixed order: bitwise independent of the thread count"},
     {"weight_grad_scratch", (PyCFunction)(void (*)(void))py_weight_grad_scratch, METH_FASTCALL,
      "scratch floats weight_grad needs (none)"},
+    {"_team_stats", py_team_stats, METH_NOARGS, "pool calls, workers joined, items stolen, OpenMP calls so far"},
+    {"_set_team_mode", py_set_team_mode, METH_O, "tests: 0 by call kind, 1 the pool, 2 OpenMP's team"},
+    {"_set_join_delay_us", py_set_join_delay_us, METH_O,
+     "tests: team workers wait this long before joining a forward or backward call"},
     {NULL, NULL, 0, NULL},
 };
 
