@@ -41,6 +41,10 @@ float32 (no autocast) on fresh random inputs before it is timed; the row records
 A peer over the tolerance (``TOLERANCE``) goes to ``failed`` and is not timed. A peer that cannot
 run (not installed, the export failed) goes to ``skipped`` with the reason.
 
+``--competitor N``: N busy processes (``python -c "while True: pass"``) run through the whole
+measurement, an oversubscribed machine (issue 20: degrade gracefully, never collapse); the JSON
+says so in ``competitor``.
+
 Timing: for each row, every peer in turn runs a block of calls (about ``--round-seconds``, at
 least one call), the starting peer rotating from round to round, ``--rounds`` rounds; a row holds
 the median seconds per call over the rounds and its interquartile range (q1, q3), tokens/sec and
@@ -79,7 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lstm_fast import FusedLSTM  # noqa: E402
-from lstm_fast.d2l.bench import environment, git_commit, quartiles  # noqa: E402
+from lstm_fast.d2l.bench import COMPETITOR, busy_processes, environment, git_commit, quartiles  # noqa: E402
 from lstm_fast.d2l.files import atomic_write_bytes  # noqa: E402
 from lstm_fast.ops.plan import cast_inputs, plan_layer  # noqa: E402
 
@@ -573,6 +577,8 @@ def main(argv=None):
                     choices=("step", "sequence", "training"))
     ap.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     ap.add_argument("--max-T", type=int, help="leave out sequence rows with T above this (a quick run)")
+    ap.add_argument("--competitor", type=int, default=0, metavar="N",
+                    help="N busy processes (python -c 'while True: pass') running through the whole run")
     ap.add_argument("--out", default="benchmarks/results/peers-cpu.json", help="the JSON (written atomically)")
     a = ap.parse_args(argv)
     if a.smoke:
@@ -589,6 +595,8 @@ def main(argv=None):
            "command": " ".join(["python", "benchmarks/peers.py"] + list(sys.argv[1:] if argv is None else argv)),
            "commit": git_commit(), "smoke": a.smoke, "rounds": a.rounds, "round_seconds": a.round_seconds,
            "gap_seconds": a.gap_seconds, "tolerance": TOLERANCE, "rows": [], "skipped": [], "failed": []}
+    if a.competitor:
+        doc["competitor"] = {"processes": a.competitor, "command": COMPETITOR}
     runtimes = load_runtimes(a.peers, doc)
     for name in ("onnxruntime", "openvino"):
         env[name] = getattr(runtimes.get(name), "__version__", None)
@@ -596,7 +604,7 @@ def main(argv=None):
         log(f"skipped {s['implementation']}: {s['reason']}")
     t_start = time.perf_counter()
     layers = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, busy_processes(a.competitor):
         def layer(D, H):
             if (D, H) not in layers:
                 layers[(D, H)] = Layer(D, H, tmp, runtimes)

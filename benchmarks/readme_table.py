@@ -426,6 +426,11 @@ def render_peers():
         lines = [f"From {provenance(f, doc)}" + (f"; {versions}" if versions else "")
                  + f"; {doc['rounds'] if 'rounds' in doc else '?'} interleaved rounds"
                  + (" (SMOKE RUN: tiny shapes, not a measurement)" if doc.get("smoke") else "") + "."]
+        comp = doc.get("competitor")
+        if comp:
+            lines[0] += (f" Beside {comp['processes']} busy process{'es' if comp['processes'] > 1 else ''} "
+                         f"(`{comp['command']}`) for the whole run: the oversubscribed machine, not a speed "
+                         "measurement (issue 20's targets are judged on the quiet files).")
         steps = sorted(((k, v) for k, v in groups.items() if k[0] == "step"), key=_peer_order)
         if steps:
             lines += ["", "One step per call at B=1 (D = H; a T=1 call, its state fed to the next): us per step, median "
@@ -477,7 +482,8 @@ def render_peers():
                 vs = f"{t['seconds'] / fu['seconds']:.2f}x" if fu and t else "-"
                 lines.append(f"| {B}, {T}, {D}, {H} | {threads} | {dtype} | {_peer_cell(fu, False)} | "
                              f"{_peer_cell(t, False)} | {vs} |")
-        lines += ["", "Issue 20's targets, from the medians above:", ""] + _peer_targets(groups)
+        if not comp:
+            lines += ["", "Issue 20's targets, from the medians above:", ""] + _peer_targets(groups)
         if doc.get("failed"):
             lines += ["", "Failed the check against nn.LSTM float32 (not timed): " + "; ".join(
                 f"{PEER_NAMES.get(x['implementation'], x['implementation'])} {x['kind']} B{x['B']} T{x['T']} "

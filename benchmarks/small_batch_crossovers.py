@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lstm_fast import FusedLSTM  # noqa: E402
 from lstm_fast.cpu import small_batch  # noqa: E402
-from lstm_fast.d2l.bench import environment, git_commit, quartiles  # noqa: E402
+from lstm_fast.d2l.bench import COMPETITOR, busy_processes, environment, git_commit, quartiles  # noqa: E402
 from lstm_fast.d2l.files import atomic_write_bytes  # noqa: E402
 from lstm_fast.ops.plan import plan_layer  # noqa: E402
 
@@ -167,10 +166,6 @@ def write(out, doc):
     atomic_write_bytes(Path(out), (json.dumps(doc, indent=1) + "\n").encode())
 
 
-def run_competitor():
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 1 round, 1 thread")
@@ -224,15 +219,9 @@ def main(argv=None):
                 for precision in a.precisions:
                     for H in a.H:
                         for T in [t for t in a.T if t > 1][:1]:
-                            with bench_lock():
-                                busy = run_competitor()
-                                try:
-                                    time.sleep(0.2)
-                                    row = measure(H, 1, T, threads, precision, "inference", a.rounds, a.round_seconds)
-                                finally:
-                                    busy.kill()
-                                    busy.wait()
-                            row["competitor"] = "python -c 'while True: pass'"
+                            with bench_lock(), busy_processes(1):
+                                row = measure(H, 1, T, threads, precision, "inference", a.rounds, a.round_seconds)
+                            row["competitor"] = COMPETITOR
                             doc["competitor_rows"].append(row)
                             print(f"competitor {precision} 2t H{H} B1 T{T}: x{row['small_batch_over_sequence']:.2f}",
                                   flush=True)

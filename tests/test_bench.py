@@ -327,6 +327,34 @@ def test_peers_smoke_without_the_runtimes_skips_them(tmp_path):
     assert doc["environment"]["onnxruntime"] is None and doc["environment"]["openvino"] is None
 
 
+def test_peers_competitor_runs_beside_busy_processes_and_says_so(tmp_path):
+    """--competitor 1: the JSON and its rendering say a busy process ran beside the measurement,
+    issue 20's targets are not judged on that file, and no busy process outlives the run."""
+    import os
+    before = {p for p in os.listdir("/proc") if p.isdigit()}
+    doc = _run_peers(tmp_path / "benchmarks" / "results" / "peers-cpu-busy.json", "--rows", "step",
+                     "--peers", "fused", "--competitor", "1")
+    _assert_evidence(doc)
+    assert doc["competitor"] == {"processes": 1, "command": "python -c 'while True: pass'"}
+    left = []
+    for pid in {p for p in os.listdir("/proc") if p.isdigit()} - before:
+        try:
+            left.append(open(f"/proc/{pid}/cmdline", "rb").read())
+        except OSError:
+            pass
+    assert not [c for c in left if b"while True: pass" in c]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_table
+    old_root = readme_table.ROOT
+    readme_table.ROOT = tmp_path
+    try:
+        text = readme_table.render_peers()
+    finally:
+        readme_table.ROOT = old_root
+    assert "Beside 1 busy process (`python -c 'while True: pass'`)" in text
+    assert "Issue 20's targets" not in text
+
+
 def test_peers_a_peer_over_the_tolerance_is_failed_not_timed(tmp_path, monkeypatch):
     """With a tolerance no output meets, every peer goes to ``failed`` with its error, and no row
     is timed."""

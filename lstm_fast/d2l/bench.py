@@ -221,6 +221,30 @@ def environment(device="cpu"):
     return env
 
 
+#: What a busy competing process runs (:func:`busy_processes`): one core's worth of pure Python.
+COMPETITOR = "python -c 'while True: pass'"
+
+
+class busy_processes:
+    """``with busy_processes(n):`` n processes each keeping a core busy (:data:`COMPETITOR`), the
+    oversubscribed machine a benchmark measures graceful degradation on; killed on exit."""
+
+    def __init__(self, n):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        if self.procs:
+            time.sleep(0.2)     # running before the first timed block
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.procs = []
+
+
 def _load_average():
     """The 1, 5 and 15 minute load averages (runnable processes), or None where unknown."""
     try:
