@@ -443,13 +443,15 @@ static void launch(void (*fn)(void *), void *arg, int nthreads) {
 }
 
 /* The recurrences on a claimed-phase team (thread_team.h), the GIL released. Inference calls
- * run on the pool: serving and generation loops have no torch parallel op between them, and the
- * pool never waits for a thread that has not started (one step per call at H 256 beside a busy
- * process: ~1.6x the quiet time, OpenMP's 3-4x). Training calls (a forward that saves, every
- * backward) run on torch's OpenMP team, which the loop's torch ops keep awake. */
-static void launch_team(void (*fn)(void *, int), void *arg, team_phases *ph, int runner) {
+ * follow the runner policy, starting on the pool (serving and generation loops have no torch
+ * parallel op between their calls). Training calls (a forward that saves, every backward) always
+ * run on torch's OpenMP team: the loop's own torch ops keep it spinning, and the policy, judging
+ * by stolen items, moved them to the pool often enough to cost 1.16x (B 1 T 35 H 256, measured
+ * on the AMD EPYC). */
+static team_policy infer_policy = TEAM_POLICY(TEAM_POOL, 0), train_policy = TEAM_POLICY(TEAM_OPENMP, 1);
+static void launch_team(void (*fn)(void *, int), void *arg, team_phases *ph, team_policy *pol) {
     Py_BEGIN_ALLOW_THREADS
-    team_run(fn, arg, ph, runner);
+    team_run(fn, arg, ph, pol);
     Py_END_ALLOW_THREADS
 }
 
@@ -461,18 +463,22 @@ static PyObject *py_set_join_delay_us(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* Tests: which team the recurrences run on: 0 by call kind (default), 1 the pool, 2 OpenMP's. */
+/* Tests: which team the recurrences run on: 0 the runner policy (default), 1 the pool, 2 OpenMP's;
+ * the inference policy starts over. */
 static PyObject *py_set_team_mode(PyObject *self, PyObject *arg) {
     long m = PyLong_AsLong(arg);
     if (m == -1 && PyErr_Occurred()) return NULL;
     if (m < 0 || m > 2) { PyErr_SetString(PyExc_ValueError, "team mode must be 0, 1 or 2"); return NULL; }
     team_test_mode = (int)m;
+    const team_policy fresh = TEAM_POLICY(TEAM_POOL, 0);
+    infer_policy = fresh;   /* and the inference policy starts over */
     Py_RETURN_NONE;
 }
 
 /* Tests and benchmarks: counts since the module loaded (thread_team.h). */
 static PyObject *py_team_stats(PyObject *self, PyObject *unused) {
-    return Py_BuildValue("{sLsLsLsL}", "pool_calls", (long long)__atomic_load_n(&team_stat_calls, __ATOMIC_RELAXED),
+    return Py_BuildValue("{sLsLsLsLsL}", "pool_calls", (long long)__atomic_load_n(&team_stat_calls, __ATOMIC_RELAXED),
+                         "switches", (long long)__atomic_load_n(&team_stat_switches, __ATOMIC_RELAXED),
                          "joined", (long long)__atomic_load_n(&team_stat_joined, __ATOMIC_RELAXED),
                          "stolen", (long long)__atomic_load_n(&team_stat_stolen, __ATOMIC_RELAXED),
                          "openmp_calls", (long long)__atomic_load_n(&team_stat_gomp_calls, __ATOMIC_RELAXED));
@@ -495,8 +501,8 @@ static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t na
     const int64_t nb = (a.H + VL - 1) / VL;
     a.nthreads = team_size(a.nthreads, nb);
     a.group = team_item_group(nb, a.nthreads);
-    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group);
-    launch_team(fwd_worker, &a, &a.ph, a.G ? TEAM_OPENMP : TEAM_POOL);
+    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group, a.T + (a.T > 1));
+    launch_team(fwd_worker, &a, &a.ph, a.G ? &train_policy : &infer_policy);
 #endif
     Py_RETURN_NONE;
 }
@@ -514,8 +520,8 @@ static PyObject *py_backward(PyObject *self, PyObject *const *args, Py_ssize_t n
     const int64_t nb = (a.H + VL - 1) / VL, units = (nb + bwd_unit(&a) - 1) / bwd_unit(&a);
     a.nthreads = team_size(a.nthreads, units);
     a.group = team_item_group(units, a.nthreads) * bwd_unit(&a);
-    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group);
-    launch_team(bwd_worker, &a, &a.ph, TEAM_OPENMP);
+    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group, a.T + 1);
+    launch_team(bwd_worker, &a, &a.ph, &train_policy);
 #endif
     Py_RETURN_NONE;
 }
@@ -588,8 +594,8 @@ static PyMethodDef methods[] = {
      "dG W, fixed order: bitwise independent of the thread count"},
     {"weight_grad_scratch", (PyCFunction)(void (*)(void))py_weight_grad_scratch, METH_FASTCALL,
      "scratch floats weight_grad needs (none)"},
-    {"_team_stats", py_team_stats, METH_NOARGS, "pool calls, workers joined, items stolen, OpenMP calls so far"},
-    {"_set_team_mode", py_set_team_mode, METH_O, "tests: 0 by call kind, 1 the pool, 2 OpenMP's team"},
+    {"_team_stats", py_team_stats, METH_NOARGS, "pool calls, runner switches, workers joined, items stolen, OpenMP calls so far"},
+    {"_set_team_mode", py_set_team_mode, METH_O, "tests: 0 the runner policy, 1 the pool, 2 OpenMP's team"},
     {"_set_join_delay_us", py_set_join_delay_us, METH_O,
      "tests: team workers wait this long before joining a forward or backward call"},
     {NULL, NULL, 0, NULL},

@@ -26,8 +26,9 @@
  * - Cost when nobody is late, against a plain barrier: ~0.05-0.1 us a step (measured at H 64
  *   T 200, 2 threads: 1.21 -> 1.28 us a step; H 256 T 35: 15.1 -> 15.7).
  *
- * The runners (team_run): torch's OpenMP team (GOMP_parallel), whose join still waits once per
- * call for every thread to have started; or the pool:
+ * The runners (team_run, as a team_policy says: the one whose threads were there in the last
+ * calls): torch's OpenMP team (GOMP_parallel), whose join still waits once per call for every
+ * thread to have started; or the pool:
  * - One pool per extension module: up to TEAM_MAX - 1 worker threads, created on first need.
  *   A caller takes the pool with a try-lock; a second concurrent caller (several Python threads
  *   serving requests) runs its call alone instead of waiting.
@@ -88,14 +89,17 @@ typedef struct {
     int alone;              /* the caller runs every item itself: plain loops */
     team_counter started;   /* bit tid: thread tid is in the call (its range is its own) */
     team_counter done;      /* items done in all phases, by everyone */
+    team_counter stolen;    /* items taken from another thread's range, this call */
+    int64_t phases;         /* this call's phases (team_went_well's yardstick) */
     team_counter claim[TEAM_MAX];
 } team_phases;
 
-static void team_phases_init(team_phases *s, int n, int64_t items) {
+static void team_phases_init(team_phases *s, int n, int64_t items, int64_t phases) {
     s->n = n < 1 ? 1 : (n > TEAM_MAX ? TEAM_MAX : n);
     s->items = items;
+    s->phases = phases;
     s->alone = 1;
-    s->started.v = s->done.v = 0;
+    s->started.v = s->done.v = s->stolen.v = 0;
     for (int r = 0; r < s->n; ++r) s->claim[r].v = 0;
 }
 
@@ -162,10 +166,22 @@ static void *team_worker(void *unused) {
 
 static void team_atfork_child(void) { memset(&g_team, 0, sizeof g_team); }
 
-/* The pool's call: fn(arg, tid) on the caller (tid 0) and whichever workers join; 0 if the pool
- * is taken by another caller (nothing run). */
-static int team_run_pool(void (*fn)(void *, int), void *arg, int n) {
-    if (__atomic_exchange_n(&g_team.busy, 1, __ATOMIC_ACQUIRE)) return 0;
+/* Whether the runner had its threads there (read by the caller right after its own fn): every
+ * thread had started by then, and at most 1% of the call's items were taken from another's
+ * range (a worker that started but lost its core mid-call has its items stolen: measured at
+ * B 1 T 1000 H 256 under autocast, where torch's casts leave OpenMP's threads spinning, 2.4% of
+ * the items stolen a call on the pool, at 1.7x OpenMP's time; without autocast, 0.4%). */
+static inline int team_went_well(const team_phases *s) {
+    const uint64_t want = s->n >= 64 ? ~0ull : (1ull << s->n) - 1;
+    return ((uint64_t)__atomic_load_n(&s->started.v, __ATOMIC_RELAXED) & want) == want
+           && __atomic_load_n(&s->stolen.v, __ATOMIC_RELAXED) * 100 <= s->items * s->phases;
+}
+
+/* The pool's call: fn(arg, tid) on the caller (tid 0) and whichever workers join. -1: the pool
+ * is taken by another caller (nothing run); else team_went_well. */
+static int team_run_pool(void (*fn)(void *, int), void *arg, team_phases *s) {
+    const int n = s->n;
+    if (__atomic_exchange_n(&g_team.busy, 1, __ATOMIC_ACQUIRE)) return -1;
     if (!g_team.atfork_done) {
         pthread_atfork(NULL, NULL, team_atfork_child);
         g_team.atfork_done = 1;
@@ -188,6 +204,7 @@ static int team_run_pool(void (*fn)(void *, int), void *arg, int n) {
     if (__atomic_load_n(&g_team.sleepers, __ATOMIC_SEQ_CST) > 0)
         syscall(SYS_futex, &g_team.wake, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     fn(arg, 0);
+    const int full = team_went_well(s);
     uint64_t w = __atomic_load_n(&g_team.word, __ATOMIC_ACQUIRE);
     while (!__atomic_compare_exchange_n(&g_team.word, &w, w & ~TEAM_OPEN, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {}
     const int joined = (int)(w & 0xffff);
@@ -198,41 +215,91 @@ static int team_run_pool(void (*fn)(void *, int), void *arg, int n) {
         else sched_yield();
     }
     __atomic_store_n(&g_team.busy, 0, __ATOMIC_RELEASE);
-    return 1;
+    return full;
 }
 
 /* torch's OpenMP team (kernel_support.h's GOMP_parallel): its threads are the ones spinning
  * after torch's own parallel ops, so a call between them finds its team awake; but its join waits
  * for every team thread to have run, even one the scheduler has not started. */
-typedef struct { void (*fn)(void *, int); void *arg; } team_gomp_call;
+typedef struct { void (*fn)(void *, int); void *arg; const team_phases *s; int full; } team_gomp_call;
 static void team_gomp_body(void *c) {
     team_gomp_call *g = (team_gomp_call *)c;
-    g->fn(g->arg, p_thread_num());
+    const int tid = p_thread_num();
+    g->fn(g->arg, tid);
+    if (tid == 0) g->full = team_went_well(g->s);
 }
-static int team_run_gomp(void (*fn)(void *, int), void *arg, int n) {
+/* -1: no OpenMP runtime found (nothing run); else team_went_well. */
+static int team_run_gomp(void (*fn)(void *, int), void *arg, team_phases *s) {
     resolve_gomp();
-    if (!p_parallel) return 0;
-    team_gomp_call g = {fn, arg};
+    if (!p_parallel) return -1;
+    team_gomp_call g = {fn, arg, s, 0};
     __atomic_add_fetch(&team_stat_gomp_calls, 1, __ATOMIC_RELAXED);
-    p_parallel(team_gomp_body, &g, (unsigned)n, 0);
-    return 1;
+    p_parallel(team_gomp_body, &g, (unsigned)s->n, 0);
+    return g.full;
 }
 
-/* Which team runs a call: the caller says (runner: TEAM_POOL or TEAM_OPENMP); tests may force
- * one (team_test_mode: 0 as asked, else 1 + the runner). Both give the same bits. Each has its
- * failure, so neither serves every call: the pool's workers lose their core to torch's OpenMP
- * threads, which spin ~8 ms after every torch parallel op (measured on the AMD EPYC: a training
- * loop at B 1 T 35 H 256 took 1.37x longer on the pool, its worker joining 191 of 660 calls);
- * OpenMP's join waits for a descheduled thread (see the header). A measured choice per call,
- * exploring the other runner now and then, was tried and lost to both: each OpenMP call leaves
- * its threads spinning on the pool's cores for the next 8 ms. */
+/* Which team runs a call: the one whose threads were there. Each runner has its failure: the
+ * pool's workers lose their core to torch's OpenMP threads, which spin ~8 ms after every torch
+ * parallel op (measured on the AMD EPYC: a training loop at B 1 T 35 H 256 took 1.37x longer on
+ * the pool, its worker joining 191 of 660 calls); OpenMP's join waits for a thread the scheduler
+ * has not run (one step per call at H 256 beside a busy process: 183.7 us against the pool's
+ * 56.7, quiet ~40). So a kernel kind keeps a team_policy: on OpenMP's team while its calls go
+ * well (team_went_well: torch's spinning threads are there at once); after one that does not, on
+ * the pool, trying OpenMP's team again after `backoff` pool calls in a row that did not go well
+ * either. backoff doubles (up to TEAM_BACKOFF_MAX) at every OpenMP call that goes badly and is
+ * back at TEAM_BACKOFF_MIN after TEAM_TRUSTED in a row went well: beside a busy process both
+ * runners are late, OpenMP's team now and then on time, and the pool's lateness costs least.
+ * Comparing the runners' times instead was tried and lost to both: each OpenMP call leaves its
+ * threads spinning on the pool's cores for the next 8 ms, so the pool always looked slow. Both
+ * runners give the same bits.
+ * team_test_mode: tests force one (0: the policy, else 1 + TEAM_POOL or TEAM_OPENMP). */
 enum { TEAM_POOL = 0, TEAM_OPENMP = 1 };
+#define TEAM_BACKOFF_MIN 4
+#define TEAM_BACKOFF_MAX 1024
+typedef struct { int runner, late, good, backoff, fixed; } team_policy;   /* relaxed: racing callers only blur it */
+#define TEAM_POLICY(runner, fixed) {runner, 0, 0, TEAM_BACKOFF_MIN, fixed}   /* fixed: always runner */
+#define TEAM_TRUSTED 1024   /* calls in a row on OpenMP's team going well: its lateness was a passing one */
+/* (TEAM_BACKOFF_MAX and TEAM_TRUSTED at 256 and 64: one step per call at H 256 beside a busy
+ * process took 78.4 us, at 1024 and 1024 66.8, the pool alone 62.5; with onnxruntime in the
+ * process 62.8, 50.9, 55.0: measured interleaved in one process on the AMD EPYC.) */
 static int team_test_mode;
+static int64_t team_stat_switches;
 
-static void team_run(void (*fn)(void *, int), void *arg, team_phases *s, int runner) {
+static void team_run(void (*fn)(void *, int), void *arg, team_phases *s, team_policy *pol) {
     s->alone = 0;
-    if (team_test_mode) runner = team_test_mode - 1;
-    if (s->n > 1 && (runner == TEAM_POOL ? team_run_pool(fn, arg, s->n) : team_run_gomp(fn, arg, s->n))) return;
+    if (s->n > 1) {
+        team_policy p;
+        p.runner = __atomic_load_n(&pol->runner, __ATOMIC_RELAXED);
+        p.late = __atomic_load_n(&pol->late, __ATOMIC_RELAXED);
+        p.good = __atomic_load_n(&pol->good, __ATOMIC_RELAXED);
+        p.backoff = __atomic_load_n(&pol->backoff, __ATOMIC_RELAXED);
+        if (p.backoff < TEAM_BACKOFF_MIN) p.backoff = TEAM_BACKOFF_MIN;
+        const int trial = p.runner == TEAM_POOL && p.late >= p.backoff;   /* OpenMP's team again */
+        const int use = team_test_mode ? team_test_mode - 1 : trial ? TEAM_OPENMP : p.runner;
+        const int well = use == TEAM_POOL ? team_run_pool(fn, arg, s) : team_run_gomp(fn, arg, s);
+        if (well >= 0) {
+            if (!team_test_mode && !pol->fixed) {
+                const int was = p.runner;
+                if (use == TEAM_OPENMP) {
+                    if (well) {
+                        p.runner = TEAM_OPENMP, p.late = 0;
+                        if (++p.good >= TEAM_TRUSTED) p.good = 0, p.backoff = TEAM_BACKOFF_MIN;
+                    } else {   /* late on OpenMP's team (a trial or a run): the pool, longer before the next try */
+                        p.runner = TEAM_POOL, p.late = 0, p.good = 0;
+                        if (p.backoff < TEAM_BACKOFF_MAX) p.backoff *= 2;
+                    }
+                } else {
+                    p.late = well ? 0 : p.late + 1;
+                }
+                if (p.runner != was) __atomic_add_fetch(&team_stat_switches, 1, __ATOMIC_RELAXED);
+                __atomic_store_n(&pol->runner, p.runner, __ATOMIC_RELAXED);
+                __atomic_store_n(&pol->late, p.late, __ATOMIC_RELAXED);
+                __atomic_store_n(&pol->good, p.good, __ATOMIC_RELAXED);
+                __atomic_store_n(&pol->backoff, p.backoff, __ATOMIC_RELAXED);
+            }
+            return;
+        }
+    }
     s->alone = 1;   /* one thread, the pool taken by another caller, or no OpenMP */
     fn(arg, 0);
 }
@@ -261,7 +328,10 @@ static inline int64_t team_claim(team_phases *s, int tid, int64_t p, int steal) 
         int64_t c = __atomic_load_n(&s->claim[r].v, __ATOMIC_RELAXED);
         while (c < (p + 1) * len)
             if (__atomic_compare_exchange_n(&s->claim[r].v, &c, c + 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-                if (r != tid) __atomic_add_fetch(&team_stat_stolen, 1, __ATOMIC_RELAXED);
+                if (r != tid) {
+                    __atomic_add_fetch(&s->stolen.v, 1, __ATOMIC_RELAXED);
+                    __atomic_add_fetch(&team_stat_stolen, 1, __ATOMIC_RELAXED);
+                }
                 return lo + (c - p * len);
             }
     }
