@@ -456,3 +456,30 @@ def test_a_forked_child_runs_the_pool_again(team_hooks):
     with os.fdopen(r, "rb") as f:
         same, calls = pickle.loads(f.read())
     assert same and calls == calls_before + 1
+
+
+@pytest.mark.skipif(not hasattr(small_batch._small_batch_kernels, "bf16_round"),
+                    reason="the AVX2 module's autocast casts (LSTM_FAST_CPU_ISA=avx2 reaches them on AVX-512)")
+@pytest.mark.parametrize("n", [1, 7, 4099], ids=lambda n: f"n{n}")
+def test_autocast_casts_give_torchs_bits(n):
+    """bf16_round and bf16_narrow (the autocast fast path's casts) against torch's own casts, bit for
+    bit: ties to even, signed zeros, subnormals, the largest finites, infinities and NaN (every NaN
+    becomes 0xFFFF, as torch's vectorized cast makes it); a bf16 source widened exactly."""
+    k = small_batch._small_batch_kernels
+    special = torch.tensor([0.0, -0.0, 1.00390625, 1.01171875, -1.01171875, 3.3895e38, 3.4028e38, -3.4028e38,
+                            1e-45, -1e-45, 1e-39, float("inf"), -float("inf"), float("nan"), -float("nan")])
+    x = torch.randn(n) * torch.logspace(-40, 38, n)
+    x[:min(n, special.numel())] = special[:n]
+    x = torch.cat([x, torch.full((3,), float("nan"))])       # an odd length past the specials
+    rounded = torch.full_like(x, float("nan"))
+    k.bf16_round(x.data_ptr(), False, rounded.data_ptr(), x.numel())
+    want = x.to(torch.bfloat16)
+    assert torch.equal(rounded.view(torch.int32), want.float().view(torch.int32))
+    narrowed = torch.full(x.shape, float("nan"), dtype=torch.bfloat16)
+    k.bf16_narrow(x.data_ptr(), narrowed.data_ptr(), x.numel())
+    assert torch.equal(narrowed.view(torch.int16), want.view(torch.int16))
+    widened = torch.full_like(x, 0.5)
+    k.bf16_round(want.data_ptr(), True, widened.data_ptr(), x.numel())
+    assert torch.equal(widened.view(torch.int32), want.float().view(torch.int32))
+    with pytest.raises(ValueError, match="missing operand"):
+        k.bf16_narrow(0, narrowed.data_ptr(), 1)

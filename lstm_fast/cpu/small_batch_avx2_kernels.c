@@ -584,6 +584,60 @@ static PyObject *py_weight_grad_scratch(PyObject *self, PyObject *const *args, P
     return PyLong_FromLongLong(wg8_scratch_floats(N, M, nt < 1 ? 1 : nt));
 }
 
+/* ---------------------------------------------------------------- autocast's operands and outputs */
+/* float -> bf16, round to nearest even, every NaN -> 0xFFFF: the bits torch's (vectorized)
+ * float -> bfloat16 tensor cast gives on a CPU without AVX512-BF16, the only CPUs this module
+ * serves (checked bit for bit in tests/test_small_batch.py). */
+static inline uint16_t bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0xffff;
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+AVX2 static void bf16_round_floats(const void *src, int src_bf16, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        const uint32_t u = (uint32_t)(src_bf16 ? ((const uint16_t *)src)[i] : bf16_rne(((const float *)src)[i])) << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
+AVX2 static void bf16_narrow_floats(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_rne(src[i]);
+}
+
+/* bf16_round(src, src_is_bf16, dst, n): dst (n floats) = src rounded to bf16 and back (a bf16 src
+ * widened): under CPU autocast the x and h_0 the float32 kernels take (x.to(bfloat16).float()).
+ * bf16_narrow(src, dst, n): n floats to bf16, the outputs' cast. Addresses, so the fast path
+ * (lstm_fast/ops/fast_path.py) keeps every float32 operand of a call in one scratch buffer. On
+ * the calling thread: a small-batch call's operands are small. */
+static PyObject *py_bf16_round(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "bf16_round takes 4 arguments"); return NULL; }
+    void *p[1], *d[1];
+    if (ptrs(args, 1, p) || ptrs(args + 2, 1, d)) return NULL;
+    const int src_bf16 = PyObject_IsTrue(args[1]);
+    const int64_t n = PyLong_AsLongLong(args[3]);
+    if (src_bf16 < 0 || PyErr_Occurred()) return NULL;
+    if (!p[0] || !d[0] || n < 0) { PyErr_SetString(PyExc_ValueError, "bf16_round: a missing operand"); return NULL; }
+#if LSTM_X86
+    bf16_round_floats(p[0], src_bf16, (float *)d[0], n);
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bf16_narrow(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "bf16_narrow takes 3 arguments"); return NULL; }
+    void *p[2];
+    if (ptrs(args, 2, p)) return NULL;
+    const int64_t n = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (!p[0] || !p[1] || n < 0) { PyErr_SetString(PyExc_ValueError, "bf16_narrow: a missing operand"); return NULL; }
+#if LSTM_X86
+    bf16_narrow_floats((const float *)p[0], (uint16_t *)p[1], n);
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "whether this CPU runs these kernels (AVX2 and FMA)"},
     {"forward", (PyCFunction)(void (*)(void))py_forward, METH_FASTCALL, "small-batch LSTM forward over T steps"},
@@ -594,6 +648,10 @@ static PyMethodDef methods[] = {
      "dG W, fixed order: bitwise independent of the thread count"},
     {"weight_grad_scratch", (PyCFunction)(void (*)(void))py_weight_grad_scratch, METH_FASTCALL,
      "scratch floats weight_grad needs (none)"},
+    {"bf16_round", (PyCFunction)(void (*)(void))py_bf16_round, METH_FASTCALL,
+     "bf16_round(src, src_is_bf16, dst, n): floats rounded to bf16 and back (autocast's operands)"},
+    {"bf16_narrow", (PyCFunction)(void (*)(void))py_bf16_narrow, METH_FASTCALL,
+     "bf16_narrow(src, dst, n): floats to bf16, round to nearest even (autocast's outputs)"},
     {"_team_stats", py_team_stats, METH_NOARGS, "pool calls, runner switches, workers joined, items stolen, OpenMP calls so far"},
     {"_set_team_mode", py_set_team_mode, METH_O, "tests: 0 the runner policy, 1 the pool, 2 OpenMP's team"},
     {"_set_join_delay_us", py_set_join_delay_us, METH_O,

@@ -75,6 +75,7 @@ _MISSING = object()
 _DIRECT, _LAYERS, _AUTOCAST = 0, 1, 2
 #: The dtypes an autocast call's x and states may have here (others: the general path).
 _AUTOCAST_OPERANDS = (torch.float32, torch.bfloat16)
+_BF16 = torch.bfloat16
 
 _is_compiling = torch.compiler.is_compiling
 _tracing_state = torch._C._get_tracing_state
@@ -252,27 +253,48 @@ def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
-def _run_direct(plan, module, x, hx):
+def _direct_weights(plan, module):
+    """(w_ih, w_hh, b_ih, b_hh, any requires_grad) of a direct plan's call, or None where a
+    parameter is not what the kernel's pointer arithmetic relies on (a .data write may change any
+    of these properties: every one is checked at every call)."""
     _, dt, state_shape, out_shape, n_ih, s_ih, n_hh, s_hh, n_bih, n_bhh, s_b, dims, pooled, spec = plan
     params = module._parameters
     w_ih, w_hh = params.get(n_ih), params.get(n_hh)
-    # every property the kernel's pointer arithmetic relies on (a .data write may change any), written out
     if not (type(w_ih) in _PLAIN and type(w_hh) in _PLAIN and w_ih.dtype is dt and w_hh.dtype is dt
             and w_ih.shape == s_ih and w_hh.shape == s_hh and w_ih.is_cpu and w_hh.is_cpu
             and w_ih.layout is _STRIDED and w_hh.layout is _STRIDED and w_ih.is_contiguous()
-            and w_hh.is_contiguous() and x.is_contiguous()):
+            and w_hh.is_contiguous()):
         return None
     if n_bih is None:
-        b_ih = b_hh = None
-        rg = w_ih.requires_grad or w_hh.requires_grad
+        return w_ih, w_hh, None, None, w_ih.requires_grad or w_hh.requires_grad
+    b_ih, b_hh = params.get(n_bih), params.get(n_bhh)
+    if not (type(b_ih) in _PLAIN and type(b_hh) in _PLAIN and b_ih.dtype is dt and b_hh.dtype is dt
+            and b_ih.shape == s_b and b_hh.shape == s_b and b_ih.is_cpu and b_hh.is_cpu
+            and b_ih.layout is _STRIDED and b_hh.layout is _STRIDED and b_ih.is_contiguous()
+            and b_hh.is_contiguous()):
+        return None
+    return w_ih, w_hh, b_ih, b_hh, w_ih.requires_grad or w_hh.requires_grad or b_ih.requires_grad or b_hh.requires_grad
+
+
+def _forward_pointers(T, B, D, H, xp, w_ih, w_hh, b_ih, b_hh, hp, cp, Yp, hnp, cnp):
+    """The small-batch forward (no saving) on float32 buffers given by address."""
+    if T > 1:       # the scratch of a no-save call over several steps (kept alive through the call)
+        P, S = workspace.empty((T, B, 4 * H)), torch.empty(B, H)
+        pp, sp = P.data_ptr(), S.data_ptr()
     else:
-        b_ih, b_hh = params.get(n_bih), params.get(n_bhh)
-        if not (type(b_ih) in _PLAIN and type(b_hh) in _PLAIN and b_ih.dtype is dt and b_hh.dtype is dt
-                and b_ih.shape == s_b and b_hh.shape == s_b and b_ih.is_cpu and b_hh.is_cpu
-                and b_ih.layout is _STRIDED and b_hh.layout is _STRIDED and b_ih.is_contiguous()
-                and b_hh.is_contiguous()):
-            return None
-        rg = w_ih.requires_grad or w_hh.requires_grad or b_ih.requires_grad or b_hh.requires_grad
+        pp = sp = None
+    small_batch._small_batch_kernels.forward(
+        xp, w_ih.data_ptr(), w_hh.data_ptr(), None if b_ih is None else b_ih.data_ptr(),
+        None if b_hh is None else b_hh.data_ptr(), hp, cp, Yp, hnp, cnp, None, None, pp, sp, T, B, D, H,
+        _num_threads(), None)
+
+
+def _run_direct(plan, module, x, hx):
+    _, dt, state_shape, out_shape, n_ih, s_ih, n_hh, s_hh, n_bih, n_bhh, s_b, dims, pooled, spec = plan
+    w = _direct_weights(plan, module)
+    if w is None or not x.is_contiguous():
+        return None
+    w_ih, w_hh, b_ih, b_hh, rg = w
     if hx is None:
         h0 = c0 = None
     else:
@@ -303,15 +325,8 @@ def _run_direct(plan, module, x, hx):
         cp = hp + 4 * B * H
     else:
         hp, cp = h0.data_ptr(), c0.data_ptr()
-    if T > 1:       # the scratch of a no-save call over several steps (kept alive through the call)
-        P, S = workspace.empty((T, B, 4 * H)), empty(B, H)
-        pp, sp = P.data_ptr(), S.data_ptr()
-    else:
-        pp = sp = None
-    small_batch._small_batch_kernels.forward(
-        x.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(), None if b_ih is None else b_ih.data_ptr(),
-        None if b_hh is None else b_hh.data_ptr(), hp, cp, Y.data_ptr(), hn.data_ptr(), cn.data_ptr(), None, None,
-        pp, sp, T, B, D, H, _num_threads(), None)
+    _forward_pointers(T, B, D, H, x.data_ptr(), w_ih, w_hh, b_ih, b_hh, hp, cp, Y.data_ptr(), hn.data_ptr(),
+                      cn.data_ptr())
     return Y, (hn, cn)
 
 
@@ -332,14 +347,51 @@ def _run_autocast(plan, module, x, hx):
     if _grad_enabled():     # a gradient to any parameter: the general path (autograd through the casts)
         if x.requires_grad or any(p is not None and p.requires_grad for p in module._parameters.values()):
             return None
-    xf = x.to(ac).float()
-    if hx is not None:
-        hx = (h0.to(ac).float(), c0.float())
-    out = _run_direct(direct, module, xf, hx)
-    if out is None:
+    k = small_batch._small_batch_kernels
+    if ac is not _BF16 or not hasattr(k, "bf16_round"):
+        xf = x.to(ac).float()
+        if hx is not None:
+            hx = (h0.to(ac).float(), c0.float())
+        out = _run_direct(direct, module, xf, hx)
+        if out is None:
+            return None
+        y, (h, c) = out
+        return y.to(ac), (h.to(ac), c.to(ac))
+    # The same casts in C (the AVX2 module's bf16_round / bf16_narrow give torch's bits) on one
+    # float32 scratch: 4 allocations a call instead of 7 casts plus the float32 call's 3 outputs
+    # (the allocations were the cost: ~1-2 us each at B=1).
+    w = _direct_weights(direct, module)
+    state_shape, out_shape, (T, B, D, H) = direct[2], direct[3], direct[11]
+    if w is None or not x.is_contiguous():
         return None
-    y, (h, c) = out
-    return y.to(ac), (h.to(ac), c.to(ac))
+    if hx is not None:
+        if not (h0.shape == state_shape and c0.shape == state_shape and h0.is_cpu and c0.is_cpu
+                and h0.layout is _STRIDED and c0.layout is _STRIDED):
+            return None
+        h0, c0 = h0.contiguous(), c0.contiguous()
+    w_ih, w_hh, b_ih, b_hh, _ = w
+    nx, ns, ny = T * B * D, B * H, T * B * H
+    f = workspace.empty((nx + 4 * ns + ny,))      # x | h_0 | c_0 | h_n | c_n | Y, in float32
+    xp = f.data_ptr()
+    hp = xp + 4 * nx
+    cp, hnp = hp + 4 * ns, hp + 8 * ns
+    cnp, Yp = hnp + 4 * ns, hnp + 8 * ns
+    round_, narrow, empty = k.bf16_round, k.bf16_narrow, torch.empty
+    round_(x.data_ptr(), x.dtype is _BF16, xp, nx)
+    if hx is None:
+        f[nx:nx + 2 * ns].zero_()
+    else:
+        round_(h0.data_ptr(), h0.dtype is _BF16, hp, ns)
+        if c0.dtype is _BF16:
+            round_(c0.data_ptr(), True, cp, ns)       # exact: c_0 is not rounded, only widened
+        else:
+            cp = c0.data_ptr()
+    _forward_pointers(T, B, D, H, xp, w_ih, w_hh, b_ih, b_hh, hp, cp, Yp, hnp, cnp)
+    y, hn, cn = empty(out_shape, dtype=_BF16), empty(state_shape, dtype=_BF16), empty(state_shape, dtype=_BF16)
+    narrow(Yp, y.data_ptr(), ny)
+    narrow(hnp, hn.data_ptr(), ns)
+    narrow(cnp, cn.data_ptr(), ns)
+    return y, (hn, cn)
 
 
 class _DirectLayer(torch.autograd.Function):
