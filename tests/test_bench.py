@@ -228,6 +228,18 @@ def test_record_results_script_writes_evidence(tmp_path):
     assert "Ours over d2l's" in epoch
 
 
+def _render_peers(root):
+    """readme_table.render_peers() over the results under ``root`` (a smoke run's tmp tree)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_table
+    old_root = readme_table.ROOT
+    readme_table.ROOT = root
+    try:
+        return readme_table.render_peers()
+    finally:
+        readme_table.ROOT = old_root
+
+
 def _run_peers(out, *args, pythonpath=None):
     import os
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p))
@@ -295,14 +307,7 @@ def test_peers_smoke_checks_times_and_renders(tmp_path):
             assert sp["module_call_seconds"] == r["seconds"]
     assert {(p["bytes"], p["threads"]) for p in doc["probes"]} == {(r["weight_bytes_per_step"], r["threads"])
                                                                    for r in doc["rows"]}
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import readme_table
-    old_root = readme_table.ROOT
-    readme_table.ROOT = tmp_path
-    try:
-        text = readme_table.render_peers()
-    finally:
-        readme_table.ROOT = old_root
+    text = _render_peers(tmp_path)
     assert "python benchmarks/peers.py --smoke" in text and "SMOKE RUN" in text
     assert "one step at B=1 >= 5x nn.LSTM: **" in text and "the bandwidth limit" in text
     assert "training at B <= 4 >= 1.2x nn.LSTM: **" in text and "Training at small batch" in text
@@ -343,14 +348,7 @@ def test_peers_competitor_runs_beside_busy_processes_and_says_so(tmp_path):
         except OSError:
             pass
     assert not [c for c in left if b"while True: pass" in c]
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import readme_table
-    old_root = readme_table.ROOT
-    readme_table.ROOT = tmp_path
-    try:
-        text = readme_table.render_peers()
-    finally:
-        readme_table.ROOT = old_root
+    text = _render_peers(tmp_path)
     assert "Beside 1 busy process (`python -c 'while True: pass'`)" in text
     assert "Issue 20's targets" not in text
 
