@@ -450,6 +450,7 @@ static void launch(void (*fn)(void *), void *arg, int nthreads) {
  * on the AMD EPYC). */
 static team_policy infer_policy = TEAM_POLICY(TEAM_POOL, 0), train_policy = TEAM_POLICY(TEAM_OPENMP, 1);
 static void launch_team(void (*fn)(void *, int), void *arg, team_phases *ph, team_policy *pol) {
+    resolve_gomp();   /* under the GIL: its lookup is not thread-safe */
     Py_BEGIN_ALLOW_THREADS
     team_run(fn, arg, ph, pol);
     Py_END_ALLOW_THREADS

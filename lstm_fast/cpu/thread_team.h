@@ -112,7 +112,6 @@ typedef struct {
     void *arg;
     int busy;                     /* the callers' try-lock */
     int nworkers;
-    int atfork_done;
     pthread_t threads[TEAM_MAX];
 } team_pool;
 
@@ -123,9 +122,10 @@ static int team_test_join_delay_us;
  * run on OpenMP's team. */
 static int64_t team_stat_calls, team_stat_joined, team_stat_stolen, team_stat_gomp_calls;
 
-static void *team_worker(void *unused) {
-    (void)unused;
-    uint32_t seen = (uint32_t)(__atomic_load_n(&g_team.word, __ATOMIC_ACQUIRE) >> 32);
+/* gen0: the generation before the call that created the worker, so that call is new to it even
+ * when the worker first runs after its publish. */
+static void *team_worker(void *gen0) {
+    uint32_t seen = (uint32_t)(uintptr_t)gen0;
     for (;;) {
         uint64_t w = __atomic_load_n(&g_team.word, __ATOMIC_ACQUIRE);
         if ((uint32_t)(w >> 32) == seen) {   /* no new call: spin, then yield, then sleep */
@@ -165,6 +165,8 @@ static void *team_worker(void *unused) {
 }
 
 static void team_atfork_child(void) { memset(&g_team, 0, sizeof g_team); }
+static pthread_once_t team_atfork_once = PTHREAD_ONCE_INIT;
+static void team_register_atfork(void) { pthread_atfork(NULL, NULL, team_atfork_child); }
 
 /* Whether the runner had its threads there (read by the caller right after its own fn): every
  * thread had started by then, and at most 1% of the call's items were taken from another's
@@ -181,16 +183,14 @@ static inline int team_went_well(const team_phases *s) {
  * is taken by another caller (nothing run); else team_went_well. */
 static int team_run_pool(void (*fn)(void *, int), void *arg, team_phases *s) {
     const int n = s->n;
+    pthread_once(&team_atfork_once, team_register_atfork);   /* before busy: a fork never sees it taken */
     if (__atomic_exchange_n(&g_team.busy, 1, __ATOMIC_ACQUIRE)) return -1;
-    if (!g_team.atfork_done) {
-        pthread_atfork(NULL, NULL, team_atfork_child);
-        g_team.atfork_done = 1;
-    }
     while (g_team.nworkers < n - 1) {
         pthread_attr_t at;
         pthread_attr_init(&at);
         pthread_attr_setstacksize(&at, 1 << 20);
-        int rc = pthread_create(&g_team.threads[g_team.nworkers], &at, team_worker, NULL);
+        const uint32_t gen0 = (uint32_t)(__atomic_load_n(&g_team.word, __ATOMIC_RELAXED) >> 32);
+        int rc = pthread_create(&g_team.threads[g_team.nworkers], &at, team_worker, (void *)(uintptr_t)gen0);
         pthread_attr_destroy(&at);
         if (rc) break;   /* fewer workers: the caller does more */
         ++g_team.nworkers;
@@ -230,8 +230,7 @@ static void team_gomp_body(void *c) {
 }
 /* -1: no OpenMP runtime found (nothing run); else team_went_well. */
 static int team_run_gomp(void (*fn)(void *, int), void *arg, team_phases *s) {
-    resolve_gomp();
-    if (!p_parallel) return -1;
+    if (!p_parallel) return -1;   /* resolve_gomp ran before, under the GIL (launch_team) */
     team_gomp_call g = {fn, arg, s, 0};
     __atomic_add_fetch(&team_stat_gomp_calls, 1, __ATOMIC_RELAXED);
     p_parallel(team_gomp_body, &g, (unsigned)s->n, 0);
@@ -276,8 +275,16 @@ static void team_run(void (*fn)(void *, int), void *arg, team_phases *s, team_po
         if (p.backoff < TEAM_BACKOFF_MIN) p.backoff = TEAM_BACKOFF_MIN;
         const int trial = p.runner == TEAM_POOL && p.late >= p.backoff;   /* OpenMP's team again */
         const int use = team_test_mode ? team_test_mode - 1 : trial ? TEAM_OPENMP : p.runner;
-        const int well = use == TEAM_POOL ? team_run_pool(fn, arg, s) : team_run_gomp(fn, arg, s);
-        if (well >= 0) {
+        int well = use == TEAM_POOL ? team_run_pool(fn, arg, s) : team_run_gomp(fn, arg, s);
+        if (well < 0 && use == TEAM_OPENMP) {   /* no OpenMP runtime found: the pool, for good */
+            well = team_run_pool(fn, arg, s);
+            if (!team_test_mode) {
+                __atomic_store_n(&pol->runner, TEAM_POOL, __ATOMIC_RELAXED);
+                __atomic_store_n(&pol->late, 0, __ATOMIC_RELAXED);
+                __atomic_store_n(&pol->backoff, INT_MAX, __ATOMIC_RELAXED);
+            }
+            if (well >= 0) return;
+        } else if (well >= 0) {
             if (!team_test_mode && !pol->fixed) {
                 const int was = p.runner;
                 if (use == TEAM_OPENMP) {
@@ -300,7 +307,7 @@ static void team_run(void (*fn)(void *, int), void *arg, team_phases *s, team_po
             return;
         }
     }
-    s->alone = 1;   /* one thread, the pool taken by another caller, or no OpenMP */
+    s->alone = 1;   /* one thread, or the pool taken by another caller */
     fn(arg, 0);
 }
 
