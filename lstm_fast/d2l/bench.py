@@ -221,8 +221,10 @@ def environment(device="cpu"):
     return env
 
 
-#: What a busy competing process runs (:func:`busy_processes`): one core's worth of pure Python.
-COMPETITOR = "python -c 'while True: pass'"
+#: What a busy competing process runs (:func:`busy_processes`): one core's worth of pure Python;
+#: COMPETITOR is its command as the JSON files record it.
+_COMPETITOR_CODE = "while True: pass"
+COMPETITOR = f"python -c '{_COMPETITOR_CODE}'"
 
 
 class busy_processes:
@@ -233,7 +235,7 @@ class busy_processes:
         self.n, self.procs = n, []
 
     def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        self.procs = [subprocess.Popen([sys.executable, "-c", _COMPETITOR_CODE]) for _ in range(self.n)]
         if self.procs:
             time.sleep(0.2)     # running before the first timed block
         return self
