@@ -10,6 +10,18 @@ import time
 import torch
 from torch import nn
 
+from lstm_fast.d2l import data
+
+
+class D2LSeqDataLoader(data.SeqDataLoader):
+    """d2l's ``SeqDataLoader``: its iterators (``lstm_fast.d2l.data.seq_data_iter_*``, d2l's code)
+    run anew every epoch on the corpus as a Python list, building the epoch's tensors from it
+    (the cost d2l's loop pays; the parent class gives the same batches from a tensor made once)."""
+
+    def __iter__(self):
+        fn = data.seq_data_iter_random if self.use_random_iter else data.seq_data_iter_sequential
+        return fn(self.corpus, self.batch_size, self.num_steps, self.rng)
+
 
 def grad_clipping(net, theta):
     params = [p for p in net.parameters() if p.requires_grad]
@@ -57,10 +69,9 @@ def predict_ch8(prefix, num_preds, net, vocab, device):
 
 def d2l_setup(device, hidden=256, batch_size=32, num_steps=35, seed=0):
     """The d2l concise LSTM language model (nn.LSTM) on the bundled Time Machine."""
-    from lstm_fast.d2l.data import SeqDataLoader, load_corpus
     from lstm_fast.d2l.train import RNNModel
     torch.manual_seed(seed)
-    corpus, vocab = load_corpus()
-    loader = SeqDataLoader(corpus, batch_size, num_steps, seed=seed)
+    corpus, vocab = data.load_corpus()
+    loader = D2LSeqDataLoader(corpus, batch_size, num_steps, seed=seed)
     net = RNNModel(nn.LSTM(len(vocab), hidden), len(vocab)).to(device)
     return net, loader, nn.CrossEntropyLoss(), torch.optim.SGD(net.parameters(), lr=1)

@@ -66,7 +66,7 @@ def epoch(device, budget, rounds, hidden, token="char"):
     the same trainer with the other first-layer input (the one-hot input GEMM where it gathers
     the input projection, the gather where it does not: ``RNNModel.GATHER_MIN_VOCAB``).
     ``token="word"``: word tokens (a vocabulary of thousands: the one-hot GEMM is D = V wide)."""
-    from d2l_reference_loop import train_epoch_ch8
+    from d2l_reference_loop import D2LSeqDataLoader, train_epoch_ch8
     from lstm_fast.d2l.data import SeqDataLoader, load_corpus
     from lstm_fast.d2l.train import RNNModel, TrainConfig, build_model, train_epoch
     corpus, vocab = load_corpus(max_tokens=10000, token=token)
@@ -83,7 +83,7 @@ def epoch(device, budget, rounds, hidden, token="char"):
     gathers = nets["shipped"]._gathers(torch.zeros(cfg.batch_size, cfg.num_steps, dtype=torch.long))
     nets["other"]._gathers = lambda inputs: not gathers
     other = "one-hot input GEMM" if gathers else "gathered input projection"
-    loader_d = SeqDataLoader(corpus, 32, 35, seed=0)
+    loader_d = D2LSeqDataLoader(corpus, 32, 35, seed=0)
     tokens = len(loader_d) * cfg.batch_size * cfg.num_steps
     dev = torch.device(device)
 

@@ -3,7 +3,7 @@ nn.LSTM against our trainer (``lstm-fast train``'s epoch) with FusedLSTM, on eve
 import pytest
 import torch
 
-from d2l_reference_loop import d2l_setup, train_epoch_ch8
+from d2l_reference_loop import D2LSeqDataLoader, d2l_setup, train_epoch_ch8
 from lstm_fast.d2l.bench import environment
 from lstm_fast.d2l.train import TrainConfig, build_model, train_epoch
 from lstm_fast.d2l.data import SeqDataLoader, load_corpus
@@ -16,7 +16,7 @@ def test_d2l_epoch(benchmark, impl, device, request):
     corpus, vocab = load_corpus(max_tokens=2000 if tiny else 10000)
     if impl == "d2l-nn.LSTM":
         net, loader, loss, opt = d2l_setup(device, hidden=hidden)
-        loader = SeqDataLoader(corpus, 32, 35, seed=0)
+        loader = D2LSeqDataLoader(corpus, 32, 35, seed=0)
         run = lambda: train_epoch_ch8(net, loader, loss, opt, device)  # noqa: E731
     else:
         cfg = TrainConfig(model="fused", hidden=hidden)

@@ -55,6 +55,25 @@ def test_sequential_iter_batches_continue(bs, steps):
         assert torch.equal(X2[:, 0], X1[:, -1] + 1), "row i of batch k+1 continues row i of batch k"
 
 
+@pytest.mark.parametrize("random_iter", [False, True], ids=["sequential", "random"])
+@pytest.mark.parametrize("n,bs,steps", [(10000, 32, 35), (997, 3, 7), (90, 2, 29), (41, 1, 1)],
+                         ids=["d2l", "odd", "one-batch", "B1-T1"])
+def test_loader_gives_d2ls_batches(n, bs, steps, random_iter):
+    """SeqDataLoader (the corpus a tensor once) against d2l's iterators on the list, from equal
+    seeds, over three epochs: the same batches, in order, as int64, and the same rng state after."""
+    corpus = [random.Random(n).randrange(28) for _ in range(n)]
+    ours = data.SeqDataLoader(corpus, bs, steps, random_iter, seed=11)
+    ref_rng = random.Random(11)
+    ref_fn = data.seq_data_iter_random if random_iter else data.seq_data_iter_sequential
+    for epoch in range(3):
+        got, want = list(ours), list(ref_fn(corpus, bs, steps, ref_rng))
+        assert len(got) == len(want) > 0, epoch
+        for (X, Y), (Xr, Yr) in zip(got, want):
+            assert X.dtype == Y.dtype == torch.int64
+            assert torch.equal(X, Xr) and torch.equal(Y, Yr), epoch
+    assert ours.rng.getstate() == ref_rng.getstate()
+
+
 @pytest.mark.parametrize("content,words", [(None, "no such file"), (b"", "empty"), (b"\xff\xfe\x00bad", "UTF-8")],
                          ids=["missing", "empty", "undecodable"])
 def test_bad_data_files(tmp_path, content, words):

@@ -46,7 +46,7 @@ def test_trainer_follows_the_d2l_reference_loop(gather, monkeypatch):
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from d2l_reference_loop import train_epoch_ch8
+    from d2l_reference_loop import D2LSeqDataLoader, train_epoch_ch8
     from lstm_fast.d2l.data import SeqDataLoader, load_corpus
     from lstm_fast.d2l.generate import predict
     from lstm_fast.d2l.train import RNNModel, train_epoch
@@ -62,7 +62,8 @@ def test_trainer_follows_the_d2l_reference_loop(gather, monkeypatch):
     route = plan_layer(torch.zeros(cfg.num_steps, cfg.batch_size, w_hh.shape[0]), w_hh, "cpu",
                        input_projection=True).implementation
     assert ours._gathers(X) == (gather and route in ("cpu_sequence", "cpu_stepwise")), route
-    loaders = [SeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, seed=0) for _ in range(2)]
+    loaders = [D2LSeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, seed=0),   # d2l's batches
+               SeqDataLoader(corpus, cfg.batch_size, cfg.num_steps, seed=0)]
     opts = [torch.optim.SGD(net.parameters(), lr=cfg.lr) for net in (ref, ours)]
     loss = torch.nn.CrossEntropyLoss()
     for epoch in range(3):
