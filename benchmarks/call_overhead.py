@@ -4,10 +4,12 @@
     python benchmarks/call_overhead.py --smoke --out /tmp/call-overhead.json    # tiny, 1 round, seconds
 
 The call: ``FusedLSTM(H, H)(x, (h, c))`` at B=1, T=1 (one generation / streaming step), D = H, float32,
-H in 256, 512, 1024, at 1 and 2 torch threads, in three modes: ``no_grad``, ``inference_mode``
-and ``grad`` (grad enabled, the parameters requiring grad, x and the state not: the graph of each
-call is built, then freed as its outputs are dropped). Inputs are the same tensors every call
-(the state is not fed back), so the kernel alone can run on exactly them.
+H in 256, 512, 1024, at 1 and 2 torch threads, in four modes: ``no_grad``, ``inference_mode``,
+``grad`` (grad enabled, the parameters requiring grad, x and the state not: the graph of each
+call is built, then freed as its outputs are dropped) and ``autocast`` (``no_grad`` under CPU
+autocast to bf16: float32 parameters and states in, bf16 outputs, the kernel alone on x and h_0
+rounded to bf16 as autocast rounds them). Inputs are the same tensors every call (the state is
+not fed back), so the kernel alone can run on exactly them.
 
 Blocks, timed in the same interleaved rounds (``time_interleaved`` of benchmarks/peers.py: the
 starting block rotating per round, each block about ``--round-seconds`` of calls, the mode's
@@ -31,6 +33,7 @@ and the kernel call are checked to give bitwise the same output and state, and t
 the fast path and the small-batch kernels (``fast_path``, ``implementation``).
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -54,7 +57,14 @@ from peers import time_interleaved  # noqa: E402
 
 HS = (256, 512, 1024)
 SMOKE_HS = (16,)
-MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode, "grad": torch.enable_grad}
+@contextlib.contextmanager
+def _autocast_no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        yield
+
+
+MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode, "grad": torch.enable_grad,
+         "autocast": _autocast_no_grad}
 SEED = 20
 
 
@@ -72,8 +82,11 @@ class Case:
         self.saved = torch.empty(5 * H)          # gates (4H) and cells (H) of the saving variant
         m = self.m
         g = self.saved.data_ptr() if mode == "grad" else None
-        self.args = (self.x.data_ptr(), m.weight_ih_l0.data_ptr(), m.weight_hh_l0.data_ptr(), m.bias_ih_l0.data_ptr(),
-                     m.bias_hh_l0.data_ptr(), self.h.data_ptr(), self.c.data_ptr(), self.Y.data_ptr(),
+        # autocast: the kernel alone runs on x and h_0 as autocast rounds them (c_0 as given)
+        self.xk, self.hk = ((self.x.bfloat16().float(), self.h.bfloat16().float()) if mode == "autocast"
+                            else (self.x, self.h))
+        self.args = (self.xk.data_ptr(), m.weight_ih_l0.data_ptr(), m.weight_hh_l0.data_ptr(), m.bias_ih_l0.data_ptr(),
+                     m.bias_hh_l0.data_ptr(), self.hk.data_ptr(), self.c.data_ptr(), self.Y.data_ptr(),
                      self.hn.data_ptr(), self.cn.data_ptr(), g, None if g is None else g + 16 * H, None, None,
                      1, 1, H, H, torch.get_num_threads(), None)
 
@@ -92,7 +105,7 @@ class Case:
         if self.mode == "grad" and y.grad_fn is None:
             raise RuntimeError("grad mode built no graph")
         for a, b in ((y, self.Y), (h, self.hn), (c, self.cn)):
-            if not torch.equal(a.detach(), b):
+            if not torch.equal(a.detach(), b.to(a.dtype)):   # autocast: bf16 outputs, rounded to nearest even
                 raise RuntimeError("the kernel call alone differs from the module call")
         return impl
 
@@ -129,7 +142,8 @@ def measure(H, threads, mode, rounds, round_s, log, clock="wall"):
     case = Case(H, mode)
     impl = case.check()
     times = time_interleaved(case.blocks(), rounds, round_s, clock=CLOCKS[clock])
-    row = {"H": H, "D": H, "B": 1, "T": 1, "dtype": "float32", "threads": threads, "mode": mode,
+    dtype = "bf16 autocast" if mode == "autocast" else "float32"
+    row = {"H": H, "D": H, "B": 1, "T": 1, "dtype": dtype, "threads": threads, "mode": mode,
            "implementation": impl, "fast_path": True, "rounds": rounds}
     for name, values in times.items():
         q1, med, q3 = quartiles(values)

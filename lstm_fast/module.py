@@ -23,6 +23,7 @@ projections and packed sequences are built here from calls of the single-layer
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _nn_module
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .export.onnx_layers import onnx_layers
@@ -31,6 +32,11 @@ from .ops.checks import autocast_enabled, check_devices, mixed_state_dtypes, one
 from .ops.fast_path import plain_forward
 from .ops.functional import lstm_layer
 from .projection import fold_first_step
+
+# nn.Module.__call__'s own test for "no hooks anywhere" reads these dicts (torch.nn.modules.module);
+# the register_module_* functions change them in place, so these references stay current.
+_GLOBAL_HOOKS = (_nn_module._global_backward_pre_hooks, _nn_module._global_backward_hooks,
+                 _nn_module._global_forward_hooks, _nn_module._global_forward_pre_hooks)
 
 
 class FusedLSTM(nn.LSTM):
@@ -53,6 +59,23 @@ class FusedLSTM(nn.LSTM):
 
     def extra_repr(self):
         return super().extra_repr() + f", backend={self.backend!r}"
+
+    def __call__(self, *args, **kwargs):
+        """``nn.Module.__call__``, with a plain call (input and hx given positionally, no hook on
+        this module or globally, not compiled, ``forward`` not replaced) sent straight to
+        :func:`lstm_fast.ops.fast_path.plain_forward`: the test nn.Module's own call makes
+        before it calls ``forward``, without its two Python frames (~1.8 us of a one-step call at
+        batch 1 on the AMD EPYC). Anything else, and every call the fast path declines, goes
+        through ``nn.Module.__call__`` as looked up now (so torch.fx's patched one is honoured)."""
+        if (not kwargs and 0 < len(args) < 3 and self._compiled_call_impl is None
+                and not (self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
+                         or self._backward_pre_hooks)
+                and not (_GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1] or _GLOBAL_HOOKS[2] or _GLOBAL_HOOKS[3])
+                and type(self).forward is _FORWARD and "forward" not in self.__dict__):
+            out = plain_forward(self, args[0], args[1] if len(args) == 2 else None)
+            if out is not None:
+                return out
+        return nn.Module.__call__(self, *args, **kwargs)
 
     def _layer_weights(self, layer, direction):
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
@@ -258,6 +281,9 @@ class FusedLSTM(nn.LSTM):
             u, u_last, c_last = u0, u0[0], c1
         y = (u.reshape(-1, u.size(-1)) @ w_hr.t()).view(u.size(0), u.size(1), w_hr.size(0))  # explicit: batch 0 has no -1
         return y, u_last @ w_hr.t(), c_last
+
+
+_FORWARD = FusedLSTM.forward   # FusedLSTM.__call__'s shortcut is for this forward only
 
 
 def _state_dims(hx):

@@ -347,7 +347,7 @@ def test_call_overhead_benchmark_runs(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     doc = json.loads(out.read_text())
-    assert {r["mode"] for r in doc["rows"]} == {"no_grad", "inference_mode", "grad"}
+    assert {r["mode"] for r in doc["rows"]} == {"no_grad", "inference_mode", "grad", "autocast"}
     assert all(r["fast_path"] and r["implementation"] == "cpu_small_batch" for r in doc["rows"])
 
 
@@ -384,6 +384,32 @@ def test_autocast_fast_path_equals_general_path(monkeypatch, H, form, x_dtype, s
             results.append([y, *st, y2, *st2])
     _assert_bitwise(*results)
     assert all(t.dtype == torch.bfloat16 for t in results[0])
+
+
+@pytest.mark.parametrize("state", ["none", "bf16-c"])
+def test_autocast_step_with_a_large_state_equals_general_path(monkeypatch, state):
+    """The one-step autocast call keeps its float32 operands on the stack up to 8192 floats and
+    on the heap past them (B 3, H 600: 9,018): bitwise the general path's there too, with a bf16
+    c_0 and float32 h_0 (the mix the other test does not give), or no state."""
+    monkeypatch.setenv(small_batch.SWITCH, "1")
+    if small_batch._small_batch_kernels is None:
+        pytest.skip("no small-batch kernels on this machine")
+    torch.manual_seed(7)
+    B, D, H = 3, 6, 600
+    m = FusedLSTM(D, H)
+    x = torch.randn(1, B, D)
+    hx = None if state == "none" else (torch.randn(1, B, H), torch.randn(1, B, H).bfloat16())
+    results = []
+    for general in (False, True):
+        with monkeypatch.context() as mp:
+            if general:
+                _general(mp)
+            before = fast_path.calls
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+                y, (h, c) = m(x, hx)
+            assert fast_path.calls - before == (0 if general else 1)
+            results.append([y, h, c])
+    _assert_bitwise(*results)
 
 
 @pytest.mark.parametrize("case", ["grad", "two-layers", "bidir", "fp16-autocast", "fp64-state"])

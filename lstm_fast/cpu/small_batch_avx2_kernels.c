@@ -28,6 +28,7 @@
  * input_grad(dG, W, rows, G4, D, out, nthreads): out (rows, D) = dG (rows, G4) W (G4, D), the same
  *   product with the roles turned (torch's GEMM changes its bits with the thread count on the
  *   AMD EPYC this was written on, so dx of a small-batch backward could not come from it).
+ * forward_autocast(...): one step under CPU autocast to bf16 with the casts done here (its comment).
  * available() -> bool: AVX2 and FMA present.
  */
 #define PY_SSIZE_T_CLEAN
@@ -488,6 +489,18 @@ static PyObject *py_team_stats(PyObject *self, PyObject *unused) {
 #define NEED_AVX2()                                                                                \
     if (!avx2_ok()) { PyErr_SetString(PyExc_RuntimeError, "these kernels need AVX2 and FMA"); return NULL; }
 
+#if LSTM_X86
+/* The forward on its team: claimed phases over the unit blocks, saving calls on OpenMP's team,
+ * the others as the inference policy says. */
+static void run_forward(fwd_args *a) {
+    const int64_t nb = (a->H + VL - 1) / VL;
+    a->nthreads = team_size(a->nthreads, nb);
+    a->group = team_item_group(nb, a->nthreads);
+    team_phases_init(&a->ph, a->nthreads, (nb + a->group - 1) / a->group, a->T + (a->T > 1));
+    launch_team(fwd_worker, a, &a->ph, a->G ? &train_policy : &infer_policy);
+}
+#endif
+
 static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 20) { PyErr_SetString(PyExc_TypeError, "forward takes 20 arguments"); return NULL; }
     NEED_AVX2();
@@ -499,11 +512,7 @@ static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t na
                   PyLong_AsLongLong(args[17]), (int)PyLong_AsLong(args[18])};
     a.len = args[19] == Py_None ? NULL : PyLong_AsVoidPtr(args[19]);
     if (PyErr_Occurred()) return NULL;
-    const int64_t nb = (a.H + VL - 1) / VL;
-    a.nthreads = team_size(a.nthreads, nb);
-    a.group = team_item_group(nb, a.nthreads);
-    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group, a.T + (a.T > 1));
-    launch_team(fwd_worker, &a, &a.ph, a.G ? &train_policy : &infer_policy);
+    run_forward(&a);
 #endif
     Py_RETURN_NONE;
 }
@@ -639,6 +648,52 @@ static PyObject *py_bf16_narrow(PyObject *self, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* forward_autocast(x, x_is_bf16, w_ih, w_hh, b_ih, b_hh, h0, h0_is_bf16, c0, c0_is_bf16, Y, h_n, c_n,
+ * B, D, H, nthreads): one step (T = 1) under CPU autocast to bf16, no saving, the casts of
+ * lstm_fast.ops.fast_path's autocast call in one C call: x and h_0 rounded to bf16 (a bf16 one
+ * widened), c_0 as given (a bf16 one widened), the float32 forward on the float32 weights as they
+ * are, Y, h_n, c_n (bf16) rounded to nearest even. h0 / c0 None: zeros. The float32 operands live
+ * on this call's stack (or the heap past 32 KB), so the call allocates no tensor: the Python
+ * scratch, casts and narrowings this replaces cost ~5 us a call (AMD EPYC, B = 1). */
+#define AUTOCAST_STACK_FLOATS 8192
+static PyObject *py_forward_autocast(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 17) { PyErr_SetString(PyExc_TypeError, "forward_autocast takes 17 arguments"); return NULL; }
+    NEED_AVX2();
+    void *x, *w[4], *h0, *c0, *out[3];
+    if (ptrs(args, 1, &x) || ptrs(args + 2, 4, w) || ptrs(args + 6, 1, &h0) || ptrs(args + 8, 1, &c0)
+        || ptrs(args + 10, 3, out)) return NULL;
+    const int xb = PyObject_IsTrue(args[1]), hb = PyObject_IsTrue(args[7]), cb = PyObject_IsTrue(args[9]);
+    const int64_t B = PyLong_AsLongLong(args[13]), D = PyLong_AsLongLong(args[14]), H = PyLong_AsLongLong(args[15]);
+    const int nth = (int)PyLong_AsLong(args[16]);
+    if (xb < 0 || hb < 0 || cb < 0 || PyErr_Occurred()) return NULL;
+    if (!x || !w[0] || !w[1] || !out[0] || !out[1] || !out[2] || B < 1 || D < 1 || H < 1) {
+        PyErr_SetString(PyExc_ValueError, "forward_autocast: a missing operand or an empty shape");
+        return NULL;
+    }
+#if LSTM_X86
+    const int64_t nx = B * D, ns = B * H, n = nx + 5 * ns;   /* x | h_0 | c_0 | h_n | c_n | Y */
+    float stack[AUTOCAST_STACK_FLOATS];
+    float *f = n <= AUTOCAST_STACK_FLOATS ? stack : malloc((size_t)n * sizeof(float));
+    if (!f) return PyErr_NoMemory();
+    float *xf = f, *hf = xf + nx, *cf = hf + ns, *hnf = cf + ns, *cnf = hnf + ns, *yf = cnf + ns;
+    const float *cp = cf;
+    bf16_round_floats(x, xb, xf, nx);
+    if (h0) bf16_round_floats(h0, hb, hf, ns);
+    else memset(hf, 0, (size_t)ns * sizeof(float));
+    if (!c0) memset(cf, 0, (size_t)ns * sizeof(float));
+    else if (cb) bf16_round_floats(c0, 1, cf, ns);   /* exact: a bf16 c_0 is only widened */
+    else cp = c0;                                    /* float32 c_0: as given */
+    fwd_args a = {xf, w[0], w[1], w[2], w[3], hf, cp, yf, hnf, cnf, NULL, NULL, NULL, NULL, 1, B, D, H, nth};
+    a.len = NULL;
+    run_forward(&a);
+    bf16_narrow_floats(yf, (uint16_t *)out[0], ns);
+    bf16_narrow_floats(hnf, (uint16_t *)out[1], ns);
+    bf16_narrow_floats(cnf, (uint16_t *)out[2], ns);
+    if (f != stack) free(f);
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "whether this CPU runs these kernels (AVX2 and FMA)"},
     {"forward", (PyCFunction)(void (*)(void))py_forward, METH_FASTCALL, "small-batch LSTM forward over T steps"},
@@ -653,6 +708,8 @@ static PyMethodDef methods[] = {
      "bf16_round(src, src_is_bf16, dst, n): floats rounded to bf16 and back (autocast's operands)"},
     {"bf16_narrow", (PyCFunction)(void (*)(void))py_bf16_narrow, METH_FASTCALL,
      "bf16_narrow(src, dst, n): floats to bf16, round to nearest even (autocast's outputs)"},
+    {"forward_autocast", (PyCFunction)(void (*)(void))py_forward_autocast, METH_FASTCALL,
+     "one step under CPU autocast to bf16: operands rounded, the float32 forward, bf16 outputs"},
     {"_team_stats", py_team_stats, METH_NOARGS, "pool calls, runner switches, workers joined, items stolen, OpenMP calls so far"},
     {"_set_team_mode", py_set_team_mode, METH_O, "tests: 0 the runner policy, 1 the pool, 2 OpenMP's team"},
     {"_set_join_delay_us", py_set_join_delay_us, METH_O,

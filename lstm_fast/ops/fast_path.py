@@ -27,7 +27,8 @@ Three ways to run:
 * autocast: the direct way under CPU autocast to bf16 (rule 1a), inference only: x and h_0
   rounded to bf16 as nn.LSTM's autocast does, the float32 kernels on them and on the float32
   weights as they are, the outputs in bf16 (:func:`_run_autocast`: the casts the general path's
-  :func:`lstm_fast.ops.plan.cast_inputs` / ``cast_outputs`` make, in the same order);
+  :func:`lstm_fast.ops.plan.cast_inputs` / ``cast_outputs`` make, in the same order; a one-step
+  call on the AVX2 kernels makes them inside the kernel module's ``forward_autocast``);
 * direct: one layer, one direction, on the small-batch kernels (:mod:`lstm_fast.cpu.small_batch`):
   the C entry point is called on the caller's tensors as they are (no views: the state
   ``(1, B, H)`` and the output are written where the caller gets them), through
@@ -223,7 +224,10 @@ def _decide_autocast(module, input, T, B, D, H, dirs, L, bf, state_shape, out_sh
                and lp.upcast and lp.out_dtype == autocast and not lp.segments and not lp.identity_input)
     if not rule_1a or small_batch._small_batch_kernels is None or not (not bf or T == 1 or B == 1):
         return None
-    return (_AUTOCAST, autocast, _direct_plan(module, w_dt, T, B, D, H, state_shape, out_shape))
+    # Empty templates of the outputs (no data: torch.empty_like of one costs half of
+    # torch.empty(shape, dtype=...), whose keyword parsing is the cost at B = 1).
+    templates = (torch.empty(out_shape, dtype=autocast), torch.empty(state_shape, dtype=autocast))
+    return (_AUTOCAST, autocast, _direct_plan(module, w_dt, T, B, D, H, state_shape, out_shape), templates)
 
 
 # ---------------------------------------------------------------- per-call checks
@@ -334,7 +338,7 @@ def _run_autocast(plan, module, x, hx):
     """Rule 1a on the fast path, no gradient wanted: as the general path, x and h_0 rounded to the
     autocast dtype then taken in float32 (c_0 as given, in float32), the float32 direct call, the
     outputs cast to the autocast dtype."""
-    _, ac, direct = plan
+    _, ac, direct, (y_like, state_like) = plan
     if hx is not None:
         if type(hx) is not tuple or len(hx) != 2:
             return None
@@ -370,6 +374,17 @@ def _run_autocast(plan, module, x, hx):
             return None
         h0, c0 = h0.contiguous(), c0.contiguous()
     w_ih, w_hh, b_ih, b_hh, _ = w
+    if T == 1 and hasattr(k, "forward_autocast"):   # one step: casts, forward and scratch in one C call
+        empty_like = torch.empty_like
+        y, hn, cn = empty_like(y_like), empty_like(state_like), empty_like(state_like)
+        if hx is None:
+            hp = cp = None
+            hb = cb = False
+        else:
+            hp, cp, hb, cb = h0.data_ptr(), c0.data_ptr(), h0.dtype is _BF16, c0.dtype is _BF16
+        k.forward_autocast(x.data_ptr(), x.dtype is _BF16, w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh),
+                           hp, hb, cp, cb, y.data_ptr(), hn.data_ptr(), cn.data_ptr(), B, D, H, _num_threads())
+        return y, (hn, cn)
     nx, ns, ny = T * B * D, B * H, T * B * H
     f = workspace.empty((nx + 4 * ns + ny,))      # x | h_0 | c_0 | h_n | c_n | Y, in float32
     xp = f.data_ptr()
