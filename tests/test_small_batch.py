@@ -22,6 +22,14 @@ def forced(monkeypatch):
     monkeypatch.setenv(small_batch.SWITCH, "1")
 
 
+@pytest.fixture(params=["columns", "transposed"])
+def dh_route(request, monkeypatch):
+    """Both ways the backward reads W_hh for dh (the AVX2 kernels transpose it from
+    PACK_MIN_STEPS steps on, else read it down its columns), whatever T the test uses."""
+    monkeypatch.setattr(small_batch, "PACK_MIN_STEPS", 1 if request.param == "transposed" else 1 << 30)
+    return request.param
+
+
 def _pair(D, H, **kw):
     ref = nn.LSTM(D, H, **kw)
     fused = FusedLSTM(D, H, **kw)
@@ -52,10 +60,11 @@ def test_plan_takes_the_small_batch_kernels_when_forced():
 @pytest.mark.parametrize("H", [1, 33, 130, 520], ids=lambda h: f"H{h}")
 @pytest.mark.parametrize("B", [1, 2, 3, 5], ids=lambda b: f"B{b}")
 @pytest.mark.parametrize("T", [1, 5, 7], ids=lambda t: f"T{t}")
-def test_one_layer_against_nn_lstm(T, B, H):
+def test_one_layer_against_nn_lstm(T, B, H, dh_route):
     """B 1..5 and T*B up to 35 take every path of the products: one vector (dot16), 2, 3 and 4 at
     once (dot16_multi: batch rows, the T > 1 input projection), the B = 1 backward (bwd_dh1,
-    column blocks in fours with a tail) and the B > 1 one."""
+    column blocks in fours with a tail), the B > 1 one, and (dh_route) the backward on W_hh
+    transposed."""
     torch.manual_seed(T * 100 + B * 10 + H)
     ref, fused = _pair(11, H)
     hx = (torch.randn(1, B, H), torch.randn(1, B, H)) if B % 2 else None
@@ -74,7 +83,7 @@ def test_options_against_nn_lstm(kw):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_packed_input_against_nn_lstm(bidirectional):
+def test_packed_input_against_nn_lstm(bidirectional, dh_route):
     torch.manual_seed(1)
     ref, fused = _pair(5, 9, bidirectional=bidirectional)
     x = torch.randn(6, 4, 5)
@@ -116,7 +125,7 @@ def test_parameter_changes_are_seen_by_the_next_call():
 
 
 @pytest.mark.parametrize("B", [1, 3], ids=lambda b: f"B{b}")
-def test_bitwise_equal_across_thread_counts(B):
+def test_bitwise_equal_across_thread_counts(B, dh_route):
     torch.manual_seed(3)
     _, fused = _pair(13, 130, num_layers=2)
     x = torch.randn(5, B, 13, requires_grad=True)
@@ -311,7 +320,7 @@ def _train_and_serve(fused, x, state):
 @pytest.mark.parametrize("delay_us", [0, 300, 20000], ids=lambda d: f"join-delay-{d}us")
 @pytest.mark.parametrize("runner", list(_RUNNERS), ids=str)
 @pytest.mark.parametrize("B,T,H", [(1, 6, 520), (3, 4, 130), (1, 1, 33)], ids=lambda v: str(v))
-def test_every_runner_and_late_worker_gives_the_one_thread_bits(team_hooks, runner, delay_us, B, T, H):
+def test_every_runner_and_late_worker_gives_the_one_thread_bits(team_hooks, runner, delay_us, B, T, H, dh_route):
     """A worker that joins late (or never: 20 ms is longer than these calls) changes who computes
     an item, never its bits: outputs and gradients equal the 1-thread run exactly."""
     torch.manual_seed(B * 100 + T * 10 + H)

@@ -35,6 +35,16 @@ _small_batch_kernels, ISA = kernel_isa.load("_small_batch_kernels", "_small_batc
 _F32 = torch.float32
 _I64 = torch.int64
 
+#: From this many steps on, the AVX2 backward reads W_hh transposed (packed once per call into a
+#: pooled (H, 4H) scratch: small_batch_avx2_kernels.c, pack_wt), not down its columns. Measured
+#: on the AMD EPYC (training at B = 1, the two routes interleaved in one process, 9 rounds,
+#: medians, us a step, columns -> transposed): 1 thread T1000 H256 61.1 -> 51.2 and 59.6 -> 52.4,
+#: T300 H512 229 -> 189 and 221 -> 193, T35 H256 81.0 -> 74.6 and 77.8 -> 76.4, T16 H256
+#: 98.9 -> 95.2 and 96.0 -> 100.3, T8 147 -> 177; 2 threads T1000 H256 32.6 -> 31.1, T300 H512
+#: 138 -> 113, T35 H256 44.8 -> 42.3, T16 67.0 -> 69.5. Below ~32 steps the transpose does not
+#: pay for itself.
+PACK_MIN_STEPS = 32
+
 
 def available_for(x: torch.Tensor, w_hh: torch.Tensor) -> bool:
     """Whether this layer can run here: float32 CPU tensors, a non-empty batch, W_hh (4H, H)."""
@@ -131,9 +141,13 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
     DC = torch.zeros(B, H) if dc_n is None else _f32(dc_n, (B, H), "dc_n").clone()
     db = torch.zeros(4 * H) if n[5] or n[6] else None
     dG = workspace.empty((T, B, 4 * H))
-    _small_batch_kernels.backward(_ptr(dY), w_hh.data_ptr(), G.data_ptr(), C.data_ptr(), c0.data_ptr(),
-                                  dG.data_ptr(), DH.data_ptr(), DC.data_ptr(), _ptr(db), T, B, H, nt,
-                                  _ptr(lengths))
+    args = (_ptr(dY), w_hh.data_ptr(), G.data_ptr(), C.data_ptr(), c0.data_ptr(), dG.data_ptr(), DH.data_ptr(),
+            DC.data_ptr(), _ptr(db), T, B, H, nt, _ptr(lengths))
+    if ISA == "avx2" and T >= PACK_MIN_STEPS:   # W_hh transposed, into a scratch alive through the call
+        wt = workspace.empty((H, 4 * H))
+        _small_batch_kernels.backward(*args, wt.data_ptr())
+    else:
+        _small_batch_kernels.backward(*args)
     dx = dw_ih = dw_hh = None
     if n[0]:
         dx = _input_grad(dG.view(T * B, 4 * H), w_ih, nt).view(T, B, D)
