@@ -73,7 +73,8 @@ def test_loader_gives_d2ls_batches(n, bs, steps, random_iter):
             assert torch.equal(X, Xr) and torch.equal(Y, Yr), epoch
     assert ours.rng.getstate() == ref_rng.getstate()
     for X, Y in ours:   # batches changed in place leave the corpus as it was
-        X.zero_(), Y.zero_()
+        X.zero_()
+        Y.zero_()
     assert ours.tokens.tolist() == corpus
 
 
