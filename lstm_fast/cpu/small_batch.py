@@ -197,22 +197,22 @@ SWITCH_VALUES = ("auto", "1", "0")
 #: average 1.3-7.2 (other jobs ran): noisy, so entries are not monotone in H.
 #: The "avx2-" entries: the AVX2 kernels against the AVX2 whole-sequence kernels (the route the
 #: plan takes otherwise on such a CPU), from benchmarks/results/small-batch-crossovers-avx2.json
-#: (commit 762cf6e, the same command, an AMD EPYC with AVX2 and no AVX-512, 2 cores, load average
-#: 0.8-2.0: this run alone on the machine; the AVX2 kernels' steps are claimed phases there, so the
-#: busy-competitor rows no longer take the small-batch kernels out: small-batch over sequence
-#: 0.17-0.88 in all 6; the file also lists benchmarks/results/peers-cpu-amd-epyc-avx2.json as
-#: modified, a results file restored while the run started).
+#: (commit 525c743, `python benchmarks/small_batch_crossovers.py --competitor --rounds 5`, an AMD
+#: EPYC with AVX2 and no AVX-512, 2 cores, load average 0.2-2.1: this run alone on the machine,
+#: after the backward's transposed W_hh from 32 steps on; the AVX2 kernels' steps are claimed
+#: phases there, so the busy-competitor rows do not take the small-batch kernels out: small-batch
+#: over sequence 0.19-0.64 in all 6).
 #: A call takes the small-batch kernels only where its 1- and 2-thread entries both say so
 #: (:func:`use_for`), so the choice, and the bits, do not change with the thread count.
 CROSSOVERS = {
-    ("avx2-autocast-bfloat16", 1, "inference"): [(256, 8, 1), (512, 8, 2), (1024, 8, 4)],
-    ("avx2-autocast-bfloat16", 1, "training"): [(256, 4, 1), (512, 4, 1), (1024, 4, 1)],
-    ("avx2-autocast-bfloat16", 2, "inference"): [(256, 8, 1), (512, 8, 2), (1024, 8, 4)],
-    ("avx2-autocast-bfloat16", 2, "training"): [(256, 4, 1), (512, 4, 1), (1024, 4, 1)],
-    ("avx2-float32", 1, "inference"): [(256, 8, 1), (512, 8, 2), (1024, 8, 4)],
-    ("avx2-float32", 1, "training"): [(256, 4, 1), (512, 4, 1), (1024, 4, 1)],
+    ("avx2-autocast-bfloat16", 1, "inference"): [(256, 8, 2), (512, 8, 2), (1024, 8, 4)],
+    ("avx2-autocast-bfloat16", 1, "training"): [(256, 4, 1), (512, 4, 1), (1024, 4, 2)],
+    ("avx2-autocast-bfloat16", 2, "inference"): [(256, 8, 2), (512, 8, 2), (1024, 8, 4)],
+    ("avx2-autocast-bfloat16", 2, "training"): [(256, 4, 1), (512, 4, 1), (1024, 4, 2)],
+    ("avx2-float32", 1, "inference"): [(256, 8, 1), (512, 8, 2), (1024, 8, 2)],
+    ("avx2-float32", 1, "training"): [(256, 4, 1), (512, 4, 1), (1024, 4, 2)],
     ("avx2-float32", 2, "inference"): [(256, 8, 1), (512, 8, 2), (1024, 8, 4)],
-    ("avx2-float32", 2, "training"): [(256, 4, 1), (512, 4, 1), (1024, 4, 1)],
+    ("avx2-float32", 2, "training"): [(256, 4, 2), (512, 4, 1), (1024, 4, 2)],
     ("autocast-bfloat16", 1, "inference"): [(256, 8, 0), (512, 8, 0), (1024, 8, 0)],
     ("autocast-bfloat16", 1, "training"): [(256, 2, 0), (512, 0, 0), (1024, 1, 0)],
     ("autocast-bfloat16", 2, "inference"): [(256, 8, 1), (512, 8, 1), (1024, 8, 0)],
