@@ -288,9 +288,8 @@ def _forward_pointers(T, B, D, H, xp, w_ih, w_hh, b_ih, b_hh, hp, cp, Yp, hnp, c
     else:
         pp = sp = None
     small_batch._small_batch_kernels.forward(
-        xp, w_ih.data_ptr(), w_hh.data_ptr(), None if b_ih is None else b_ih.data_ptr(),
-        None if b_hh is None else b_hh.data_ptr(), hp, cp, Yp, hnp, cnp, None, None, pp, sp, T, B, D, H,
-        _num_threads(), None)
+        xp, w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), hp, cp, Yp, hnp, cnp, None, None, pp, sp,
+        T, B, D, H, _num_threads(), None)
 
 
 def _run_direct(plan, module, x, hx):
@@ -365,7 +364,7 @@ def _run_autocast(plan, module, x, hx):
     # float32 scratch: 4 allocations a call instead of 7 casts plus the float32 call's 3 outputs
     # (the allocations were the cost: ~1-2 us each at B=1).
     w = _direct_weights(direct, module)
-    state_shape, out_shape, (T, B, D, H) = direct[2], direct[3], direct[11]
+    state_shape, (T, B, D, H) = direct[2], direct[11]
     if w is None or not x.is_contiguous():
         return None
     if hx is not None:
@@ -374,9 +373,9 @@ def _run_autocast(plan, module, x, hx):
             return None
         h0, c0 = h0.contiguous(), c0.contiguous()
     w_ih, w_hh, b_ih, b_hh, _ = w
+    empty_like = torch.empty_like
+    y, hn, cn = empty_like(y_like), empty_like(state_like), empty_like(state_like)
     if T == 1 and hasattr(k, "forward_autocast"):   # one step: casts, forward and scratch in one C call
-        empty_like = torch.empty_like
-        y, hn, cn = empty_like(y_like), empty_like(state_like), empty_like(state_like)
         if hx is None:
             hp = cp = None
             hb = cb = False
@@ -391,7 +390,7 @@ def _run_autocast(plan, module, x, hx):
     hp = xp + 4 * nx
     cp, hnp = hp + 4 * ns, hp + 8 * ns
     cnp, Yp = hnp + 4 * ns, hnp + 8 * ns
-    round_, narrow, empty = k.bf16_round, k.bf16_narrow, torch.empty
+    round_, narrow = k.bf16_round, k.bf16_narrow
     round_(x.data_ptr(), x.dtype is _BF16, xp, nx)
     if hx is None:
         f[nx:nx + 2 * ns].zero_()
@@ -402,7 +401,6 @@ def _run_autocast(plan, module, x, hx):
         else:
             cp = c0.data_ptr()
     _forward_pointers(T, B, D, H, xp, w_ih, w_hh, b_ih, b_hh, hp, cp, Yp, hnp, cnp)
-    y, hn, cn = empty(out_shape, dtype=_BF16), empty(state_shape, dtype=_BF16), empty(state_shape, dtype=_BF16)
     narrow(Yp, y.data_ptr(), ny)
     narrow(hnp, hn.data_ptr(), ns)
     narrow(cnp, cn.data_ptr(), ns)
