@@ -23,11 +23,18 @@ Where the column slice does not fit on chip, ``cfg.mc > 0`` selects the **partia
 of MC rows (the dot's M: a loop-invariant wgmma A operand, which Triton keeps in shared memory, as
 the forward's slice). Its own gate gradients dG_t[:, gates of S] never leave the program: it
 computes its *partial* recurrent gradient for all of H, ``P_n^T = W_S^T @ dG_t[:, gates of S]^T``
-(M = MC per chunk, K = 4*HS, N = BB; float32 for the 16-bit and float32 models), publishes it (P
-for all H columns, chunk by chunk), and step t-1 sums the n_h partials of its own HS columns,
-``dh_{t-1}[:, S] = dY[t-1][:, S] + sum_p P_p[:, S]``, before its cell. Exchange: "ll" tagged words
-(a 32-bit payload per word, a float64 value in two), polled PC producers at a time; "counter":
-plain stores into a (2, B, n_h * H) float buffer and the counter barrier. Two slots as for dG.
+(M = MC per chunk, K = 4*HS, N = BB; accumulated in float32, float64 for float64), publishes it in
+W_hh's dtype (P for all H columns, chunk by chunk), and step t-1 sums the n_h partials of its own HS
+columns in float32, ``dh_{t-1}[:, S] = dY[t-1][:, S] + sum_p P_p[:, S]``, before its cell. Exchange:
+"ll" tagged words (a 32-bit payload per word: two 16-bit values, one float32, half a float64),
+polled PC producers at a time; "counter": plain stores into a (2, B, n_h * H) buffer of W_hh's
+dtype and the counter barrier. Two slots as for dG.
+
+Why the partials travel in 16 bits for 16-bit models: their bytes, written and read by every
+program at every step, are the largest term of this layout's step in the model
+(benchmarks/GPU_MODEL.md, "bwd exchange"); in 16 bits they are half. The cost is one rounding of
+each of the n_h partials before the float32 sum (cuDNN's GEMM-per-step backward rounds the summed
+dh to 16 bits once): h and dG already cross between programs in 16 bits in the other layouts.
 
 The launcher folds dh_n into dY[T-1] and gives dG a zeroed slot T, so the first step needs no
 special case; ``dh_0 = dG_0 @ W_hh`` and the weight gradients are GEMMs after the loop.
@@ -90,11 +97,13 @@ def _load_w_slices(W, stride_w, H, pid_h, STATIONARY: tl.constexpr, HS: tl.const
 
 @triton.jit
 def _partial_sum(X_slot, stride_x_b, HW, rows, rmask, tag, err, failed, max_spins, ACC: tl.constexpr,
-                 PROTOCOL: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, PC: tl.constexpr, BITS: tl.constexpr):
+                 PDT: tl.constexpr, PROTOCOL: tl.constexpr, HS: tl.constexpr, BB: tl.constexpr, PC: tl.constexpr,
+                 BITS: tl.constexpr):
     """The partial-sum layout's recurrent dh for this program, ``sum_p P_p[:, S]`` as [HS, BB] in ACC,
     and ``failed``: PC producers' HS columns at a time, from the tagged words ("ll": polled until
-    every one carries ``tag``) or the plain float buffer ("counter": ordered by the barrier; one
-    element per value, HW = H). Producer p's partial starts at word p * HW of a row."""
+    every one carries ``tag``) or the plain buffer ("counter": ordered by the barrier; one element
+    per value, HW = H). The partials arrive in PDT (W_hh's dtype: BITS bits a value) and are summed in
+    ACC. Producer p's partial starts at word p * HW of a row."""
     pid_h, n_h = tl.program_id(0), tl.num_programs(0)
     NWS: tl.constexpr = HS * BITS // 32
     j = tl.arange(0, PC * NWS)
@@ -107,20 +116,21 @@ def _partial_sum(X_slot, stride_x_b, HW, rows, rmask, tag, err, failed, max_spin
         need = rmask[:, None] & ((p < n_h) & (wj < HW))[None, :]
         ptrs = X_slot + rows[:, None] * stride_x_b + (p.to(tl.int64) * HW + wj)[None, :]
         if PROTOCOL == "ll":
-            vals, failed = ll_poll(ptrs, need, tag, err, failed, max_spins, ACC, BITS)      # [BB, PC * HS]
+            vals, failed = ll_poll(ptrs, need, tag, err, failed, max_spins, PDT, BITS)      # [BB, PC * HS]
         else:
             vals = tl.load(ptrs, mask=need, other=0.0, cache_modifier=".cg")
-        dh += tl.sum(tl.reshape(vals, (BB, PC, HS)), axis=1)
+        dh += tl.sum(tl.reshape(vals.to(ACC), (BB, PC, HS)), axis=1)
     return tl.trans(dh), failed
 
 
 @triton.jit
 def _publish_chunk(Wc, dg, X_out, stride_x_b, HW, H, rows, rmask, tag, c: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    PROTOCOL: tl.constexpr, MC: tl.constexpr, BB: tl.constexpr, BITS: tl.constexpr):
-    """Columns [c*MC, (c+1)*MC) of this program's partial ``P^T = W_S^T @ dg`` ([MC, BB] in float32 /
-    float64) into its words of the exchange slot ``X_out`` (see :func:`_partial_sum`)."""
+    """Columns [c*MC, (c+1)*MC) of this program's partial ``P^T = W_S^T @ dg`` ([MC, BB], accumulated
+    in float32 / float64, published in W_hh's dtype: 16 bits a value for 16-bit models, the bytes of
+    the exchange halved) into its words of the exchange slot ``X_out`` (see :func:`_partial_sum`)."""
     ACC: tl.constexpr = tl.float64 if dg.dtype == tl.float64 else tl.float32
-    acc = tl.dot(Wc, dg, tl.zeros((MC, BB), dtype=ACC), input_precision=DOT_PRECISION)
+    acc = tl.dot(Wc, dg, tl.zeros((MC, BB), dtype=ACC), input_precision=DOT_PRECISION).to(Wc.dtype)
     base = X_out + tl.program_id(0).to(tl.int64) * HW
     if PROTOCOL == "ll":
         NWC: tl.constexpr = MC * BITS // 32
@@ -192,8 +202,8 @@ def _recurrent_dh(Wi, Wf, Wg, Wo, W, stride_w, DG_t1, stride_dg_b, X_slot, strid
     word carries ``tag``) or from DG_t1 in L2 ("counter": the barrier already ordered it); else
     W_hh and dG_{t+1} streamed from L2 in chunks. MC > 0: the sum of the partials (:func:`_partial_sum`)."""
     if MC > 0:
-        dh, failed = _partial_sum(X_slot, stride_x_b, HW, rows, rmask, tag, err, failed, max_spins, dc.dtype, PROTOCOL,
-                                  dc.shape[0], dc.shape[1], PC, BITS)
+        dh, failed = _partial_sum(X_slot, stride_x_b, HW, rows, rmask, tag, err, failed, max_spins, dc.dtype, Wi.dtype,
+                                  PROTOCOL, dc.shape[0], dc.shape[1], PC, BITS)
     elif STATIONARY:
         dh = tl.zeros(dc.shape, dtype=dc.dtype)
         if PROTOCOL == "ll":
@@ -339,14 +349,14 @@ def lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, cfg, precision, driver):
     DG[T].zero_()
     DC = dc_n.to(acc).clone().contiguous() if dc_n is not None else torch.zeros(B, H, dtype=acc, device=dev)
     grid = cfg.grid(B, H)
-    if cfg.mc:     # partial-sum layout: producer p's partial P_p (B, H) at words [p * hw, (p+1) * hw) of a row
+    if cfg.mc:     # partial-sum layout: producer p's partial P_p (B, H) in W_hh's dtype at words [p * hw, (p+1) * hw) of a row
         if cfg.protocol == "ll":
-            bits = payload_bits(acc)            # float32 (float64: two words a value)
+            bits = payload_bits(w_hh.dtype)     # 16-bit: two values a word; float64: two words a value
             hw = ll_row_words(H, bits)
             X = torch.full((2, B, grid[0] * hw), -1, dtype=torch.int64, device=dev)
             X[0].zero_()                        # slot 0: the partials of dG_T = 0, tag 0
-        else:
-            X, hw, bits = torch.zeros(2, B, grid[0] * H, dtype=acc, device=dev), H, 32   # one element a value
+        else:     # one element a value: BITS 32 makes the kernels' word index the element index
+            X, hw, bits = torch.zeros(2, B, grid[0] * H, dtype=w_hh.dtype, device=dev), H, 32
     elif cfg.protocol == "ll":
         X, hw, bits = ll_exchange(None, B, H, 4, cfg, w_hh.dtype, dev)     # slot 0: dG_T = 0, tag 0
     else:

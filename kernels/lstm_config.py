@@ -163,7 +163,7 @@ class HiddenSplitConfig:
     protocol: str = "ll"      # step exchange (kernels/grid_sync.py): "ll" words (stationary only) or "counter"
     mc: int = 0               # backward only: 0 = column layout (dG exchanged); > 0 = partial-sum layout
                               # (kernels/lstm_bwd_hidden_split.py): the row slice held as KP // mc <= 4
-                              # chunks of mc rows of W_S^T (the dot's M), float32 partials exchanged
+                              # chunks of mc rows of W_S^T (the dot's M), partials exchanged in W_hh's dtype
     pc: int = 1               # partial-sum layout: producers whose partials one poll reads (power of two)
 
     def grid(self, B, H):

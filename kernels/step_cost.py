@@ -21,8 +21,8 @@ One step of one program on the critical path (all programs run the same step in 
     atomic (one), the arrivals of the n_h programs of the batch block serialised on one L2 line,
     the acquire poll that sees the last one (one round trip), then the load of the payload (one
     round trip plus bytes over bandwidth), plus two CTA barriers;
-  - the backward's partial-sum layout (``cfg.mc > 0``): each program *writes* its float32 partial
-    for all H columns (B x H values, as words under "ll") and reads its HS columns of every
+  - the backward's partial-sum layout (``cfg.mc > 0``): each program *writes* its partial for all
+    H columns (B x H values in W_hh's dtype, as words under "ll") and reads its HS columns of every
     producer's, PC producers a poll: the bytes both ways over the SM's L2 share, one extra round
     trip per further poll of the sequential poll loop, one CTA reduction per poll ("ll");
 * **W stream** (the streamed variant only): the program's W_hh slice from L2 every step;
@@ -108,10 +108,11 @@ def exchange_us(cfg, B, H, itemsize, direction):
     gates = 4 if direction == "bwd" else 1
     rows = min(cfg.bb, B)
     if getattr(cfg, "mc", 0):
-        acc = 8 if itemsize == 8 else 4
         polls = -(-n_h // cfg.pc)
-        per_value = 8 * ll_row_words(1, acc) if cfg.protocol == "ll" else acc   # a word (two for float64) or the value
-        both_ways = 2 * rows * H * per_value                  # its partial written, its columns of all partials read
+        # the partials travel in W_hh's dtype: as words (two 16-bit values or one float32 a word, a
+        # float64 in two), or as the values themselves
+        row = 8 * ll_row_words(H, itemsize) if cfg.protocol == "ll" else H * itemsize
+        both_ways = 2 * rows * row                            # its partial written, its columns of all partials read
         if cfg.protocol == "ll":
             return 1.5 * lat + (polls - 1) * lat + both_ways / bw + polls * value("cta_sync_us")
         return 4 * lat + (polls - 1) * lat + n_h * value("same_line_atomic_ns") * 1e-3 + both_ways / bw + \

@@ -105,6 +105,45 @@ def test_partial_sum_backward_step_driver_matches_nn_lstm(T, B, D, H, dtype, pro
     _against_nn_lstm(T, B, D, H, dtype)
 
 
+def _relative_errors_16bit(T, B, D, H, dtype):
+    """Every output and gradient of a 16-bit run, as ||ours - ref|| / ||ref|| against nn.LSTM in
+    float64 on the same (16-bit) weights and inputs."""
+    ref = nn.LSTM(D, H, dtype=torch.float64)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(p.to(dtype))
+    x = torch.randn(T, B, D).to(dtype)
+    xr = x.double().requires_grad_()
+    yr, (hr, cr) = ref(xr)
+    w = torch.randn_like(yr)
+    gr = torch.autograd.grad((yr * w).sum() + hr.sum() + cr.sum(), [xr, *ref.parameters()])
+    params = [p.detach().to(dtype).requires_grad_() for p in ref.parameters()]
+    x16 = x.clone().requires_grad_()
+    y, (h, c) = fused_lstm(x16, None, *params, backend="triton")
+    g = torch.autograd.grad((y * w.to(dtype)).sum() + h.sum() + c.sum(), [x16, *params])
+    return [((a.double() - b).norm() / b.norm()).item() for a, b in zip([y, h, c, *g], [yr, hr[0], cr[0], *gr])]
+
+
+@pytest.mark.parametrize("protocol", ["ll", "counter"])
+def test_16bit_words_and_partials_against_float64(protocol, plan):
+    """The 16-bit exchange (h and dG as two values a word; the partial-sum backward's partials in
+    W_hh's dtype, summed in float32) over the real multi-program partition, poisoned as above, in
+    float16: bfloat16 cannot run in Triton's interpreter (its results are wrong on every path there,
+    the batch-tiled one included), float16 takes the same 16-bit code. Every output and gradient
+    within float16's round-off of float64, and the partial-sum layout no less accurate than the
+    column layout (which sums in float32 from 16-bit dG) on the same inputs."""
+    torch.manual_seed(0)
+    plan("hidden_split", "step", protocol=protocol)
+    column = _relative_errors_16bit(3, 5, 4, 130, torch.float16)
+    torch.manual_seed(0)
+    plan("hidden_split", "step", protocol=protocol, mc=PARTIAL)
+    partial = _relative_errors_16bit(3, 5, 4, 130, torch.float16)
+    names = ["output", "h_n", "c_n", "grad input", "grad w_ih", "grad w_hh", "grad b_ih", "grad b_hh"]
+    for name, e_col, e_par in zip(names, column, partial, strict=True):
+        assert e_col < 2e-3 and e_par < 2e-3, f"{name}: relative error {e_col:.1e} (column), {e_par:.1e} (partial)"
+        assert e_par <= 1.5 * e_col + 1e-5, f"{name}: partial-sum {e_par:.2e} against column layout {e_col:.2e}"
+
+
 def test_partial_sum_layout_is_the_one_tested(plan):
     """The forced partial-sum plan at H 130 really has several programs, four stationary chunks and
     several polls per step; the forward keeps its own (row) layout without mc."""
