@@ -198,14 +198,18 @@ def _partial_candidates(hs, bb, kp, B, H, itemsize):
     chunk's published partial ([BB, MC] 8-byte words) within LL_TILE_BUDGET for both protocols
     (BB <= 32 at MC 256: with BB 64 the float32 counter variant spilled 64 B (bf16 HS16) and 24 B
     (tf32 HS8) in its persistent kernel with triton 3.9), and one poll ([BB, PC * HS] x 8 B, PC
-    producers) within 32 KB of registers. The cell tiles are not held beside W in registers here
+    producers; x 4 B for 16-bit partials) within 32 KB of registers. The cell tiles are not held beside W in registers here
     (W is in shared memory), so the column layout's HS * BB <= 512 does not apply; MAX_TILE does."""
     mc = min(kp, PARTIAL_MC)
     if kp // mc > 4 or 4 * hs * kp * itemsize + 4 * hs * bb * itemsize > SMEM_BUDGET:
         return []
     n_h = -(-H // hs)
+    # one poll's tile in registers: 8-byte words a value for 32/64-bit partials; 16-bit ones take half
+    # a word under ll and are summed as float32 under counter (4 B a value either way), so twice the
+    # producers a poll and half the sequential polls of a step
+    value_bytes = 4 if itemsize == 2 else 8
     pc = 1
-    while pc < n_h and 2 * pc * hs * bb * 8 <= 32 * 1024:
+    while pc < n_h and 2 * pc * hs * bb * value_bytes <= 32 * 1024:
         pc *= 2
     warps = 4 if 4 * hs * kp * itemsize <= 32 * 1024 and mc * bb <= 2048 else 8
     if bb * mc * 8 > LL_TILE_BUDGET:
