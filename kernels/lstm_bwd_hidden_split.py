@@ -33,8 +33,9 @@ dtype and the counter barrier. Two slots as for dG.
 Why the partials travel in 16 bits for 16-bit models: their bytes, written and read by every
 program at every step, are the largest term of this layout's step in the model
 (benchmarks/GPU_MODEL.md, "bwd exchange"); in 16 bits they are half. The cost is one rounding of
-each of the n_h partials before the float32 sum (cuDNN's GEMM-per-step backward rounds the summed
-dh to 16 bits once): h and dG already cross between programs in 16 bits in the other layouts.
+each of the n_h partials before the float32 sum (a GEMM-per-step backward on 16-bit tensors rounds
+each step's summed product once), the class of h and dG, which already cross between programs in
+16 bits in the other layouts; tests/test_triton_hidden_split.py compares the two layouts' errors.
 
 The launcher folds dh_n into dY[T-1] and gives dG a zeroed slot T, so the first step needs no
 special case; ``dh_0 = dG_0 @ W_hh`` and the weight gradients are GEMMs after the loop.
@@ -349,7 +350,7 @@ def lstm_bwd_hidden_split(dY, dh_n, dc_n, w_hh, G, C, cfg, precision, driver):
     DG[T].zero_()
     DC = dc_n.to(acc).clone().contiguous() if dc_n is not None else torch.zeros(B, H, dtype=acc, device=dev)
     grid = cfg.grid(B, H)
-    if cfg.mc:     # partial-sum layout: producer p's partial P_p (B, H) in W_hh's dtype at words [p * hw, (p+1) * hw) of a row
+    if cfg.mc:     # partial-sum layout: producer p's partial P_p (B, H), W_hh's dtype, at words [p * hw, (p+1) * hw)
         if cfg.protocol == "ll":
             bits = payload_bits(w_hh.dtype)     # 16-bit: two values a word; float64: two words a value
             hw = ll_row_words(H, bits)

@@ -198,8 +198,9 @@ def _partial_candidates(hs, bb, kp, B, H, itemsize):
     chunk's published partial ([BB, MC] 8-byte words) within LL_TILE_BUDGET for both protocols
     (BB <= 32 at MC 256: with BB 64 the float32 counter variant spilled 64 B (bf16 HS16) and 24 B
     (tf32 HS8) in its persistent kernel with triton 3.9), and one poll ([BB, PC * HS] x 8 B, PC
-    producers; x 4 B for 16-bit partials) within 32 KB of registers. The cell tiles are not held beside W in registers here
-    (W is in shared memory), so the column layout's HS * BB <= 512 does not apply; MAX_TILE does."""
+    producers; x 4 B for 16-bit partials) within 32 KB of registers. The cell tiles are not held
+    beside W in registers here (W is in shared memory), so the column layout's HS * BB <= 512 does
+    not apply; MAX_TILE does."""
     mc = min(kp, PARTIAL_MC)
     if kp // mc > 4 or 4 * hs * kp * itemsize + 4 * hs * bb * itemsize > SMEM_BUDGET:
         return []
