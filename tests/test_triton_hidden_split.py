@@ -223,6 +223,38 @@ def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol, m
         assert_close(p, b.to(p.dtype), dtype, f"{name}: persistent vs batch-tiled")
 
 
+@pytest.mark.parametrize("protocol", ["ll", "counter"])
+def test_persistent_driver_16bit_partials(protocol):
+    """float16 (the 16-bit code bfloat16 also takes; see the float64 test above) on the persistent
+    kernels, backward in the partial-sum layout with its partials in 16 bits, two batch blocks:
+    bitwise the step driver's results, and within float16 round-off of the batch-tiled kernels."""
+    from lstm_fast.kernels import lstm_bwd, lstm_config, lstm_fwd
+    from lstm_fast.kernels.lstm_bwd_hidden_split import lstm_bwd_hidden_split
+    from lstm_fast.kernels.lstm_fwd_hidden_split import lstm_fwd_hidden_split
+
+    T, B, H, dtype, acc = 4, 20, 24, torch.float16, torch.float32
+    cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, protocol=protocol)
+    bwd_cfg = dataclasses.replace(cfg, mc=16)
+    xg, w = torch.randn(T, B, 4 * H, dtype=dtype), (torch.randn(4 * H, H) * 0.3).to(dtype)
+    h0, c0 = torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=acc)
+    dY, dh_n, dc_n = torch.randn(T, B, H, dtype=dtype), torch.randn(B, H, dtype=acc), torch.randn(B, H, dtype=acc)
+    results = {}
+    for driver in ("persistent", "step"):
+        Y, C, G = lstm_fwd_hidden_split(xg, h0, c0, w, True, cfg, "ieee", driver)
+        results[driver] = [Y, C, G, *lstm_bwd_hidden_split(dY, dh_n, dc_n, w, G, C, bwd_cfg, "ieee", driver)]
+    lstm_config.forced_path = "batch_tiled"
+    try:
+        Y, C, G = lstm_fwd(xg, h0, c0, w)
+        tiled = [Y, C, G, *lstm_bwd(dY, dh_n, dc_n, w, G, C)]
+    finally:
+        lstm_config.forced_path = None
+    for name, p, s, b in zip(["Y", "C", "G", "dG", "dh_0", "dc_0"], results["persistent"], results["step"], tiled,
+                             strict=True):
+        assert torch.equal(p, s), f"{name}: persistent and step drivers differ"
+        err = ((p.double() - b.double()).abs().max() / b.double().abs().max()).item()
+        assert err < 2e-3, f"{name}: {err:.1e} from the batch-tiled kernels"
+
+
 @pytest.mark.parametrize("direction", ["fwd", "bwd", "bwd-partial-sum"])
 @pytest.mark.parametrize("protocol", ["ll", "counter"])
 def test_persistent_wait_timeout_raises_instead_of_hanging(protocol, direction, monkeypatch):
