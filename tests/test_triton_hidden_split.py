@@ -183,22 +183,15 @@ def test_step_driver_uses_the_partition_it_claims(plan):
     assert p.path == "hidden_split" and p.config.protocol == "ll" and p.config.grid(5, 130)[0] > 1
 
 
-@pytest.mark.parametrize("streamed,protocol,mc", [pytest.param(*v.values, 0, id=v.id) for v in VARIANTS] + [
-    pytest.param(False, "ll", 16, id="partial-sum-ll"), pytest.param(False, "counter", 16, id="partial-sum-counter")])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-@pytest.mark.parametrize("B", [3, 20], ids=["B3", "B20-two-blocks"])
-def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol, mc):
-    """The persistent kernels (grid barrier, W and c/dc held across steps) with one program per
-    batch block (all the interpreter can run without deadlock), against the step driver and the
-    batch-tiled kernels."""
+def _persistent_step_and_tiled(dtype, B, cfg, bwd_cfg):
+    """(names, persistent, step, tiled): every output of the hidden-split forward (saving and not)
+    and backward, T 4, H 24, on the persistent and the step drivers with ``cfg`` / ``bwd_cfg``, and
+    the batch-tiled kernels' on the same inputs."""
     from lstm_fast.kernels import lstm_bwd, lstm_config, lstm_fwd
     from lstm_fast.kernels.lstm_bwd_hidden_split import lstm_bwd_hidden_split
     from lstm_fast.kernels.lstm_fwd_hidden_split import lstm_fwd_hidden_split
 
     T, H = 4, 24
-    cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, stationary=not streamed, bk=16,   # one program: all of H
-                                        protocol=protocol)
-    bwd_cfg = dataclasses.replace(cfg, mc=mc) if mc else cfg        # mc 16: two chunks of W_S^T
     xg = torch.randn(T, B, 4 * H, dtype=dtype)
     w = torch.randn(4 * H, H, dtype=dtype) * 0.3
     h0, c0 = torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=dtype)
@@ -216,9 +209,24 @@ def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol, m
         dG, dh0, dc0 = lstm_bwd(dY, dh_n, dc_n, w, G, C)
     finally:
         lstm_config.forced_path = None
-    tiled = [Y, C, G, Y, C[-1], dG, dh0, dc0]
     names = ["Y", "C", "G", "Y (no save)", "c_T (no save)", "dG", "dh_0", "dc_0"]
-    for name, p, s, b in zip(names, results["persistent"], results["step"], tiled, strict=True):
+    return names, results["persistent"], results["step"], [Y, C, G, Y, C[-1], dG, dh0, dc0]
+
+
+@pytest.mark.parametrize("streamed,protocol,mc", [pytest.param(*v.values, 0, id=v.id) for v in VARIANTS] + [
+    pytest.param(False, "ll", 16, id="partial-sum-ll"), pytest.param(False, "counter", 16, id="partial-sum-counter")])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("B", [3, 20], ids=["B3", "B20-two-blocks"])
+def test_persistent_driver_one_program_per_block(dtype, B, streamed, protocol, mc):
+    """The persistent kernels (grid barrier, W and c/dc held across steps) with one program per
+    batch block (all the interpreter can run without deadlock), against the step driver and the
+    batch-tiled kernels."""
+    from lstm_fast.kernels import lstm_config
+
+    cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, stationary=not streamed, bk=16,   # one program: all of H
+                                        protocol=protocol)
+    bwd_cfg = dataclasses.replace(cfg, mc=mc) if mc else cfg        # mc 16: two chunks of W_S^T
+    for name, p, s, b in zip(*_persistent_step_and_tiled(dtype, B, cfg, bwd_cfg), strict=True):
         assert_close(p, s, dtype, f"{name}: persistent vs step driver")
         assert_close(p, b.to(p.dtype), dtype, f"{name}: persistent vs batch-tiled")
 
@@ -228,28 +236,11 @@ def test_persistent_driver_16bit_partials(protocol):
     """float16 (the 16-bit code bfloat16 also takes; see the float64 test above) on the persistent
     kernels, backward in the partial-sum layout with its partials in 16 bits, two batch blocks:
     bitwise the step driver's results, and within float16 round-off of the batch-tiled kernels."""
-    from lstm_fast.kernels import lstm_bwd, lstm_config, lstm_fwd
-    from lstm_fast.kernels.lstm_bwd_hidden_split import lstm_bwd_hidden_split
-    from lstm_fast.kernels.lstm_fwd_hidden_split import lstm_fwd_hidden_split
+    from lstm_fast.kernels import lstm_config
 
-    T, B, H, dtype, acc = 4, 20, 24, torch.float16, torch.float32
     cfg = lstm_config.HiddenSplitConfig(hs=32, bb=16, kp=32, protocol=protocol)
     bwd_cfg = dataclasses.replace(cfg, mc=16)
-    xg, w = torch.randn(T, B, 4 * H, dtype=dtype), (torch.randn(4 * H, H) * 0.3).to(dtype)
-    h0, c0 = torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=acc)
-    dY, dh_n, dc_n = torch.randn(T, B, H, dtype=dtype), torch.randn(B, H, dtype=acc), torch.randn(B, H, dtype=acc)
-    results = {}
-    for driver in ("persistent", "step"):
-        Y, C, G = lstm_fwd_hidden_split(xg, h0, c0, w, True, cfg, "ieee", driver)
-        results[driver] = [Y, C, G, *lstm_bwd_hidden_split(dY, dh_n, dc_n, w, G, C, bwd_cfg, "ieee", driver)]
-    lstm_config.forced_path = "batch_tiled"
-    try:
-        Y, C, G = lstm_fwd(xg, h0, c0, w)
-        tiled = [Y, C, G, *lstm_bwd(dY, dh_n, dc_n, w, G, C)]
-    finally:
-        lstm_config.forced_path = None
-    for name, p, s, b in zip(["Y", "C", "G", "dG", "dh_0", "dc_0"], results["persistent"], results["step"], tiled,
-                             strict=True):
+    for name, p, s, b in zip(*_persistent_step_and_tiled(torch.float16, 20, cfg, bwd_cfg), strict=True):
         assert torch.equal(p, s), f"{name}: persistent and step drivers differ"
         err = ((p.double() - b.double()).abs().max() / b.double().abs().max()).item()
         assert err < 2e-3, f"{name}: {err:.1e} from the batch-tiled kernels"
