@@ -2,7 +2,8 @@
 forward/backward through time on the CPU), validated against the d2l scratch LSTM and nn.LSTM.
 
 Public API: :class:`FusedLSTM`, :func:`fused_lstm`, :func:`convert` (every ``nn.LSTM`` in a model
-becomes a FusedLSTM, in place), :func:`revert` (back to nn.LSTM) and :mod:`lstm_fast.reference`.
+becomes a FusedLSTM, in place), :func:`revert` (back to nn.LSTM), :class:`LSTMStream` (one step per
+call on a snapshot of the weights, for serving) and :mod:`lstm_fast.reference`.
 """
 import torch
 
@@ -10,6 +11,7 @@ from . import reference
 from .convert import convert, revert
 from .ops.functional import fused_lstm
 from .module import FusedLSTM
+from .stream import LSTMStream
 
 # Whole-model checkpoints: torch.load(weights_only=True) may rebuild a FusedLSTM. Its pickled state is
 # nn.LSTM's plus one string (backend), so the class itself is the only global to allow; it runs no
@@ -17,4 +19,4 @@ from .module import FusedLSTM
 torch.serialization.add_safe_globals([FusedLSTM])
 
 __version__ = "0.1.0"
-__all__ = ["FusedLSTM", "convert", "revert", "fused_lstm", "reference", "__version__"]
+__all__ = ["FusedLSTM", "LSTMStream", "convert", "revert", "fused_lstm", "reference", "__version__"]

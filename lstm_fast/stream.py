@@ -1,0 +1,199 @@
+"""A serving stream: one LSTM step per call at a fixed small batch, on a snapshot of the weights.
+
+Shapes: B batch rows (fixed per stream), D input size, H hidden size, L layers; ``step(x)``:
+x (B, D) -> h of the top layer (B, H); the state (h, c), each (L, B, H), is kept inside.
+
+Why: a plain call ``lstm(x_t, state)`` must check every parameter, allocate three outputs and
+plan the call again each time, because a parameter may have changed in any way since the last
+one; at batch 1 those ~12-16 us are a third of a step at H 256 (benchmarks/call_overhead.py).
+A stream takes a snapshot instead, as an ONNX export or a serving runtime's loaded session
+does: the weights are copied once (float32, contiguous, the two biases summed), the state lives
+in two preallocated buffer sets that the steps alternate between, and the kernel's address
+arguments are built once. A step then costs the kernel, one output allocation and a few checks
+of ``x``.
+
+Snapshot semantics: changes to the module's parameters after the stream was made are not seen
+until :meth:`LSTMStream.refresh`. Inference only: outputs never require grad, dropout between
+layers is not applied (eval semantics), any autocast context is ignored (float32 math).
+
+The math is the small-batch kernels' (:mod:`lstm_fast.cpu.small_batch`: the same C entry point
+a plain one-step call of FusedLSTM reaches), so a step gives bitwise the plain call's result
+where that call runs those kernels (tests/test_stream.py), at any thread count. The summed bias
+is bitwise the kernels' own ``b_ih + b_hh``. On a CPU without those kernels the step runs the
+same cell with torch operations (``addmm`` and the activations).
+
+One stream serves one sequence of steps: calling ``step`` on the same stream from two threads at
+once raises (make one stream per request or thread; the snapshot is per stream).
+"""
+import threading
+
+import torch
+from torch import nn
+
+from .cpu import small_batch
+
+_F32 = torch.float32
+
+
+class LSTMStream:
+    """``LSTMStream(lstm, batch_size=1)``: a snapshot of ``lstm`` (an ``nn.LSTM`` or FusedLSTM on
+    the CPU, float32, one direction, no projections) for one step per call at ``batch_size`` rows.
+
+    ``step(x)``: x (batch_size, input_size) float32 -> the top layer's h (batch_size, hidden_size),
+    a new tensor; the state advances. ``state``: (h, c) copies, each (num_layers, batch_size,
+    hidden_size). ``reset(state=None)``: zeros, or a given (h, c). ``refresh()``: take the
+    module's current parameters (same shapes) into the snapshot."""
+
+    def __init__(self, lstm, batch_size=1):
+        if not isinstance(lstm, nn.LSTM):
+            raise TypeError(f"LSTMStream: lstm must be an nn.LSTM (or FusedLSTM), got {type(lstm).__name__}")
+        if lstm.bidirectional:
+            raise ValueError("LSTMStream: a bidirectional LSTM needs the whole sequence, it cannot run one step per call")
+        if lstm.proj_size:
+            raise ValueError("LSTMStream: proj_size > 0 is not supported")
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValueError(f"LSTMStream: batch_size must be a positive int, got {batch_size!r}")
+        for name in lstm._flat_weights_names:
+            p = getattr(lstm, name)
+            if p.device.type != "cpu" or p.dtype != _F32:
+                raise TypeError(f"LSTMStream: {name} must be a float32 CPU tensor, got {p.dtype} on {p.device}")
+        self._module = lstm
+        self.num_layers, self.hidden_size, self.input_size = lstm.num_layers, lstm.hidden_size, lstm.input_size
+        self.batch_size = batch_size
+        L, B, H = self.num_layers, batch_size, self.hidden_size
+        self._dims = [self.input_size] + [H] * (L - 1)
+        self._w_ih = [torch.empty(4 * H, d) for d in self._dims]
+        self._w_hh = [torch.empty(4 * H, H) for _ in range(L)]
+        self._bias = [torch.empty(4 * H) for _ in range(L)] if lstm.bias else None
+        self.refresh()
+        # Two state sets (h, c), each (L, B, H): step n reads set n % 2 and writes the other.
+        self._h = [torch.zeros(L, B, H), torch.zeros(L, B, H)]
+        self._c = [torch.zeros(L, B, H), torch.zeros(L, B, H)]
+        self._mid = [torch.empty(B, H) for _ in range(L - 1)]   # outputs of the layers below the top
+        self._parity = 0
+        self._lock = threading.Lock()
+        self._x_shape = (B, self.input_size)
+        self._kernels = small_batch._small_batch_kernels
+        self._calls = [self._layer_args(p) for p in (0, 1)] if self._kernels is not None else None
+
+    # ---------------------------------------------------------------- the snapshot
+    def refresh(self):
+        """Copy the module's current parameters into the snapshot (their shapes must not have changed)."""
+        m = self._module
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                s = f"_l{layer}"
+                for dst, name in ((self._w_ih[layer], "weight_ih" + s), (self._w_hh[layer], "weight_hh" + s)):
+                    src = getattr(m, name)
+                    if src.shape != dst.shape or src.dtype != _F32 or src.device.type != "cpu":
+                        raise RuntimeError(f"LSTMStream.refresh: {name} is now {src.dtype} {tuple(src.shape)} on "
+                                           f"{src.device}, the stream was made for float32 {tuple(dst.shape)} on cpu")
+                    dst.copy_(src)
+                if self._bias is not None:
+                    b_ih, b_hh = getattr(m, "bias_ih" + s), getattr(m, "bias_hh" + s)
+                    if b_ih.shape != (4 * self.hidden_size,) or b_hh.shape != (4 * self.hidden_size,):
+                        raise RuntimeError(f"LSTMStream.refresh: the biases of layer {layer} changed shape")
+                    torch.add(b_ih, b_hh, out=self._bias[layer])   # the kernels' own b_ih + b_hh, in float32
+
+    def _layer_args(self, p):
+        """Per layer, the kernel arguments of a step reading state set p: (before Y, after Y)."""
+        B, H = self.batch_size, self.hidden_size
+        calls = []
+        for layer in range(self.num_layers):
+            b = self._bias[layer].data_ptr() if self._bias is not None else None
+            h, c = self._h[p][layer], self._c[p][layer]
+            hn, cn = self._h[1 - p][layer], self._c[1 - p][layer]
+            before = (self._w_ih[layer].data_ptr(), self._w_hh[layer].data_ptr(), b, None, h.data_ptr(), c.data_ptr())
+            after = (hn.data_ptr(), cn.data_ptr(), None, None, None, None, 1, B, self._dims[layer], H)
+            calls.append((before, after))
+        return calls
+
+    # ---------------------------------------------------------------- state
+    @property
+    def state(self):
+        """(h, c): copies of the current state, each (num_layers, batch_size, hidden_size)."""
+        return self._h[self._parity].clone(), self._c[self._parity].clone()
+
+    def reset(self, state=None):
+        """Start a new sequence: the state zero, or ``state`` = (h, c), each (num_layers, batch_size,
+        hidden_size) float32 (copied in)."""
+        if state is not None:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError("LSTMStream.reset: state must be a pair (h, c) of tensors")
+            want = (self.num_layers, self.batch_size, self.hidden_size)
+            for name, t in zip(("h", "c"), state):
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"LSTMStream.reset: state {name} must be a tensor, got {type(t).__name__}")
+                if tuple(t.shape) != want:
+                    raise RuntimeError(f"LSTMStream.reset: expected state {name} of size {list(want)}, "
+                                       f"got {list(t.shape)}")
+        self._hold()
+        try:
+            p = self._parity
+            with torch.no_grad():
+                if state is None:
+                    self._h[p].zero_()
+                    self._c[p].zero_()
+                else:
+                    self._h[p].copy_(state[0])
+                    self._c[p].copy_(state[1])
+        finally:
+            self._lock.release()
+
+    def _hold(self):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("LSTMStream: used from two threads at once (make one stream per thread)")
+
+    # ---------------------------------------------------------------- the step
+    def step(self, x):
+        """One step: x (batch_size, input_size) float32 CPU -> the top layer's new h (batch_size,
+        hidden_size); the state advances."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"LSTMStream.step: x must be a tensor, got {type(x).__name__}")
+        if x.dtype is not _F32 or not x.is_cpu or x.shape != self._x_shape:
+            self._bad_input(x)
+        if not x.is_contiguous():
+            x = x.contiguous()
+        self._hold()
+        try:
+            p = self._parity
+            out = torch.empty(self.batch_size, self.hidden_size)
+            if self._calls is None:
+                self._step_torch(x, p, out)
+            else:
+                forward, nt = self._kernels.forward, torch.get_num_threads()
+                xp = x.data_ptr()
+                last = self.num_layers - 1
+                for layer, (before, after) in enumerate(self._calls[p]):
+                    y = out if layer == last else self._mid[layer]
+                    yp = y.data_ptr()
+                    forward(xp, *before, yp, *after, nt, None)
+                    xp = yp
+            self._parity = 1 - p
+            return out
+        finally:
+            self._lock.release()
+
+    def _bad_input(self, x):
+        if x.dim() != 2:
+            raise ValueError(f"LSTMStream.step: expected x to be 2-D (batch_size, input_size), got {x.dim()}-D")
+        if x.shape != self._x_shape:
+            raise RuntimeError(f"LSTMStream.step: expected x of size {list(self._x_shape)}, got {list(x.shape)}")
+        raise RuntimeError(f"LSTMStream.step: x must be a float32 CPU tensor, got {x.dtype} on {x.device}")
+
+    def _step_torch(self, x, p, out):
+        """The step without the C kernels: the cell on torch operations (same math, other bits)."""
+        H = self.hidden_size
+        with torch.no_grad():
+            inp = x
+            for layer in range(self.num_layers):
+                g = torch.mm(inp, self._w_ih[layer].t()).addmm_(self._h[p][layer], self._w_hh[layer].t())
+                if self._bias is not None:
+                    g += self._bias[layer]
+                i, f, gg, o = g[:, :H].sigmoid(), g[:, H:2 * H].sigmoid(), g[:, 2 * H:3 * H].tanh(), g[:, 3 * H:].sigmoid()
+                c = f * self._c[p][layer] + i * gg
+                h = o * c.tanh()
+                self._c[1 - p][layer].copy_(c)
+                self._h[1 - p][layer].copy_(h)
+                inp = h
+            out.copy_(inp)
