@@ -27,7 +27,10 @@ Rows (``--rows``):
   H in 256, 512, 1024. The time is per call = per step. FusedLSTM's row also holds ``split``: the
   implementation's own ``forward_inference`` (the kernel and its binding, operands already cast,
   timed in the same rounds) against the whole module call; the rest is checks, dispatch,
-  allocation and autograd bookkeeping (issue 20, item 2).
+  allocation and autograd bookkeeping (issue 20, item 2). float32 rows also hold ``stream``:
+  :class:`lstm_fast.LSTMStream` on the same module (the serving API: a snapshot of the weights,
+  the state kept inside, ``step(x)``), checked against nn.LSTM as the peers are, timed in the
+  same rounds.
 * ``sequence``: whole sequences, one call each: B in 1, 4; T in 35, 1000; H in 256, 512; D = 64
   (an embedding-sized input, the issue's B1 T1000 D64 H512 measurement); plus the d2l shape
   B32 T35 D28 H256 and B64 T100 D128 H512.
@@ -82,7 +85,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lstm_fast import FusedLSTM  # noqa: E402
+from lstm_fast import FusedLSTM, LSTMStream  # noqa: E402
 from lstm_fast.d2l.bench import COMPETITOR, busy_processes, environment, git_commit, quartiles  # noqa: E402
 from lstm_fast.d2l.files import atomic_write_bytes  # noqa: E402
 from lstm_fast.ops.plan import cast_inputs, plan_layer  # noqa: E402
@@ -364,6 +367,25 @@ def kernel_block(layer, precision, B):
     return plan.implementation, block
 
 
+def stream_runner(layer, B):
+    """(run, block) for :class:`lstm_fast.LSTMStream` over the FusedLSTM (float32 step rows): the
+    serving API with a snapshot of the weights; ``run`` starts it from (h, c) for the check."""
+    stream = LSTMStream(layer.fused, B)
+
+    def run(x, h, c):
+        stream.reset((h, c))
+        y = stream.step(x[0])
+        h2, c2 = stream.state
+        return y[None], h2, c2
+    x = torch.randn(B, layer.D)
+
+    def block(k):
+        with torch.inference_mode():
+            for _ in range(k):
+                stream.step(x)
+    return run, block
+
+
 # ---------------------------------------------------------------- timing and the probe
 def time_interleaved(blocks, rounds, round_s, gap_s=0.0, clock=time.perf_counter):
     """name -> per-round seconds per call; ``blocks``: name -> f(k) running k calls. Each is warmed
@@ -483,8 +505,16 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
     if not blocks:
         return []
     split_impl = None
+    stream_error = None
     if kind == "step" and "fused" in blocks:
         split_impl, blocks["fused:implementation-call"] = kernel_block(layer, precision, B)
+        if precision == "float32":
+            run, blocks["fused:stream"] = stream_runner(layer, B)
+            stream_error = max_error(run, layer, kind, B, T)
+            if stream_error > TOLERANCE[precision]:
+                doc["failed"].append(dict(shape, implementation="fused:stream", max_abs_error=stream_error,
+                                          tolerance=TOLERANCE[precision]))
+                del blocks["fused:stream"]
     if kind == "step":
         for peer in ("onnxruntime", "openvino"):
             if peer in blocks:
@@ -518,11 +548,17 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
             row["split"] = {"implementation": split_impl, "implementation_call_seconds": kmed,
                             "implementation_call_q1_seconds": kq1, "implementation_call_q3_seconds": kq3,
                             "module_call_seconds": med, "outside_implementation_seconds": med - kmed}
+        if peer == "fused" and "fused:stream" in times:
+            sq1, smed, sq3 = quartiles(times["fused:stream"])
+            row["stream"] = {"api": "LSTMStream.step (a snapshot of the weights, the state kept inside)",
+                             "seconds": smed, "q1_seconds": sq1, "q3_seconds": sq3, "max_abs_error": stream_error}
         rows.append(row)
     by = {r["implementation"]: r for r in rows}
     log(f"{label}: " + ", ".join(f"{p} {r['us_per_step']:.1f} us/step" for p, r in by.items())
         + (f" (implementation call {by['fused']['split']['implementation_call_seconds'] * 1e6:.1f} us)"
-           if "split" in by.get("fused", {}) else "") + f"; probe {bw / 1e9:.1f} GB/s")
+           if "split" in by.get("fused", {}) else "")
+        + (f" (stream {by['fused']['stream']['seconds'] * 1e6:.1f} us)" if "stream" in by.get("fused", {}) else "")
+        + f"; probe {bw / 1e9:.1f} GB/s")
     return rows
 
 

@@ -439,10 +439,11 @@ def render_peers():
                           "probe measured in the same run at that thread count. bf16: FusedLSTM and nn.LSTM under bf16 "
                           "autocast, OpenVINO with the bf16 precision hint, onnxruntime's float32 row. onnxruntime and "
                           "OpenVINO: their call on buffers bound once (IOBinding; shared-memory tensors), then "
-                          "(\"plain\") their feed-dict call.", "",
-                      "| H | threads | dtype | **FusedLSTM** | split: impl + rest | nn.LSTM | onnxruntime | OpenVINO | "
-                      "limit (probe GB/s) | vs nn.LSTM | vs onnxruntime | over limit |",
-                      "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                          "(\"plain\") their feed-dict call. LSTMStream: `lstm_fast.LSTMStream` on the same module (a snapshot of "
+                          "the weights, the state kept inside; float32 rows), and its ratio to onnxruntime.", "",
+                      "| H | threads | dtype | **FusedLSTM** | split: impl + rest | LSTMStream | nn.LSTM | onnxruntime | "
+                      "OpenVINO | limit (probe GB/s) | vs nn.LSTM | vs onnxruntime | stream vs onnxruntime | over limit |",
+                      "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for key, by in steps:
             _, B, T, D, H, threads, dtype = key
             fu, ort = by.get("fused"), _ort_row(groups, key)
@@ -451,10 +452,15 @@ def render_peers():
             split = (f"{sp['implementation_call_seconds'] * 1e6:,.1f} + {sp['outside_implementation_seconds'] * 1e6:,.1f}"
                      if sp else "-")
             ratio = lambda other: f"{other['seconds'] / fu['seconds']:.2f}x" if fu and other else "-"  # noqa: E731
-            lines.append(f"| {H} | {threads} | {dtype} | {_peer_cell(fu, True)} | {split} | "
+            st = (fu or {}).get("stream")
+            stream = (f"{st['seconds'] * 1e6:,.1f} ({st['q1_seconds'] * 1e6:,.1f} - {st['q3_seconds'] * 1e6:,.1f})"
+                      if st else "-")
+            stream_x = f"{ort['seconds'] / st['seconds']:.2f}x" if st and ort else "-"
+            lines.append(f"| {H} | {threads} | {dtype} | {_peer_cell(fu, True)} | {split} | {stream} | "
                          f"{_peer_cell(by.get('torch'), True)} | {_ort_cell(groups, key, True)} | "
                          f"{_runtime_cell(by.get('openvino'), True)} | {any_row['bandwidth_limit_seconds'] * 1e6:,.1f} us "
                          f"({any_row['probe_bytes_per_sec'] / 1e9:,.0f}) | {ratio(by.get('torch'))} | {ratio(ort)} | "
+                         f"{stream_x} | "
                          + (f"{fu['seconds'] / fu['bandwidth_limit_seconds']:.1f}x |" if fu else "- |"))
         sequences = sorted(((k, v) for k, v in groups.items() if k[0] == "sequence"), key=_peer_order)
         if sequences:
