@@ -48,7 +48,8 @@ class LSTMStream:
         if not isinstance(lstm, nn.LSTM):
             raise TypeError(f"LSTMStream: lstm must be an nn.LSTM (or FusedLSTM), got {type(lstm).__name__}")
         if lstm.bidirectional:
-            raise ValueError("LSTMStream: a bidirectional LSTM needs the whole sequence, it cannot run one step per call")
+            raise ValueError("LSTMStream: a bidirectional LSTM needs the whole sequence, "
+                             "it cannot run one step per call")
         if lstm.proj_size:
             raise ValueError("LSTMStream: proj_size > 0 is not supported")
         if type(batch_size) is not int or batch_size < 1:
@@ -190,7 +191,8 @@ class LSTMStream:
                 g = torch.mm(inp, self._w_ih[layer].t()).addmm_(self._h[p][layer], self._w_hh[layer].t())
                 if self._bias is not None:
                     g += self._bias[layer]
-                i, f, gg, o = g[:, :H].sigmoid(), g[:, H:2 * H].sigmoid(), g[:, 2 * H:3 * H].tanh(), g[:, 3 * H:].sigmoid()
+                i, f = g[:, :H].sigmoid(), g[:, H:2 * H].sigmoid()
+                gg, o = g[:, 2 * H:3 * H].tanh(), g[:, 3 * H:].sigmoid()
                 c = f * self._c[p][layer] + i * gg
                 h = o * c.tanh()
                 self._c[1 - p][layer].copy_(c)

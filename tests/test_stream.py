@@ -14,7 +14,8 @@ from lstm_fast import FusedLSTM, LSTMStream
 from lstm_fast.cpu import small_batch
 from lstm_fast.d2l import generate
 
-needs_kernels = pytest.mark.skipif(small_batch._small_batch_kernels is None, reason="no small-batch kernels on this CPU")
+needs_kernels = pytest.mark.skipif(small_batch._small_batch_kernels is None,
+                                   reason="no small-batch kernels on this CPU")
 
 SHAPES = [  # (layers, batch, input, hidden)
     pytest.param(1, 1, 1, 1, id="L1-B1-D1-H1"),
@@ -32,7 +33,7 @@ def _poison(s):
         buf.fill_(float("nan"))
 
 
-def _steps(L, B, D, steps=4):
+def _steps(B, D, steps=4):
     return [torch.randn(B, D) for _ in range(steps)]
 
 
@@ -45,7 +46,7 @@ def test_bitwise_the_plain_call(monkeypatch, L, B, D, H, bias):
     s = LSTMStream(m, B)
     _poison(s)
     state = None
-    for x in _steps(L, B, D):
+    for x in _steps(B, D):
         with torch.no_grad():
             y, state = m(x[None], state)
         out = s.step(x)
@@ -57,7 +58,7 @@ def test_bitwise_the_plain_call(monkeypatch, L, B, D, H, bias):
 @needs_kernels
 def test_bitwise_across_thread_counts():
     m = FusedLSTM(40, 72, num_layers=2).eval()
-    xs = _steps(2, 3, 40)
+    xs = _steps(3, 40)
     runs = []
     before = torch.get_num_threads()
     try:
@@ -87,7 +88,7 @@ def test_against_nn_lstm(monkeypatch, L, B, D, H, kernels):
     c0 = torch.randn(L, B, H)
     s.reset((h0, c0))
     state = (h0.double(), c0.double())
-    for x in _steps(L, B, D):
+    for x in _steps(B, D):
         with torch.no_grad():
             y, state = ref(x.double()[None], state)
         out = s.step(x)
