@@ -20,7 +20,7 @@ The math is the small-batch kernels' (:mod:`lstm_fast.cpu.small_batch`: the same
 a plain one-step call of FusedLSTM reaches), so a step gives bitwise the plain call's result
 where that call runs those kernels (tests/test_stream.py), at any thread count. The summed bias
 is bitwise the kernels' own ``b_ih + b_hh``. On a CPU without those kernels the step runs the
-same cell with torch operations (``addmm`` and the activations).
+same layer on :mod:`lstm_fast.cpu.stepwise`, the CPU implementation a plain call takes there.
 
 One stream serves one sequence of steps: calling ``step`` on the same stream from two threads at
 once raises (make one stream per request or thread; the snapshot is per stream).
@@ -30,7 +30,8 @@ import threading
 import torch
 from torch import nn
 
-from .cpu import small_batch
+from .cpu import small_batch, stepwise
+from .layer_math import summed_bias
 
 _F32 = torch.float32
 
@@ -94,7 +95,7 @@ class LSTMStream:
                     b_ih, b_hh = getattr(m, "bias_ih" + s), getattr(m, "bias_hh" + s)
                     if b_ih.shape != (4 * self.hidden_size,) or b_hh.shape != (4 * self.hidden_size,):
                         raise RuntimeError(f"LSTMStream.refresh: the biases of layer {layer} changed shape")
-                    torch.add(b_ih, b_hh, out=self._bias[layer])   # the kernels' own b_ih + b_hh, in float32
+                    self._bias[layer].copy_(summed_bias(b_ih, b_hh))   # the kernels' own b_ih + b_hh, in float32
 
     def _layer_args(self, p):
         """Per layer, the kernel arguments of a step reading state set p: (before Y, after Y)."""
@@ -183,19 +184,15 @@ class LSTMStream:
         raise RuntimeError(f"LSTMStream.step: x must be a float32 CPU tensor, got {x.dtype} on {x.device}")
 
     def _step_torch(self, x, p, out):
-        """The step without the C kernels: the cell on torch operations (same math, other bits)."""
-        H = self.hidden_size
+        """The step without the C kernels: each layer on :mod:`lstm_fast.cpu.stepwise` (the CPU
+        implementation a plain call takes there), its state copied into the other set."""
         with torch.no_grad():
             inp = x
             for layer in range(self.num_layers):
-                g = torch.mm(inp, self._w_ih[layer].t()).addmm_(self._h[p][layer], self._w_hh[layer].t())
-                if self._bias is not None:
-                    g += self._bias[layer]
-                i, f = g[:, :H].sigmoid(), g[:, H:2 * H].sigmoid()
-                gg, o = g[:, 2 * H:3 * H].tanh(), g[:, 3 * H:].sigmoid()
-                c = f * self._c[p][layer] + i * gg
-                h = o * c.tanh()
-                self._c[1 - p][layer].copy_(c)
+                bias = self._bias[layer] if self._bias is not None else None
+                y, (h, c) = stepwise.forward_inference(inp[None], self._h[p][layer], self._c[p][layer],
+                                                       self._w_ih[layer], self._w_hh[layer], bias)
                 self._h[1 - p][layer].copy_(h)
-                inp = h
+                self._c[1 - p][layer].copy_(c)
+                inp = y[0]
             out.copy_(inp)

@@ -14,13 +14,14 @@ from ..stream import LSTMStream
 
 
 def _stream_for(net, device):
-    """An LSTMStream over ``net.rnn`` where generation can run on one, else None."""
-    rnn = net.rnn
-    if (not isinstance(rnn, FusedLSTM) or torch.device(device).type != "cpu" or rnn.bidirectional or rnn.proj_size
-            or torch.is_autocast_enabled("cpu")
-            or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in rnn.parameters())):
+    """An LSTMStream over ``net.rnn`` where generation can run on one, else None (LSTMStream itself
+    refuses what it cannot run: bidirectional, projections, other dtypes or devices)."""
+    if not isinstance(net.rnn, FusedLSTM) or torch.device(device).type != "cpu" or torch.is_autocast_enabled("cpu"):
         return None
-    return LSTMStream(rnn, 1)
+    try:
+        return LSTMStream(net.rnn, 1)
+    except (TypeError, ValueError):
+        return None
 
 
 @torch.no_grad()
