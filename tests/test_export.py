@@ -132,6 +132,26 @@ def test_torch_export_dynamic_batch_and_length(kw, with_hx):
                                        msg=lambda m, name=name, T_=T_, B_=B_: f"{name} at T={T_}, B={B_}: {m}")
 
 
+@pytest.mark.parametrize("example", [(2, 2), (2, 9)], ids=["small-batch-example", "B9-example"])
+def test_torch_export_plan_does_not_depend_on_the_example_size(example):
+    """The example's size is where the eager plan would pick the small-batch kernels (B 2, by
+    the AVX-512 crossovers) or not (B 9); the exported program has a dynamic batch and length
+    either way, so its plan must not branch on them (a branch on B is a guard that breaks the
+    dynamic range), and it serves batch 1 to 40 alike."""
+    reference, model = _models(6)
+    T_ex, B_ex = example
+    program = torch.export.export(model, _inputs({}, T_ex, B_ex, False),
+                                  dynamic_shapes=({0: Dim("T", min=1, max=256), 1: Dim("B", max=256)},))
+    exported = program.module()
+    for T_, B_ in ((1, 1), (2, 2), (5, 40)):
+        args = _inputs({}, T_, B_, False)
+        with torch.no_grad():
+            got, want = exported(*args), reference(*args)
+        for name, g, w in zip(("output", "h_n", "c_n"), got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, name=name, T_=T_, B_=B_: f"{name} at T={T_}, B={B_}: {m}")
+
+
 def test_torch_export_nn_lstm_specialises_the_length():
     """The contrast: the same model on nn.LSTM cannot be exported with a dynamic length on this
     torch (aten.lstm's decomposition walks the steps, so the length becomes a constant)."""

@@ -250,6 +250,10 @@ def use_for(x, w_hh, lengths=None, autocast_dtype=None, training=False) -> bool:
     if mode != "auto":
         raise ValueError(f"{SWITCH} must be one of {SWITCH_VALUES}, got {mode!r}")
     T, B = x.shape[0], x.shape[1]
+    if type(T) is not int or type(B) is not int:
+        # symbolic sizes (torch.export or torch.compile with dynamic shapes): one program serves
+        # every T and B, so the plan must not depend on them; the whole-sequence route serves all
+        return False
     H = w_hh.shape[1]
     key = "autocast-bfloat16" if autocast_dtype == torch.bfloat16 else str(x.dtype).replace("torch.", "")
     key = _KEY_PREFIX + key
