@@ -8,12 +8,16 @@ through ``torch.ops.mkldnn._linear_pointwise`` (the op inductor emits for CPU li
 the elementwise math and the algorithm our own.
 
 oneDNN costs ~14 us per call whatever the size, so tiny products (and float64, which oneDNN does
-not support, and every non-CPU tensor) go to ``torch.addmm`` -- on CPUs with AVX-512. On CPUs
-without it every float32 product goes to oneDNN: there MKL's bits changed with the thread count
-(on an AMD EPYC with AVX2, at 14 of 113 shapes probed, every one with 7 rows, from 7x3 @ 3x132 to
-7x35000 @ 35000x1024; so did the stepwise layer's outputs), while oneDNN's did not at any
-(``benchmarks/blas_thread_bits.py``, results/blas-thread-bits-cpu-amd-epyc.json); the cost there
-is ~20 us per tiny product (8 -> 31 us at 7x33x132).
+not support, and every non-CPU tensor) go to ``torch.addmm`` -- on Intel CPUs with AVX-512, where
+MKL's bits did not change with the thread count. Elsewhere every float32 product goes to oneDNN:
+MKL's bits changed with the thread count on both AMD EPYCs measured (``benchmarks/blas_thread_bits.py``),
+at the same 14 of 113 shapes probed, every one with 7 rows, from 7x3 @ 3x132 to 7x35000 @ 35000x1024:
+with AVX2 (Zen 3; results/blas-thread-bits-cpu-amd-epyc.json; so did the stepwise layer's outputs)
+and with AVX-512 (Zen 4; results/blas-thread-bits-cpu-amd-epyc-avx512.json; so did the
+small-batch kernels' dx, computed here). oneDNN's did not at any on the AVX2 EPYC, and on the
+AVX-512 one only where 35000 rows are summed into 3 or 33 columns (8 shapes: the K-split it takes
+there; no LSTM call here sums that many rows into so few but the stepwise weight gradients of a
+tiny layer). The cost is ~20 us per tiny product (8 -> 31 us at 7x33x132, AVX2 EPYC).
 """
 import torch
 
@@ -25,14 +29,28 @@ except ImportError:  # built without a C compiler
     _c_transpose = None
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _min_macs() -> int:
     """Products with fewer multiply-adds than this go to BLAS (below it oneDNN's fixed call cost
-    wins); 0 where BLAS's results are not thread-count independent (see the module docstring)."""
+    wins); 0 where BLAS's results are not thread-count independent: every CPU but an Intel one
+    with AVX-512 (see the module docstring). A property of the BLAS on the CPU, measured, not
+    implied by the ISA: the AVX-512 AMD EPYC's MKL changed bits as the AVX2 one's did."""
     try:
         avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     except (AttributeError, RuntimeError):
         avx512 = False
-    return 1 << 20 if avx512 else 0
+    return 1 << 20 if avx512 and cpu_vendor() == "GenuineIntel" else 0
 
 
 ONEDNN_MIN_MACS = _min_macs()

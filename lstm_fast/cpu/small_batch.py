@@ -165,9 +165,10 @@ def backward_saved(dY, dh_n, dc_n, x, h0, c0, w_ih, w_hh, Y, saved, needs, lengt
 
 
 def _input_grad(dG, w_ih, nthreads):
-    """dx = dG (R, 4H) W_ih (4H, D). With the AVX-512 kernels one GEMM (oneDNN or BLAS, whose bits
-    do not change with the thread count on the Xeon measured); with the AVX2 ones their fixed-order
-    product (torch's GEMM did change its bits with the thread count on the AMD EPYC measured)."""
+    """dx = dG (R, 4H) W_ih (4H, D). With the AVX-512 kernels one GEMM (:func:`.matmul.linear`:
+    oneDNN, or BLAS where its bits do not change with the thread count); with the AVX2 ones their
+    fixed-order product (torch's GEMM did change its bits with the thread count on the AMD EPYC
+    measured)."""
     if ISA != "avx2":
         return linear(dG, w_ih.t())
     w_ih = _f32(w_ih, tuple(w_ih.shape), "w_ih")
