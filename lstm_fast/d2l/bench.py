@@ -205,7 +205,8 @@ def measure(impl, B, T, D, H, mode, device="cpu", dtype=torch.float32, budget_s=
 def environment(device="cpu"):
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "cpu": _cpu_name(), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+           "cpu": _cpu_name(), "cpu_features": _cpu_features(), "threads": torch.get_num_threads(),
+           "cores": os.cpu_count(),
            "load_average": _load_average()}   # a shared machine's load at the time, beside the IQR
     try:
         import triton
@@ -253,6 +254,31 @@ def _load_average():
         return [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
         return None
+
+
+#: The /proc/cpuinfo flags a results file names: the ISAs the CPU kernels choose between
+#: ("AMD EPYC" is the model name of CPUs with and without AVX-512 alike).
+_FEATURE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def _cpu_features():
+    """{vendor, family, model, flags (those of _FEATURE_FLAGS the CPU has)} from /proc/cpuinfo,
+    or None where it cannot be read: which CPU a results file came from, beyond its name."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model", "flags") and key not in info:
+                    info[key] = value.strip()
+                if not line.strip() and info:     # the first processor's block is enough
+                    break
+    except OSError:
+        return None
+    flags = set(info.get("flags", "").split())
+    return {"vendor": info.get("vendor_id"), "family": info.get("cpu family"), "model": info.get("model"),
+            "flags": [f for f in _FEATURE_FLAGS if f in flags]}
 
 
 def _cpu_name():
