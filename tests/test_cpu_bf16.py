@@ -303,6 +303,32 @@ def test_variable_lengths_match_each_row_alone():
         assert torch.equal(x.grad[:n, b:b + 1], xb.grad) and (x.grad[n:, b] == 0).all()
 
 
+@native
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("T,D,H", [(3, 7, 130), (2, 33, 16), (4, 1, 50)], ids=["D7-H130", "D33-H16", "D1-H50"])
+def test_one_row_tiles_equal_a_row_of_the_batch_tiles(T, D, H, threads, monkeypatch):
+    """A batch of one runs the vdpbf16ps kernels' one-row tiles (two unit blocks at once, then an
+    odd one; odd K ends in a half pair), a batch of 4 their 4-row tiles: the same sums, so the
+    row alone is bitwise that row within the batch (outputs and states)."""
+    monkeypatch.setattr(bf16_sequence, "USE_AMX", False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(4)
+        w = [t.bfloat16() for t in (torch.randn(4 * H, D) * 0.3, torch.randn(4 * H, H) * 0.3,
+                                    torch.randn(4 * H), torch.randn(4 * H))]
+        x = torch.randn(T, 4, D).bfloat16()
+        h0, c0 = torch.randn(4, H).bfloat16(), torch.randn(4, H).bfloat16()
+        with torch.no_grad():
+            y, (h, c) = fused_lstm(x, (h0, c0), *w)
+            for b in (0, 3):
+                r = slice(b, b + 1)
+                yb, (hb, cb) = fused_lstm(x[:, r].clone(), (h0[r].clone(), c0[r].clone()), *w)
+                assert torch.equal(yb, y[:, r]) and torch.equal(hb, h[r]) and torch.equal(cb, c[r])
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_upcast_forced_is_the_float32_kernels_on_upcast_operands(monkeypatch, kernel_calls):
     """LSTM_FAST_CPU_BF16=upcast: today's path, exactly: the float32 layer on bf16-rounded
     operands, outputs rounded to bf16."""

@@ -46,6 +46,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+/* B = 1 steps run one-row tiles (fwd_blocks_row1, below; sequence_templates.h: SEQ_FWD_ONE_ROW) */
+#define SEQ_FWD_ONE_ROW fwd_blocks_row1
 #include "sequence_templates.h"
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -211,6 +213,46 @@ BF16 INLINE void fwd_cell(const fwd_args *a, int64_t t, int64_t row, int64_t j0,
 
 FWD_TILE(6, DECL6, DP6)
 FWD_TILE(4, DECL4, DP4)
+
+/* A batch of one row: a 4-row tile there reads three zero rows and does 4x the multiply-adds
+ * (vdpbf16ps-bound: ~28 us a step at H 256 on the Zen 4 EPYC), so it runs this one-row tile on NJ
+ * (1 or 2) unit blocks at once instead: 4 * NJ accumulator chains, each block's sums the same
+ * chain in k order (x pairs, then h pairs, then the bias in fwd_cell) as a row of FWD_TILE's
+ * tiles: bitwise their result. */
+BF16 INLINE void row1_gemm(const uint16_t *a, int64_t K, const uint16_t *P, int64_t jb, __m512 acc[2][4],
+                           const int NJ) {
+    const int64_t np = (K + 1) / 2, full = K / 2;
+    const uint16_t *w = P + jb * np * 128;
+    for (int64_t p = 0; p < np; ++p) {
+        const __m512bh x = p < full ? pair(a, 2 * p) : half_pair(a, 2 * p);
+        for (int j = 0; j < NJ; ++j) {
+            const uint16_t *wk = w + j * np * 128 + p * 128;
+            for (int q = 0; q < 4; ++q)
+                acc[j][q] = _mm512_dpbf16_ps(acc[j][q], x, (__m512bh)_mm512_loadu_si512(wk + 32 * q));
+        }
+    }
+}
+
+BF16 INLINE void fwd_row1(const fwd_args *a, int64_t t, int64_t jb, const uint16_t *hp, const float *cp,
+                          float *c_out, const int NJ) {
+    __m512 acc[2][4];
+    for (int j = 0; j < 2; ++j)
+        for (int q = 0; q < 4; ++q) acc[j][q] = _mm512_setzero_ps();
+    row1_gemm(a->X + t * a->D, a->D, a->Px, jb, acc, NJ);
+    row1_gemm(hp, a->H, a->Ph, jb, acc, NJ);
+    for (int j = 0; j < NJ; ++j) {
+        const int64_t j0 = (jb + j) * 16;
+        fwd_cell(a, t, 0, j0, tail_mask(j0, a->H), acc[j][0], acc[j][1], acc[j][2], acc[j][3], cp, c_out);
+    }
+}
+
+/* The worker's loop over this thread's unit blocks jlo..jhi at B = 1 (SEQ_FWD_ONE_ROW). */
+BF16 static void fwd_blocks_row1(const fwd_args *a, int64_t t, int64_t jlo, int64_t jhi, const uint16_t *hp,
+                                 const float *cp, float *c_out) {
+    int64_t jb = jlo;
+    for (; jb + 2 <= jhi; jb += 2) fwd_row1(a, t, jb, hp, cp, c_out, 2);
+    if (jb < jhi) fwd_row1(a, t, jb, hp, cp, c_out, 1);
+}
 DEFINE_FWD_WORKER()
 
 /* ---------------------------------------------------------------- backward */
