@@ -22,6 +22,16 @@ where that call runs those kernels (tests/test_stream.py), at any thread count. 
 is bitwise the kernels' own ``b_ih + b_hh``. On a CPU without those kernels the step runs the
 same layer on :mod:`lstm_fast.cpu.stepwise`, the CPU implementation a plain call takes there.
 
+``dtype=torch.bfloat16``: the snapshot holds the weights rounded to bf16, packed once into the
+panels of the native bf16 kernels (:mod:`lstm_fast.cpu.bf16_sequence`: ``vdpbf16ps``, float32
+accumulation), half the bytes a step reads. The numerics are those of those kernels over a whole
+sequence (a bf16 FusedLSTM, or one under CPU autocast on that route): x and h rounded to bf16, the
+cell state float32 from step to step, ``step`` returning bf16. A stream's outputs are bitwise
+those of one plain call over the same sequence on those kernels (tests/test_stream.py). On a CPU
+without AVX512-BF16 the step computes the same rounded operands in float32 on
+:mod:`lstm_fast.cpu.stepwise` (exact products, float32 sums: the same values to float32 rounding,
+not bitwise).
+
 One stream serves one sequence of steps: calling ``step`` on the same stream from two threads at
 once raises (make one stream per request or thread; the snapshot is per stream).
 """
@@ -30,22 +40,25 @@ import threading
 import torch
 from torch import nn
 
-from .cpu import small_batch, stepwise
+from .cpu import bf16_sequence, small_batch, stepwise
 from .layer_math import summed_bias
 
 _F32 = torch.float32
+_BF16 = torch.bfloat16
 
 
 class LSTMStream:
-    """``LSTMStream(lstm, batch_size=1)``: a snapshot of ``lstm`` (an ``nn.LSTM`` or FusedLSTM on
-    the CPU, float32, one direction, no projections) for one step per call at ``batch_size`` rows.
+    """``LSTMStream(lstm, batch_size=1, dtype=torch.float32)``: a snapshot of ``lstm`` (an
+    ``nn.LSTM`` or FusedLSTM on the CPU, one direction, no projections; float32 parameters, or
+    bf16 ones for ``dtype=torch.bfloat16``) for one step per call at ``batch_size`` rows.
 
-    ``step(x)``: x (batch_size, input_size) float32 -> the top layer's h (batch_size, hidden_size),
-    a new tensor; the state advances. ``state``: (h, c) copies, each (num_layers, batch_size,
-    hidden_size). ``reset(state=None)``: zeros, or a given (h, c). ``refresh()``: take the
-    module's current parameters (same shapes) into the snapshot."""
+    ``step(x)``: x (batch_size, input_size) float32 (or bf16 where ``dtype`` is bf16) -> the top
+    layer's h (batch_size, hidden_size) in ``dtype``, a new tensor; the state advances. ``state``:
+    (h, c) copies, each (num_layers, batch_size, hidden_size), h in ``dtype``, c float32.
+    ``reset(state=None)``: zeros, or a given (h, c). ``refresh()``: take the module's current
+    parameters (same shapes) into the snapshot."""
 
-    def __init__(self, lstm, batch_size=1):
+    def __init__(self, lstm, batch_size=1, dtype=torch.float32):
         if not isinstance(lstm, nn.LSTM):
             raise TypeError(f"LSTMStream: lstm must be an nn.LSTM (or FusedLSTM), got {type(lstm).__name__}")
         if lstm.bidirectional:
@@ -55,28 +68,49 @@ class LSTMStream:
             raise ValueError("LSTMStream: proj_size > 0 is not supported")
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"LSTMStream: batch_size must be a positive int, got {batch_size!r}")
+        if dtype not in (_F32, _BF16):
+            raise TypeError(f"LSTMStream: dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
+        param_dtypes = (_F32,) if dtype is _F32 else (_F32, _BF16)
         for name in lstm._flat_weights_names:
             p = getattr(lstm, name)
-            if p.device.type != "cpu" or p.dtype != _F32:
-                raise TypeError(f"LSTMStream: {name} must be a float32 CPU tensor, got {p.dtype} on {p.device}")
+            if p.device.type != "cpu" or p.dtype not in param_dtypes:
+                raise TypeError(f"LSTMStream: {name} must be a " + " or ".join(str(d)[6:] for d in param_dtypes)
+                                + f" CPU tensor, got {p.dtype} on {p.device}")
         self._module = lstm
+        self.dtype = dtype
         self.num_layers, self.hidden_size, self.input_size = lstm.num_layers, lstm.hidden_size, lstm.input_size
         self.batch_size = batch_size
         L, B, H = self.num_layers, batch_size, self.hidden_size
         self._dims = [self.input_size] + [H] * (L - 1)
-        self._w_ih = [torch.empty(4 * H, d) for d in self._dims]
-        self._w_hh = [torch.empty(4 * H, H) for _ in range(L)]
+        # bf16: the native kernels' panels where this CPU has them, else bf16 values held in
+        # float32 for the stepwise fallback (see the module docstring)
+        self._panels = dtype is _BF16 and bf16_sequence.cpu_supported()
+        if self._panels:
+            self._w_ih = [torch.empty(0, dtype=_BF16) for _ in self._dims]    # replaced by refresh()
+            self._w_hh = [torch.empty(0, dtype=_BF16) for _ in self._dims]
+        else:
+            self._w_ih = [torch.empty(4 * H, d) for d in self._dims]
+            self._w_hh = [torch.empty(4 * H, H) for _ in range(L)]
         self._bias = [torch.empty(4 * H) for _ in range(L)] if lstm.bias else None
         self.refresh()
         # Two state sets (h, c), each (L, B, H): step n reads set n % 2 and writes the other.
-        self._h = [torch.zeros(L, B, H), torch.zeros(L, B, H)]
+        self._h = [torch.zeros(L, B, H, dtype=dtype), torch.zeros(L, B, H, dtype=dtype)]
         self._c = [torch.zeros(L, B, H), torch.zeros(L, B, H)]
         self._mid = [torch.empty(B, H) for _ in range(L - 1)]   # outputs of the layers below the top
         self._parity = 0
         self._lock = threading.Lock()
         self._x_shape = (B, self.input_size)
-        self._kernels = small_batch._small_batch_kernels
-        self._calls = [self._layer_args(p) for p in (0, 1)] if self._kernels is not None else None
+        self._x_dtypes = (_F32,) if dtype is _F32 else (_F32, _BF16)
+        self._x16 = torch.empty(B, self.input_size, dtype=_BF16) if dtype is _BF16 else None
+        if dtype is _F32:
+            self._kernels = small_batch._small_batch_kernels
+            self._calls = [self._layer_args(p) for p in (0, 1)] if self._kernels is not None else None
+        else:
+            self._kernels = bf16_sequence._bf16_sequence_kernels if self._panels else None
+            self._calls = [self._layer_args_bf16(p) for p in (0, 1)] if self._panels else None
+            # the top layer's new h after a step reading set p (views made once: a view and a
+            # separate empty + copy per step cost ~4 us more than one clone, measured at H 256)
+            self._top = [self._h[1][L - 1], self._h[0][L - 1]]
 
     # ---------------------------------------------------------------- the snapshot
     def refresh(self):
@@ -85,17 +119,32 @@ class LSTMStream:
         with torch.no_grad():
             for layer in range(self.num_layers):
                 s = f"_l{layer}"
-                for dst, name in ((self._w_ih[layer], "weight_ih" + s), (self._w_hh[layer], "weight_hh" + s)):
+                for store, name, K in ((self._w_ih, "weight_ih" + s, self._dims[layer]),
+                                       (self._w_hh, "weight_hh" + s, self.hidden_size)):
                     src = getattr(m, name)
-                    if src.shape != dst.shape or src.dtype != _F32 or src.device.type != "cpu":
+                    want = (4 * self.hidden_size, K)
+                    if tuple(src.shape) != want or src.dtype not in (_F32, self.dtype) or src.device.type != "cpu":
                         raise RuntimeError(f"LSTMStream.refresh: {name} is now {src.dtype} {tuple(src.shape)} on "
-                                           f"{src.device}, the stream was made for float32 {tuple(dst.shape)} on cpu")
-                    dst.copy_(src)
+                                           f"{src.device}, the stream was made for {want} on cpu")
+                    if self._panels:    # the bf16 kernels' forward panels, packed (rounded) once
+                        # (cloned: pack_panels returns a pooled workspace buffer)
+                        packed = bf16_sequence.pack_panels(src).clone()
+                        if store[layer].shape == packed.shape:
+                            store[layer].copy_(packed)      # in place: the kernel arguments hold its address
+                        else:
+                            store[layer] = packed
+                    elif self.dtype is _BF16:
+                        store[layer].copy_(src.to(_BF16))   # bf16 values, held in float32
+                    else:
+                        store[layer].copy_(src)
                 if self._bias is not None:
                     b_ih, b_hh = getattr(m, "bias_ih" + s), getattr(m, "bias_hh" + s)
                     if b_ih.shape != (4 * self.hidden_size,) or b_hh.shape != (4 * self.hidden_size,):
                         raise RuntimeError(f"LSTMStream.refresh: the biases of layer {layer} changed shape")
-                    self._bias[layer].copy_(summed_bias(b_ih, b_hh))   # the kernels' own b_ih + b_hh, in float32
+                    if self.dtype is _BF16:     # the bf16 kernels' own float32 sum
+                        self._bias[layer].copy_(bf16_sequence.float_bias(b_ih, b_hh))
+                    else:
+                        self._bias[layer].copy_(summed_bias(b_ih, b_hh))   # the kernels' own b_ih + b_hh, in float32
 
     def _layer_args(self, p):
         """Per layer, the kernel arguments of a step reading state set p: (before Y, after Y)."""
@@ -110,6 +159,20 @@ class LSTMStream:
             calls.append((before, after))
         return calls
 
+    def _layer_args_bf16(self, p):
+        """Per layer, the bf16 kernel's arguments of a step reading state set p, around X: (after
+        X, after Y). One step (T = 1): Y is the layer's new h (the other set), C its new c."""
+        B, H = self.batch_size, self.hidden_size
+        calls = []
+        for layer in range(self.num_layers):
+            b = self._bias[layer].data_ptr() if self._bias is not None else None
+            h, c = self._h[p][layer], self._c[p][layer]
+            hn, cn = self._h[1 - p][layer], self._c[1 - p][layer]
+            after_x = (self._w_ih[layer].data_ptr(), b, self._w_hh[layer].data_ptr(), h.data_ptr(), c.data_ptr())
+            after_y = (cn.data_ptr(), None, 1, B, self._dims[layer], H)
+            calls.append((after_x, hn.data_ptr(), after_y))
+        return calls
+
     # ---------------------------------------------------------------- state
     @property
     def state(self):
@@ -118,7 +181,7 @@ class LSTMStream:
 
     def reset(self, state=None):
         """Start a new sequence: the state zero, or ``state`` = (h, c), each (num_layers, batch_size,
-        hidden_size) float32 (copied in)."""
+        hidden_size) (copied in: h rounded to the stream's dtype, c kept float32)."""
         if state is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError("LSTMStream.reset: state must be a pair (h, c) of tensors")
@@ -148,18 +211,27 @@ class LSTMStream:
 
     # ---------------------------------------------------------------- the step
     def step(self, x):
-        """One step: x (batch_size, input_size) float32 CPU -> the top layer's new h (batch_size,
-        hidden_size); the state advances."""
+        """One step: x (batch_size, input_size) float32 CPU (or bf16 where the stream is) -> the top
+        layer's new h (batch_size, hidden_size) in the stream's dtype; the state advances."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"LSTMStream.step: x must be a tensor, got {type(x).__name__}")
-        if x.dtype is not _F32 or not x.is_cpu or x.shape != self._x_shape:
+        if x.dtype not in self._x_dtypes or not x.is_cpu or x.shape != self._x_shape:
             self._bad_input(x)
         if not x.is_contiguous():
             x = x.contiguous()
         self._hold()
         try:
             p = self._parity
-            out = torch.empty(self.batch_size, self.hidden_size)
+            if self._calls is not None and self.dtype is _BF16:
+                self._x16.copy_(x)      # rounded to bf16 (a copy where x already is bf16)
+                forward, nt = self._kernels.forward_seq, torch.get_num_threads()
+                xp = self._x16.data_ptr()
+                for after_x, yp, after_y in self._calls[p]:
+                    forward(xp, *after_x, yp, *after_y, nt, None)
+                    xp = yp
+                self._parity = 1 - p
+                return self._top[p].clone()
+            out = torch.empty(self.batch_size, self.hidden_size, dtype=self.dtype)
             if self._calls is None:
                 self._step_torch(x, p, out)
             else:
@@ -181,18 +253,20 @@ class LSTMStream:
             raise ValueError(f"LSTMStream.step: expected x to be 2-D (batch_size, input_size), got {x.dim()}-D")
         if x.shape != self._x_shape:
             raise RuntimeError(f"LSTMStream.step: expected x of size {list(self._x_shape)}, got {list(x.shape)}")
-        raise RuntimeError(f"LSTMStream.step: x must be a float32 CPU tensor, got {x.dtype} on {x.device}")
+        want = " or ".join(str(d)[6:] for d in self._x_dtypes)
+        raise RuntimeError(f"LSTMStream.step: x must be a {want} CPU tensor, got {x.dtype} on {x.device}")
 
     def _step_torch(self, x, p, out):
         """The step without the C kernels: each layer on :mod:`lstm_fast.cpu.stepwise` (the CPU
-        implementation a plain call takes there), its state copied into the other set."""
+        implementation a plain call takes there), its state copied into the other set. bf16: the
+        same on x and h rounded to bf16 and the bf16 weight values, in float32."""
         with torch.no_grad():
-            inp = x
+            inp = x if self.dtype is _F32 else x.to(_BF16).float()
             for layer in range(self.num_layers):
                 bias = self._bias[layer] if self._bias is not None else None
-                y, (h, c) = stepwise.forward_inference(inp[None], self._h[p][layer], self._c[p][layer],
+                y, (h, c) = stepwise.forward_inference(inp[None], self._h[p][layer].float(), self._c[p][layer],
                                                        self._w_ih[layer], self._w_hh[layer], bias)
-                self._h[1 - p][layer].copy_(h)
+                self._h[1 - p][layer].copy_(h)      # rounded to bf16 where the stream is
                 self._c[1 - p][layer].copy_(c)
-                inp = y[0]
+                inp = self._h[1 - p][layer].float()
             out.copy_(inp)

@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from lstm_fast import FusedLSTM, LSTMStream
-from lstm_fast.cpu import small_batch
+from lstm_fast.cpu import bf16_sequence, small_batch
 from lstm_fast.d2l import generate
 
 needs_kernels = pytest.mark.skipif(small_batch._small_batch_kernels is None,
                                    reason="no small-batch kernels on this CPU")
+needs_bf16_kernels = pytest.mark.skipif(not bf16_sequence.cpu_supported(),
+                                        reason="no native bf16 kernels on this CPU (AVX512-BF16)")
+BF16 = torch.bfloat16
 
 SHAPES = [  # (layers, batch, input, hidden)
     pytest.param(1, 1, 1, 1, id="L1-B1-D1-H1"),
@@ -193,6 +196,99 @@ def test_non_contiguous_input():
     x = torch.randn(4, 3).t()
     assert not x.is_contiguous()
     assert torch.equal(s1.step(x), s2.step(x.contiguous()))
+
+
+# ---------------------------------------------------------------- dtype=torch.bfloat16
+def _native_bf16_plain_calls(monkeypatch):
+    """Plain calls on the vdpbf16ps kernels the bf16 stream runs: not AMX, not the float32
+    small-batch kernels that CPU autocast takes at small batches, not the upcast route."""
+    monkeypatch.setenv(small_batch.SWITCH, "0")
+    monkeypatch.setattr(bf16_sequence, "MODE", "native")
+    monkeypatch.setattr(bf16_sequence, "USE_AMX", False)
+
+
+@needs_bf16_kernels
+@pytest.mark.parametrize("params", ["float32-autocast", "bf16"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("L,B,D,H", SHAPES)
+def test_bf16_bitwise_one_plain_call_over_the_sequence(monkeypatch, L, B, D, H, bias, params):
+    """Steps of a bf16 stream are bitwise one plain call over the whole sequence on the bf16
+    kernels (x, h in bf16, c float32 from step to step): bf16 parameters, or float32 ones under
+    CPU autocast. B 1 runs the kernels' one-row tiles, B 2 and 3 their 4-row tiles."""
+    _native_bf16_plain_calls(monkeypatch)
+    m = FusedLSTM(D, H, num_layers=L, bias=bias).eval()
+    if params == "bf16":
+        m = m.to(BF16)
+    s = LSTMStream(m, B, dtype=BF16)
+    _poison(s)
+    xs = _steps(B, D, steps=5)
+    outs = [s.step(x) for x in xs]
+    x = torch.stack(xs)
+    with torch.no_grad(), torch.autocast("cpu", BF16, enabled=params != "bf16"):
+        y, (h_n, c_n) = m(x.to(BF16) if params == "bf16" else x)
+    assert y.dtype == BF16 and all(o.dtype == BF16 for o in outs)
+    assert torch.equal(torch.stack(outs), y)
+    h, c = s.state
+    assert h.dtype == BF16 and c.dtype == torch.float32
+    assert torch.equal(h, h_n) and torch.equal(c.to(BF16), c_n)
+
+
+def _rounded(t):
+    return t.to(BF16).double()
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch-fallback"])
+@pytest.mark.parametrize("L,B,D,H", SHAPES)
+def test_bf16_against_a_rounded_float64_cell(monkeypatch, L, B, D, H, kernels):
+    """Each step against an independent float64 cell on the same rounded operands (bf16 weights,
+    x and the stream's own h; the stream's c, float32): c to float32 rounding, h to one bf16 step."""
+    if kernels and not bf16_sequence.cpu_supported():
+        pytest.skip("no native bf16 kernels on this CPU")
+    if not kernels:
+        monkeypatch.setattr(bf16_sequence, "cpu_supported", lambda: False)
+    m = nn.LSTM(D, H, num_layers=L)
+    s = LSTMStream(m, B, dtype=BF16)
+    assert (s._calls is None) == (not kernels)
+    _poison(s)
+    s.reset((torch.randn(L, B, H), torch.randn(L, B, H)))
+    for x in _steps(B, D):
+        h_prev, c_prev = s.state
+        out = s.step(x)
+        h_new, c_new = s.state
+        inp = _rounded(x)
+        for layer in range(L):
+            w_ih, w_hh = (_rounded(getattr(m, f"{n}_l{layer}").detach()) for n in ("weight_ih", "weight_hh"))
+            b = sum(getattr(m, f"{n}_l{layer}").detach().double() for n in ("bias_ih", "bias_hh"))
+            i, f, g, o = (inp @ w_ih.t() + h_prev[layer].double() @ w_hh.t() + b).chunk(4, 1)
+            c = torch.sigmoid(f) * c_prev[layer].double() + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            torch.testing.assert_close(c_new[layer].double(), c, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(h_new[layer].double(), h, rtol=2 ** -8, atol=1e-5)
+            inp = h_new[layer].double()
+        assert torch.equal(out, h_new[-1])
+
+
+def test_bf16_snapshot_until_refresh_and_errors():
+    m = FusedLSTM(6, 20, num_layers=2).eval()
+    s = LSTMStream(m, 1, dtype=BF16)
+    x = torch.randn(1, 6)
+    first = s.step(x)
+    with torch.no_grad():
+        m.weight_hh_l1.mul_(3)
+        m.weight_ih_l0.data = torch.randn(80, 6)
+    s.reset()
+    assert torch.equal(s.step(x), first)
+    s.refresh()
+    s.reset()
+    assert torch.equal(s.step(x), LSTMStream(m, 1, dtype=BF16).step(x))
+    s1, s2 = LSTMStream(m, 1, dtype=BF16), LSTMStream(m, 1, dtype=BF16)
+    assert torch.equal(s1.step(x.to(BF16)), s2.step(x.to(BF16).float()))     # a bf16 x, taken as it is
+    with pytest.raises(TypeError, match="dtype"):
+        LSTMStream(m, 1, dtype=torch.float16)
+    with pytest.raises(TypeError, match="weight_ih_l0"):
+        LSTMStream(nn.LSTM(3, 4).to(BF16))           # bf16 parameters need dtype=bfloat16
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        s.step(torch.randn(1, 6, dtype=torch.float64))
 
 
 def test_generation_on_a_stream_gives_the_module_loops_text(monkeypatch):
