@@ -27,10 +27,10 @@ Rows (``--rows``):
   H in 256, 512, 1024. The time is per call = per step. FusedLSTM's row also holds ``split``: the
   implementation's own ``forward_inference`` (the kernel and its binding, operands already cast,
   timed in the same rounds) against the whole module call; the rest is checks, dispatch,
-  allocation and autograd bookkeeping (issue 20, item 2). float32 rows also hold ``stream``:
+  allocation and autograd bookkeeping (issue 20, item 2). Step rows also hold ``stream``:
   :class:`lstm_fast.LSTMStream` on the same module (the serving API: a snapshot of the weights,
-  the state kept inside, ``step(x)``), checked against nn.LSTM as the peers are, timed in the
-  same rounds.
+  the state kept inside, ``step(x)``; bf16 rows ``dtype=torch.bfloat16``, the weights packed once
+  into bf16 panels), checked against nn.LSTM as the peers are, timed in the same rounds.
 * ``sequence``: whole sequences, one call each: B in 1, 4; T in 35, 1000; H in 256, 512; D = 64
   (an embedding-sized input, the issue's B1 T1000 D64 H512 measurement); plus the d2l shape
   B32 T35 D28 H256 and B64 T100 D128 H512.
@@ -367,10 +367,11 @@ def kernel_block(layer, precision, B):
     return plan.implementation, block
 
 
-def stream_runner(layer, B):
-    """(run, block) for :class:`lstm_fast.LSTMStream` over the FusedLSTM (float32 step rows): the
-    serving API with a snapshot of the weights; ``run`` starts it from (h, c) for the check."""
-    stream = LSTMStream(layer.fused, B)
+def stream_runner(layer, B, precision):
+    """(run, block) for :class:`lstm_fast.LSTMStream` over the FusedLSTM (step rows; bf16 rows:
+    ``dtype=torch.bfloat16``, the weights packed into bf16 panels once): the serving API with a
+    snapshot of the weights; ``run`` starts it from (h, c) for the check."""
+    stream = LSTMStream(layer.fused, B, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
 
     def run(x, h, c):
         stream.reset((h, c))
@@ -508,13 +509,12 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
     stream_error = None
     if kind == "step" and "fused" in blocks:
         split_impl, blocks["fused:implementation-call"] = kernel_block(layer, precision, B)
-        if precision == "float32":
-            run, blocks["fused:stream"] = stream_runner(layer, B)
-            stream_error = max_error(run, layer, kind, B, T)
-            if stream_error > TOLERANCE[precision]:
-                doc["failed"].append(dict(shape, implementation="fused:stream", max_abs_error=stream_error,
-                                          tolerance=TOLERANCE[precision]))
-                del blocks["fused:stream"]
+        run, blocks["fused:stream"] = stream_runner(layer, B, precision)
+        stream_error = max_error(run, layer, kind, B, T)
+        if stream_error > TOLERANCE[precision]:
+            doc["failed"].append(dict(shape, implementation="fused:stream", max_abs_error=stream_error,
+                                      tolerance=TOLERANCE[precision]))
+            del blocks["fused:stream"]
     if kind == "step":
         for peer in ("onnxruntime", "openvino"):
             if peer in blocks:
@@ -550,7 +550,10 @@ def measure_group(layer, kind, B, T, threads, precision, peers, rounds, round_s,
                             "module_call_seconds": med, "outside_implementation_seconds": med - kmed}
         if peer == "fused" and "fused:stream" in times:
             sq1, smed, sq3 = quartiles(times["fused:stream"])
-            row["stream"] = {"api": "LSTMStream.step (a snapshot of the weights, the state kept inside)",
+            api = "LSTMStream.step (a snapshot of the weights, the state kept inside)"
+            if precision == "bf16":
+                api = api.replace("LSTMStream.step", "LSTMStream(dtype=torch.bfloat16).step")
+            row["stream"] = {"api": api,
                              "seconds": smed, "q1_seconds": sq1, "q3_seconds": sq3, "max_abs_error": stream_error}
         rows.append(row)
     by = {r["implementation"]: r for r in rows}

@@ -440,7 +440,8 @@ def render_peers():
                           "autocast, OpenVINO with the bf16 precision hint, onnxruntime's float32 row. onnxruntime and "
                           "OpenVINO: their call on buffers bound once (IOBinding; shared-memory tensors), then "
                           "(\"plain\") their feed-dict call. LSTMStream: `lstm_fast.LSTMStream` on the same module (a snapshot of "
-                          "the weights, the state kept inside; float32 rows), and its ratio to onnxruntime.", "",
+                          "the weights, the state kept inside; bf16 rows: `dtype=torch.bfloat16`, the weights packed once "
+                          "into bf16 panels), and its ratio to onnxruntime.", "",
                       "| H | threads | dtype | **FusedLSTM** | split: impl + rest | LSTMStream | nn.LSTM | onnxruntime | "
                       "OpenVINO | limit (probe GB/s) | vs nn.LSTM | vs onnxruntime | stream vs onnxruntime | over limit |",
                       "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
