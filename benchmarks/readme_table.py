@@ -51,6 +51,21 @@ def load(kind):
     return docs
 
 
+def machine(f, doc):
+    """The machine a results file came from, as the tables name it: the device name, and for a CPU
+    the ISA its kernels ran (from ``cpu_features``; older files: "AVX2" where the file name says so),
+    since the AVX2 and the AVX-512 AMD EPYC both call themselves "AMD EPYC"."""
+    env = doc["environment"]
+    name = env["device_name"]
+    if name != env.get("cpu"):
+        return name
+    flags = (env.get("cpu_features") or {}).get("flags")
+    if flags is not None:
+        isa = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+        return f"{name}, {isa}" if isa else name
+    return f"{name}, AVX2" if "-avx2" in f.name else name
+
+
 def provenance(f, doc):
     """Where a number comes from: file, command, commit, machine and date."""
     env, commit = doc["environment"], doc.get("commit") or {}
@@ -60,7 +75,7 @@ def provenance(f, doc):
     busy = (f", load average {load[0]:.1f} on {env.get('cores', '?')} cores while measuring (shared machine: other "
             f"processes ran too)" if load else "")
     return (f"`benchmarks/results/{f.name}`, written by `{doc.get('command', 'unknown')}` at commit {sha}{modified}; "
-            f"{env['device_name']} ({env.get('threads', '?')} thread{'' if env.get('threads') == 1 else 's'}), "
+            f"{machine(f, doc)} ({env.get('threads', '?')} thread{'' if env.get('threads') == 1 else 's'}), "
             f"torch {env['torch']}, measured {env['date'][:10]}{busy}")
 
 
@@ -104,12 +119,12 @@ def summary_rows():
     """(label, FusedLSTM tokens/sec, nn.LSTM tokens/sec, file) at the reference shapes: float32
     from the throughput files, bf16 (both under the same autocast) from the 2-thread bf16 file."""
     rows = []
-    machines = {doc["environment"]["device_name"] for _, doc in load("throughput")}
+    machines = {machine(f, doc) for f, doc in load("throughput")}
     for f, doc in load("throughput"):
         by = {(r["implementation"],) + _key(r): r for r in doc["rows"] if r["device"] == "cpu"}
         threads = doc["environment"].get("threads")
         # several machines' files: each row says whose it is
-        on = f" ({doc['environment']['device_name']})" if len(machines) > 1 else ""
+        on = f" ({machine(f, doc)})" if len(machines) > 1 else ""
         for (impl, *key), r in sorted(by.items(), key=lambda kv: (kv[0][4] * kv[0][5], kv[0][2])):
             t = by.get(("torch", *key))
             if impl == "fused" and t:
@@ -123,7 +138,7 @@ def summary_rows():
         for (impl, prec, mode, B, T, D, H), r in sorted(by.items(), key=lambda kv: (kv[0][3] * kv[0][4], kv[0][2])):
             t = by.get(("torch", prec, mode, B, T, D, H))
             if impl == "fused" and prec == "autocast-bf16" and t:
-                on = f" ({env['device_name']})" if len(machines) > 1 else ""
+                on = f" ({machine(f, doc)})" if len(machines) > 1 else ""
                 rows.append((f"{mode} B{B} T{T} H{H} bf16 autocast, 2 threads{on}", r["tokens_per_sec"],
                              t["tokens_per_sec"], f.name))
     return rows
@@ -134,8 +149,8 @@ def render_summary():
     if not rows:
         return "No CPU results measured yet."
     files = sorted({r[3] for r in rows})
-    machine = " and ".join(sorted({doc["environment"]["device_name"] for _, doc in load("throughput")})) or "this machine"
-    lines = [f"CPU, {machine}, tokens/sec (median of interleaved rounds; from "
+    machines = " and ".join(sorted({machine(f, doc) for f, doc in load("throughput")})) or "this machine"
+    lines = [f"CPU, {machines}, tokens/sec (median of interleaved rounds; from "
              + ", ".join(f"`benchmarks/results/{n}`" for n in files) + "):", "",
              "| case | FusedLSTM | nn.LSTM | FusedLSTM / nn.LSTM |", "|---|---:|---:|---:|"]
     for label, ours, theirs, _ in rows:
