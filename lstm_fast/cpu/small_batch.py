@@ -7,13 +7,15 @@ Why a separate path: at small B a step is a matrix-vector product per weight mat
 the weight bytes over cache bandwidth. The whole-sequence kernels (:mod:`.sequence`) pack both
 weight matrices into panels on every call, which at T = 1 costs more than the step itself. These
 kernels read W_ih and W_hh in PyTorch's own layout (nothing packed or cached: every way of
-changing a parameter is seen by the next call); each thread owns a fixed slice of hidden units
-so its slice of W_hh stays in its own L2; the threads meet once per step at a spin-then-yield
-barrier. Results are bitwise independent of the thread count (fixed reduction order per gate).
+changing a parameter is seen by the next call); each thread does its own slice of hidden units
+first, so its slice of W_hh stays in its own L2; each step is a claimed phase (thread_team.h:
+a thread also takes the slices of threads not yet there, so a call never waits at a step for a
+descheduled thread). Results are bitwise independent of the thread count and of who computed
+what (fixed reduction order per gate).
 
 Saved for the backward: the activated gates (T, B, 4H) and cell states (T, B, H), the layout of
-:mod:`.sequence`. The backward through time is a C call here too (one barrier per step: the cell
-gradients, then dh_{t-1} = dG_t W_hh with each thread owning 16 columns of dh); the weight
+:mod:`.sequence`. The backward through time is a C call here too (one claimed phase per step:
+dh_t = dG_{t+1} W_hh column block by column block, then the cell gradients of those units); the weight
 gradients come from the packed weight-gradient GEMM (:mod:`.weight_gradient`) and ``dx`` from one GEMM.
 
 Dispatch: :func:`use_for` (env ``LSTM_FAST_CPU_SMALL_BATCH``: ``auto`` (default, the measured

@@ -495,49 +495,6 @@ static void launch(void (*fn)(void *), void *arg, int nthreads) {
     Py_END_ALLOW_THREADS
 }
 
-/* The recurrences on a claimed-phase team (thread_team.h), the GIL released. Inference calls
- * follow the runner policy, starting on the pool (serving and generation loops have no torch
- * parallel op between their calls). Training calls (a forward that saves, every backward) always
- * run on torch's OpenMP team: the loop's own torch ops keep it spinning, and the policy, judging
- * by stolen items, moved them to the pool often enough to cost 1.16x (B 1 T 35 H 256, measured
- * on the AMD EPYC). */
-static team_policy infer_policy = TEAM_POLICY(TEAM_POOL, 0), train_policy = TEAM_POLICY(TEAM_OPENMP, 1);
-static void launch_team(void (*fn)(void *, int), void *arg, team_phases *ph, team_policy *pol) {
-    resolve_gomp();   /* under the GIL: its lookup is not thread-safe */
-    Py_BEGIN_ALLOW_THREADS
-    team_run(fn, arg, ph, pol);
-    Py_END_ALLOW_THREADS
-}
-
-/* Tests: pool workers wait this many microseconds before joining a call (a late thread). */
-static PyObject *py_set_join_delay_us(PyObject *self, PyObject *arg) {
-    long us = PyLong_AsLong(arg);
-    if (us == -1 && PyErr_Occurred()) return NULL;
-    team_test_join_delay_us = us < 0 ? 0 : (int)us;
-    Py_RETURN_NONE;
-}
-
-/* Tests: which team the recurrences run on: 0 the runner policy (default), 1 the pool, 2 OpenMP's;
- * the inference policy starts over. */
-static PyObject *py_set_team_mode(PyObject *self, PyObject *arg) {
-    long m = PyLong_AsLong(arg);
-    if (m == -1 && PyErr_Occurred()) return NULL;
-    if (m < 0 || m > 2) { PyErr_SetString(PyExc_ValueError, "team mode must be 0, 1 or 2"); return NULL; }
-    team_test_mode = (int)m;
-    const team_policy fresh = TEAM_POLICY(TEAM_POOL, 0);
-    infer_policy = fresh;   /* and the inference policy starts over */
-    Py_RETURN_NONE;
-}
-
-/* Tests and benchmarks: counts since the module loaded (thread_team.h). */
-static PyObject *py_team_stats(PyObject *self, PyObject *unused) {
-    return Py_BuildValue("{sLsLsLsLsL}", "pool_calls", (long long)__atomic_load_n(&team_stat_calls, __ATOMIC_RELAXED),
-                         "switches", (long long)__atomic_load_n(&team_stat_switches, __ATOMIC_RELAXED),
-                         "joined", (long long)__atomic_load_n(&team_stat_joined, __ATOMIC_RELAXED),
-                         "stolen", (long long)__atomic_load_n(&team_stat_stolen, __ATOMIC_RELAXED),
-                         "openmp_calls", (long long)__atomic_load_n(&team_stat_gomp_calls, __ATOMIC_RELAXED));
-}
-
 #define NEED_AVX2()                                                                                \
     if (!avx2_ok()) { PyErr_SetString(PyExc_RuntimeError, "these kernels need AVX2 and FMA"); return NULL; }
 
@@ -766,10 +723,7 @@ static PyMethodDef methods[] = {
      "bf16_narrow(src, dst, n): floats to bf16, round to nearest even (autocast's outputs)"},
     {"forward_autocast", (PyCFunction)(void (*)(void))py_forward_autocast, METH_FASTCALL,
      "one step under CPU autocast to bf16: operands rounded, the float32 forward, bf16 outputs"},
-    {"_team_stats", py_team_stats, METH_NOARGS, "pool calls, runner switches, workers joined, items stolen, OpenMP calls so far"},
-    {"_set_team_mode", py_set_team_mode, METH_O, "tests: 0 the runner policy, 1 the pool, 2 OpenMP's team"},
-    {"_set_join_delay_us", py_set_join_delay_us, METH_O,
-     "tests: team workers wait this long before joining a forward or backward call"},
+    TEAM_TEST_METHODS
     {NULL, NULL, 0, NULL},
 };
 

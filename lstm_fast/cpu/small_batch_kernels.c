@@ -7,10 +7,11 @@
  * more than the steps of a T = 1 call take), and nn.LSTM / oneDNN pays its own per-call setup.
  * Here the weights are read in PyTorch's own layout (W (4H, K) row-major: a row is contiguous in
  * k), so there is nothing to pack or cache and every parameter change is seen by the next call.
- * Each thread owns a fixed slice of 16-unit blocks (its rows of all four gates), so across steps
- * (and across calls, torch's OpenMP pool keeping thread numbers) its slice of W_hh stays in its
- * own L2; the threads meet once per step at a spin-then-yield barrier (h_t of every unit is read
- * by every thread in the next step).
+ * Each thread does its own slice of 16-unit blocks first (its rows of all four gates), so across
+ * steps (and across calls) its slice of W_hh stays in its own L2; each step is a claimed phase
+ * (thread_team.h, as in the AVX2 kernels): a thread also takes the slices of threads that have not
+ * started, and after a while those a preempted thread left, so a call never waits at a step for a
+ * thread the scheduler has not run (h_t of every unit is read by every thread in the next step).
  *
  * Shapes: T steps, B batch, D input, H hidden, gates in nn.LSTM's order i, f, g, o.
  *   X (T, B, D); W_ih (4H, D); W_hh (4H, H); b_ih, b_hh (4H) or NULL; h0, c0 (B, H);
@@ -29,22 +30,23 @@
  * a step, the T*B inputs of the input projection): dot16_multi loads each W chunk once for up to 4
  * of them, each (row, vector) sum the same chain as dot16's. Gate pre-activation =
  * (W_hh h + W_ih x) + (b_ih + b_hh), float32 throughout. For T > 1 the input projection of a
- * thread's own rows for all T*B inputs runs before the loop (no barrier: the same thread uses it).
+ * unit block for all T*B inputs is the first phase, before the steps.
  *
  * forward(X, W_ih, W_hh, b_ih|None, b_hh|None, h0, c0, Y, hn, cn, G|None, C|None, P|None, S|None,
  *         T, B, D, H, nthreads, len|None)
  * backward(dY, W_hh, G, C, c0, dG, DH, DC, db|None, T, B, H, nthreads, len|None)
  *   dY (T, B, H) or NULL (zeros); G, C as saved; dG (T, B, 4H) out; DH, DC (B, H): in dh_n, dc_n
- *   (zeros if none), out dh_0, dc_0; db (4H) zeros in, out the bias gradient (each thread owns its
- *   units). Per step: the cell gradients (threads own 16-unit blocks), a barrier,
- *   dh_{t-1} = dG_t W_hh (threads own 16-column blocks of dh and read their columns of every
- *   W_hh row: a fixed r order; at B = 1 four 16-column blocks per pass over the rows, the same
- *   order per column); one barrier per step (between the two: dh needs every dG_t).
+ *   (zeros if none), out dh_0, dc_0; db (4H) zeros in, out the bias gradient (each item owns its
+ *   units). One claimed phase per step: an item of 16-unit blocks (four of them at B = 1) first
+ *   turns dG_{t+1} into its columns of dh_t = dG_{t+1} W_hh (every W_hh row's columns in a fixed r
+ *   order; at B = 1 four 16-column blocks per pass over the rows, the same order per column),
+ *   then runs the cell gradients of its units at step t; a last phase gives dh_0.
  * available() -> bool: AVX-512 present.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "kernel_support.h"
+#include "thread_team.h"
 
 #if LSTM_X86
 /* 16 accumulators -> one vector whose lane i is the sum of acc[i]'s lanes (fixed tree). */
@@ -142,7 +144,8 @@ typedef struct {
     int64_t T, B, D, H;
     int nthreads;
     const int64_t *len;
-    sb_barrier bar;
+    int64_t group;          /* unit blocks per claimed item */
+    team_phases ph;
 } fwd_args;
 
 #define BCHUNK 8   /* batch rows whose gate pre-activations a unit block holds at once */
@@ -160,80 +163,84 @@ static inline float *c_slot(const fwd_args *a, int64_t t) {
     return ((a->T - 1 - t) & 1) ? a->S : a->cn;
 }
 
-AVX512 static void fwd_worker(void *arg) {
-    fwd_args *a = (fwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t T = a->T, B = a->B, D = a->D, H = a->H, G4 = 4 * H, nb = (H + 15) / 16;
-    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
-    float *XP = a->G ? a->G : a->P;   /* input projections (T, B, 4H), when T > 1 */
-    if (T > 1) {
-        for (int64_t jb = jlo; jb < jhi; ++jb) {
-            const int64_t j0 = jb * 16;
-            const int nv = H - j0 < 16 ? (int)(H - j0) : 16;
-            const __mmask16 m = tail_mask(j0, H);
-            __m512 o[4];
-            for (int q = 0; q < 4; ++q)
-                for (int64_t tb = 0; tb < T * B; tb += 4) {
-                    const int64_t n = T * B - tb < 4 ? T * B - tb : 4;
-                    dot16_many(a->Wih, D, q * H + j0, nv, a->X + tb * D, D, n, o, 1);
-                    for (int64_t i = 0; i < n; ++i) _mm512_mask_storeu_ps(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
-                }
+/* The input projection of unit block jb for all T * B rows (T > 1): XP[:, q * H + j0 ..]. */
+AVX512 static void fwd_projection(const fwd_args *a, int64_t jb) {
+    const int64_t T = a->T, B = a->B, D = a->D, H = a->H, G4 = 4 * H, j0 = jb * 16;
+    float *XP = a->G ? a->G : a->P;
+    const int nv = H - j0 < 16 ? (int)(H - j0) : 16;
+    const __mmask16 m = tail_mask(j0, H);
+    __m512 o[4];
+    for (int q = 0; q < 4; ++q)
+        for (int64_t tb = 0; tb < T * B; tb += 4) {
+            const int64_t n = T * B - tb < 4 ? T * B - tb : 4;
+            dot16_many(a->Wih, D, q * H + j0, nv, a->X + tb * D, D, n, o, 1);
+            for (int64_t i = 0; i < n; ++i) _mm512_mask_storeu_ps(XP + (tb + i) * G4 + q * H + j0, m, o[i]);
         }
-    }
+}
+
+/* Step t of unit block jb for every row: gates, cell, h (and the saved gates, c, c_n). */
+AVX512 static void fwd_step(const fwd_args *a, int64_t t, int64_t jb) {
+    const int64_t T = a->T, B = a->B, D = a->D, H = a->H, G4 = 4 * H, j0 = jb * 16;
+    const float *XP = a->G ? a->G : a->P;   /* input projections (T, B, 4H), when T > 1 */
+    const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
+    const float *cp = t == 0 ? a->c0 : c_slot(a, t - 1);
+    float *co = c_slot(a, t);
+    const int nv = H - j0 < 16 ? (int)(H - j0) : 16;
+    const __mmask16 m = tail_mask(j0, H);
     __m512 pre[BCHUNK * 4], prex[BCHUNK * 4];
-    for (int64_t t = 0; t < T; ++t) {
-        const float *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
-        const float *cp = t == 0 ? a->c0 : c_slot(a, t - 1);
-        float *co = c_slot(a, t);
-        for (int64_t jb = jlo; jb < jhi; ++jb) {
-            const int64_t j0 = jb * 16;
-            const int nv = H - j0 < 16 ? (int)(H - j0) : 16;
-            const __mmask16 m = tail_mask(j0, H);
-            for (int64_t b0 = 0; b0 < B; b0 += BCHUNK) {
-                const int64_t nbat = B - b0 < BCHUNK ? B - b0 : BCHUNK;
-                for (int q = 0; q < 4; ++q) {
-                    dot16_many(a->Whh, H, q * H + j0, nv, hp + b0 * H, H, nbat, pre + q, 4);
-                    if (T == 1) dot16_many(a->Wih, D, q * H + j0, nv, a->X + b0 * D, D, nbat, prex + q, 4);
-                }
-                for (int64_t i = 0; i < nbat; ++i) {
-                    const int64_t b = b0 + i;
-                    __m512 g[4];
-                    for (int q = 0; q < 4; ++q) {
-                        __m512 xp = T > 1 ? _mm512_maskz_loadu_ps(m, XP + (t * B + b) * G4 + q * H + j0)
-                                          : prex[i * 4 + q];
-                        g[q] = _mm512_add_ps(_mm512_add_ps(pre[i * 4 + q], xp), bias16(a, q * H + j0, m));
-                    }
-                    __m512 I = v_sigmoid(g[0]), F = v_sigmoid(g[1]), Ct = v_tanh(g[2]), O = v_sigmoid(g[3]);
-                    __m512 c_prev = _mm512_maskz_loadu_ps(m, cp + b * H + j0);
-                    __m512 c = _mm512_fmadd_ps(F, c_prev, _mm512_mul_ps(I, Ct));
-                    __m512 h = _mm512_mul_ps(O, v_tanh(c));
-                    if (a->len && t >= a->len[b]) {   /* finished row: state frozen, output 0 */
-                        c = c_prev;
-                        if (t == 0) _mm512_mask_storeu_ps(a->hn + b * H + j0, m, _mm512_maskz_loadu_ps(m, a->h0 + b * H + j0));
-                        h = _mm512_setzero_ps();
-                    } else {
-                        _mm512_mask_storeu_ps(a->hn + b * H + j0, m, h);
-                    }
-                    _mm512_mask_storeu_ps(co + b * H + j0, m, c);
-                    _mm512_mask_storeu_ps(a->Y + (t * B + b) * H + j0, m, h);
-                    if (a->G) {
-                        float *gs = a->G + (t * B + b) * G4 + j0;
-                        _mm512_mask_storeu_ps(gs, m, I);
-                        _mm512_mask_storeu_ps(gs + H, m, F);
-                        _mm512_mask_storeu_ps(gs + 2 * H, m, Ct);
-                        _mm512_mask_storeu_ps(gs + 3 * H, m, O);
-                    }
-                }
+    for (int64_t b0 = 0; b0 < B; b0 += BCHUNK) {
+        const int64_t nbat = B - b0 < BCHUNK ? B - b0 : BCHUNK;
+        for (int q = 0; q < 4; ++q) {
+            dot16_many(a->Whh, H, q * H + j0, nv, hp + b0 * H, H, nbat, pre + q, 4);
+            if (T == 1) dot16_many(a->Wih, D, q * H + j0, nv, a->X + b0 * D, D, nbat, prex + q, 4);
+        }
+        for (int64_t i = 0; i < nbat; ++i) {
+            const int64_t b = b0 + i;
+            __m512 g[4];
+            for (int q = 0; q < 4; ++q) {
+                __m512 xp = T > 1 ? _mm512_maskz_loadu_ps(m, XP + (t * B + b) * G4 + q * H + j0) : prex[i * 4 + q];
+                g[q] = _mm512_add_ps(_mm512_add_ps(pre[i * 4 + q], xp), bias16(a, q * H + j0, m));
+            }
+            __m512 I = v_sigmoid(g[0]), F = v_sigmoid(g[1]), Ct = v_tanh(g[2]), O = v_sigmoid(g[3]);
+            __m512 c_prev = _mm512_maskz_loadu_ps(m, cp + b * H + j0);
+            __m512 c = _mm512_fmadd_ps(F, c_prev, _mm512_mul_ps(I, Ct));
+            __m512 h = _mm512_mul_ps(O, v_tanh(c));
+            if (a->len && t >= a->len[b]) {   /* finished row: state frozen, output 0 */
+                c = c_prev;
+                if (t == 0) _mm512_mask_storeu_ps(a->hn + b * H + j0, m, _mm512_maskz_loadu_ps(m, a->h0 + b * H + j0));
+                h = _mm512_setzero_ps();
+            } else {
+                _mm512_mask_storeu_ps(a->hn + b * H + j0, m, h);
+            }
+            _mm512_mask_storeu_ps(co + b * H + j0, m, c);
+            _mm512_mask_storeu_ps(a->Y + (t * B + b) * H + j0, m, h);
+            if (a->G) {
+                float *gs = a->G + (t * B + b) * G4 + j0;
+                _mm512_mask_storeu_ps(gs, m, I);
+                _mm512_mask_storeu_ps(gs + H, m, F);
+                _mm512_mask_storeu_ps(gs + 2 * H, m, Ct);
+                _mm512_mask_storeu_ps(gs + 3 * H, m, O);
             }
         }
-        if (a->G && t == T - 1)   /* saving: cn is also C[T-1] */
-            for (int64_t jb = jlo; jb < jhi; ++jb)
-                for (int64_t b = 0; b < B; ++b) {
-                    const __mmask16 m = tail_mask(jb * 16, H);
-                    _mm512_mask_storeu_ps(a->cn + b * H + jb * 16, m, _mm512_maskz_loadu_ps(m, co + b * H + jb * 16));
-                }
-        if (t + 1 < T) sb_wait(&a->bar, tm.nth);
     }
+    if (a->G && t == T - 1)   /* saving: cn is also C[T-1] */
+        for (int64_t b = 0; b < B; ++b)
+            _mm512_mask_storeu_ps(a->cn + b * H + j0, m, _mm512_maskz_loadu_ps(m, co + b * H + j0));
+}
+
+/* Phases (thread_team.h): the input projection when T > 1, then one per step; item g: unit
+ * blocks [g group, (g + 1) group). */
+AVX512 static void fwd_item(const fwd_args *a, int64_t p, int64_t g) {
+    const int64_t nb = (a->H + 15) / 16, jb1 = (g + 1) * a->group < nb ? (g + 1) * a->group : nb;
+    for (int64_t jb = g * a->group; jb < jb1; ++jb)
+        if (p < (a->T > 1)) fwd_projection(a, jb);
+        else fwd_step(a, p - (a->T > 1), jb);
+}
+#define FWD_ITEM(p, g) fwd_item(a, p, g)
+AVX512 static void fwd_worker(void *arg, int tid) {
+    fwd_args *a = (fwd_args *)arg;
+    const int64_t proj = a->T > 1;
+    TEAM_PHASES(&a->ph, tid, proj + a->T, FWD_ITEM)
 }
 
 /* ---------------------------------------------------------------- backward */
@@ -243,7 +250,8 @@ typedef struct {
     int64_t T, B, H;
     int nthreads;
     const int64_t *len;
-    sb_barrier bar;
+    int64_t group;          /* unit blocks per claimed item, a multiple of bwd_unit */
+    team_phases ph;
 } bwd_args;
 
 /* Gate gradients of step t for units [j0, j0+16) of every row (as sequence_kernels.c). */
@@ -346,31 +354,39 @@ AVX512 static void bwd_dh1(const bwd_args *a, int64_t t, int64_t jb0, int nblk) 
     for (int c = 0; c < nblk; ++c) _mm512_mask_storeu_ps(a->DH + (jb0 + c) * 16, m[c], _mm512_add_ps(s[c], u[c]));
 }
 
-AVX512 static void bwd_worker(void *arg) {
-    bwd_args *a = (bwd_args *)arg;
-    team_t tm = team(a->nthreads);
-    const int64_t nb = (a->H + 15) / 16;
-    const int64_t jlo = nb * tm.tid / tm.nth, jhi = nb * (tm.tid + 1) / tm.nth;
-    for (int64_t t = a->T - 1; t >= 0; --t) {
-        for (int64_t jb = jlo; jb < jhi; ++jb) bwd_cell(a, t, jb);
-        sb_wait(&a->bar, tm.nth);
-        /* no second barrier: step t-1's cell reads only this thread's DH, DC and writes dG[t-1],
-         * which nobody reads before the next barrier */
+/* Blocks per bwd_dh1 call at B == 1 (its 64 columns per broadcast), else 1: backward items are
+ * whole multiples of it. */
+static inline int64_t bwd_unit(const bwd_args *a) { return a->B == 1 ? 4 : 1; }
+
+/* Phases (thread_team.h): phase p < T is step t = T-1-p, its item g (blocks [g group, (g + 1)
+ * group)) first turns dG[t+1] into those blocks' DH columns (p > 0), then runs their cell: both
+ * read and write only the item's own columns of DH and DC, and dG[t+1] is complete at the phase's
+ * start. Phase T is the last DH (dh_0). Each DH column's sum is the same whoever computes it. */
+AVX512 static void bwd_item(const bwd_args *a, int64_t p, int64_t g) {
+    const int64_t T = a->T, t = T - 1 - p, nb = (a->H + 15) / 16;
+    const int64_t jb0 = g * a->group, jb1 = jb0 + a->group < nb ? jb0 + a->group : nb;
+    if (p > 0) {
         if (a->B == 1)
-            for (int64_t jb = jlo; jb < jhi; jb += 4) bwd_dh1(a, t, jb, jhi - jb < 4 ? (int)(jhi - jb) : 4);
+            for (int64_t jb = jb0; jb < jb1; jb += 4) bwd_dh1(a, t + 1, jb, jb1 - jb < 4 ? (int)(jb1 - jb) : 4);
         else
-            for (int64_t jb = jlo; jb < jhi; ++jb) bwd_dh(a, t, jb * 16);
+            for (int64_t jb = jb0; jb < jb1; ++jb) bwd_dh(a, t + 1, jb * 16);
     }
+    if (p < T)
+        for (int64_t jb = jb0; jb < jb1; ++jb) bwd_cell(a, t, jb);
+}
+#define BWD_ITEM(p, g) bwd_item(a, p, g)
+AVX512 static void bwd_worker(void *arg, int tid) {
+    bwd_args *a = (bwd_args *)arg;
+    TEAM_PHASES(&a->ph, tid, a->T + 1, BWD_ITEM)
 }
 #endif /* LSTM_X86 */
 
 /* ---------------------------------------------------------------- Python bindings */
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx512_ok()); }
 
-/* The team: torch's OpenMP pool, at most one thread per 16-unit block. */
-static int team_size(int requested, int64_t H) {
-    int64_t nb = (H + 15) / 16;
-    return requested < 1 ? 1 : (requested > nb ? (int)nb : requested);
+/* The team: at most one thread per item of 16-unit blocks. */
+static int team_size(int requested, int64_t blocks) {
+    return requested < 1 ? 1 : (requested > blocks ? (int)(blocks < 1 ? 1 : blocks) : requested);
 }
 
 static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -384,11 +400,13 @@ static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t na
                   PyLong_AsLongLong(args[17]), (int)PyLong_AsLong(args[18])};
     a.len = args[19] == Py_None ? NULL : PyLong_AsVoidPtr(args[19]);
     if (PyErr_Occurred()) return NULL;
-    a.nthreads = team_size(a.nthreads, a.H);
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(fwd_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
+    /* claimed phases over the unit blocks; saving calls on OpenMP's team, the others as the
+     * inference policy says (thread_team.h) */
+    const int64_t nb = (a.H + 15) / 16;
+    a.nthreads = team_size(a.nthreads, nb);
+    a.group = team_item_group(nb, a.nthreads);
+    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group, a.T + (a.T > 1));
+    launch_team(fwd_worker, &a, &a.ph, a.G ? &train_policy : &infer_policy);
 #endif
     Py_RETURN_NONE;
 }
@@ -403,11 +421,11 @@ static PyObject *py_backward(PyObject *self, PyObject *const *args, Py_ssize_t n
                   PyLong_AsLongLong(args[10]), PyLong_AsLongLong(args[11]), (int)PyLong_AsLong(args[12])};
     a.len = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
     if (PyErr_Occurred()) return NULL;
-    a.nthreads = team_size(a.nthreads, a.H);
-    resolve_gomp();
-    Py_BEGIN_ALLOW_THREADS
-    run(bwd_worker, &a, a.nthreads);
-    Py_END_ALLOW_THREADS
+    const int64_t nb = (a.H + 15) / 16, units = (nb + bwd_unit(&a) - 1) / bwd_unit(&a);
+    a.nthreads = team_size(a.nthreads, units);
+    a.group = team_item_group(units, a.nthreads) * bwd_unit(&a);
+    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group, a.T + 1);
+    launch_team(bwd_worker, &a, &a.ph, &train_policy);
 #endif
     Py_RETURN_NONE;
 }
@@ -416,6 +434,7 @@ static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "whether this CPU runs the small-batch kernels (AVX-512)"},
     {"forward", (PyCFunction)(void (*)(void))py_forward, METH_FASTCALL, "small-batch LSTM forward over T steps"},
     {"backward", (PyCFunction)(void (*)(void))py_backward, METH_FASTCALL, "small-batch backward through time"},
+    TEAM_TEST_METHODS
     {NULL, NULL, 0, NULL},
 };
 
