@@ -62,8 +62,8 @@ def machine(f, doc):
     flags = (env.get("cpu_features") or {}).get("flags")
     if flags is not None:
         isa = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
-        return f"{name}, {isa}" if isa else name
-    return f"{name}, AVX2" if "-avx2" in f.name else name
+        return f"{name} with {isa}" if isa else name
+    return f"{name} with AVX2" if "-avx2" in f.name else name
 
 
 def provenance(f, doc):

@@ -155,7 +155,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); recorded")
     ap.add_argument("--token", default="char", choices=("char", "word"), help="epoch: d2l's char tokens or words")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, to check the script (not for the README)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON file")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
+                    help="folder for the JSON file (<kind>-<machine>.json), or the file itself (a name ending in .json)")
     a = ap.parse_args(argv)
     if a.threads is not None:
         torch.set_num_threads(a.threads)
@@ -174,9 +175,9 @@ def main(argv=None):
         rows, stats = default_run(a.device, a.runs)
         extra.update(stats)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     word = "-word" if a.kind == "epoch" and a.token == "word" else ""
-    path = out / f"{a.kind}{word}-{device_slug(env, a.device)}.json"
+    path = out if out.suffix == ".json" else out / f"{a.kind}{word}-{device_slug(env, a.device)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, env, rows, extra)
     print(f"wrote {path}")
     return 0

@@ -226,6 +226,10 @@ def test_record_results_script_writes_evidence(tmp_path):
         readme_table.ROOT = old_root
     assert "packed / padded" in packed and "FusedLSTM" in packed and "record_results.py packed" in packed
     assert "Ours over d2l's" in epoch
+    named = tmp_path / "elsewhere" / "packed-this-cpu.json"     # --out naming the file itself
+    p = subprocess.run([sys.executable, str(script), "packed", "--tiny", "--budget", "0.02", "--rounds", "1",
+                        "--out", str(named)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and json.loads(named.read_text())["kind"] == "packed", p.stderr[-2000:]
 
 
 def _render_peers(root):
