@@ -329,6 +329,42 @@ def test_one_row_tiles_equal_a_row_of_the_batch_tiles(T, D, H, threads, monkeypa
         torch.set_num_threads(before)
 
 
+@native
+@pytest.mark.parametrize("delay_us", [0, 300, 20000], ids=lambda d: f"join-delay-{d}us")
+@pytest.mark.parametrize("runner", [1, 2], ids=["pool", "openmp"])
+@pytest.mark.parametrize("B,T,H", [(1, 5, 130), (5, 3, 70)], ids=["B1-H130", "B5-H70"])
+def test_forward_team_gives_the_one_thread_bits(B, T, H, runner, delay_us, monkeypatch):
+    """The vdpbf16ps forward runs on a claimed-phase team (thread_team.h): a worker that joins
+    late (or never: 20 ms is longer than these calls) changes who computes an item, never its
+    bits. Outputs and states, inference and a saving (training) forward, equal the 1-thread run's."""
+    monkeypatch.setattr(bf16_sequence, "USE_AMX", False)
+    k = bf16_sequence._bf16_sequence_kernels
+    torch.manual_seed(B * 10 + H)
+    w = [t.bfloat16() for t in (torch.randn(4 * H, 9) * 0.3, torch.randn(4 * H, H) * 0.3,
+                                torch.randn(4 * H), torch.randn(4 * H))]
+    x = torch.randn(T, B, 9).bfloat16()
+
+    def run():
+        with torch.no_grad():
+            y, (h, c) = fused_lstm(x, None, *w)
+        xg = x.clone().requires_grad_()
+        yg, _ = fused_lstm(xg, None, *w)
+        return y, h, c, yg.detach()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = run()
+        torch.set_num_threads(2)
+        k._set_team_mode(runner)
+        k._set_join_delay_us(delay_us)
+        for _ in range(2):
+            assert all(torch.equal(a, b) for a, b in zip(want, run(), strict=True))
+    finally:
+        k._set_team_mode(0)
+        k._set_join_delay_us(0)
+        torch.set_num_threads(before)
+
+
 def test_upcast_forced_is_the_float32_kernels_on_upcast_operands(monkeypatch, kernel_calls):
     """LSTM_FAST_CPU_BF16=upcast: today's path, exactly: the float32 layer on bf16-rounded
     operands, outputs rounded to bf16."""

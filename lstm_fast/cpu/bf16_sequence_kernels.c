@@ -46,9 +46,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-/* B = 1 steps run one-row tiles (fwd_blocks_row1, below; sequence_templates.h: SEQ_FWD_ONE_ROW) */
-#define SEQ_FWD_ONE_ROW fwd_blocks_row1
 #include "sequence_templates.h"
+#include "thread_team.h"
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -177,6 +176,8 @@ typedef struct {
     const float *bias_tiles; /* AMX only: the bias (4, H16), H16 = H rounded up to 16, zero padded, loaded
                               * as the accumulator tiles' initial value (bias is NULL then) */
     int prefetch;           /* AMX only: prefetch the next panel's W_hh part into L2 (see fwd_worker_amx) */
+    int64_t group;          /* vdpbf16ps forward: 16-unit blocks per claimed item (see fwd_worker) */
+    team_phases ph;
 } fwd_args;
 
 /* The LSTM cell for one row and 16 hidden units, from that row's four gate accumulators. */
@@ -246,14 +247,35 @@ BF16 INLINE void fwd_row1(const fwd_args *a, int64_t t, int64_t jb, const uint16
     }
 }
 
-/* The worker's loop over this thread's unit blocks jlo..jhi at B = 1 (SEQ_FWD_ONE_ROW). */
-BF16 static void fwd_blocks_row1(const fwd_args *a, int64_t t, int64_t jlo, int64_t jhi, const uint16_t *hp,
-                                 const float *cp, float *c_out) {
-    int64_t jb = jlo;
-    for (; jb + 2 <= jhi; jb += 2) fwd_row1(a, t, jb, hp, cp, c_out, 2);
-    if (jb < jhi) fwd_row1(a, t, jb, hp, cp, c_out, 1);
+/* The vdpbf16ps forward on a claimed-phase team (thread_team.h), as the small-batch kernels: one
+ * phase per step, an item `group` 16-unit blocks (an even number at B = 1: the one-row tile's
+ * pairs) for every row. A thread does its own items first and takes those of a thread that has not
+ * started, so a step never waits for a thread the scheduler has not run (beside a busy process
+ * the fixed split and its OpenMP join took ~11 ms for a one-step call at H 512, 2 threads, on the
+ * Zen 4 EPYC). Who computes an item never changes its sums. */
+BF16 static void fwd_item(const fwd_args *a, int64_t t, int64_t g) {
+    const int64_t B = a->B, H = a->H, nb = (H + 15) / 16, n6 = six_row_tiles(B);
+    const int64_t jb0 = g * a->group, jb1 = jb0 + a->group < nb ? jb0 + a->group : nb;
+    const uint16_t *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;
+    const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H);
+    float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;
+    int64_t jb = jb0;
+    if (B == 1) {
+        for (; jb + 2 <= jb1; jb += 2) fwd_row1(a, t, jb, hp, cp, c_out, 2);
+        if (jb < jb1) fwd_row1(a, t, jb, hp, cp, c_out, 1);
+        return;
+    }
+    for (; jb < jb1; ++jb) {
+        int64_t rb = 0;
+        for (int64_t i = 0; i < n6; ++i, rb += 6) fwd_tile6(a, t, rb, jb, hp, cp, c_out);
+        for (; rb < B; rb += 4) fwd_tile4(a, t, rb, jb, hp, cp, c_out);
+    }
 }
-DEFINE_FWD_WORKER()
+#define FWD_ITEM(p, g) fwd_item(a, p, g)
+BF16 static void fwd_worker(void *arg, int tid) {
+    fwd_args *a = (fwd_args *)arg;
+    TEAM_PHASES(&a->ph, tid, a->T, FWD_ITEM)
+}
 
 /* ---------------------------------------------------------------- backward */
 typedef struct {
@@ -774,7 +796,17 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
 #if LSTM_X86
     PARSE_FWD_ARGS(a)
     if (PyErr_Occurred()) return NULL;
-    return run_with_zero_row(fwd_worker, &a, &a.zero, (a.D > a.H ? a.D : a.H) + 2, a.nthreads);
+    const int64_t nb = (a.H + 15) / 16, pair = a.B == 1 ? 2 : 1, units = (nb + pair - 1) / pair;
+    a.nthreads = a.nthreads < 1 ? 1 : (a.nthreads > units ? (int)units : a.nthreads);
+    a.group = team_item_group(units, a.nthreads) * pair;
+    team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group, a.T);
+    uint16_t *zero = calloc((size_t)((a.D > a.H ? a.D : a.H) + 2), sizeof(uint16_t));
+    if (!zero) return PyErr_NoMemory();
+    a.zero = zero;
+    /* saving calls (training) on OpenMP's team, the others as the inference policy says */
+    launch_team(fwd_worker, &a, &a.ph, a.G ? &train_policy : &infer_policy);
+    free(zero);
+    Py_RETURN_NONE;
 #else
     Py_RETURN_NONE;
 #endif
@@ -917,6 +949,7 @@ static PyMethodDef methods[] = {
     {"forward_seq_amx", (PyCFunction)(void (*)(void))py_forward_seq_amx, METH_FASTCALL, "bf16 LSTM forward on AMX tiles"},
     {"backward_seq_amx", (PyCFunction)(void (*)(void))py_backward_seq_amx, METH_FASTCALL, "bf16 LSTM backward on AMX tiles"},
     {"forward_seq", (PyCFunction)(void (*)(void))py_forward_seq, METH_FASTCALL, "bf16 LSTM forward over all steps"},
+    TEAM_TEST_METHODS
     {"backward_seq", (PyCFunction)(void (*)(void))py_backward_seq, METH_FASTCALL, "bf16 LSTM backward over all steps"},
     {"pack_panels", (PyCFunction)(void (*)(void))py_pack_panels, METH_FASTCALL, "bf16 forward weight panels"},
     {"pack_backward_panels", (PyCFunction)(void (*)(void))py_pack_backward_panels, METH_FASTCALL, "bf16 backward weight panels"},

@@ -89,15 +89,6 @@
 #ifndef SEQ_FWD_UNITS
 #define SEQ_FWD_UNITS 16
 #endif
-/* SEQ_FWD_ONE_ROW(a, t, jlo, jhi, hp, cp, c_out): optional, the loop over a thread's unit blocks
- * at B = 1 (one-row tiles: a 4-row tile there multiplies three zero rows). */
-#ifdef SEQ_FWD_ONE_ROW
-#define SEQ_HAS_ONE_ROW 1
-#define SEQ_FWD_ONE_ROW_CALL SEQ_FWD_ONE_ROW
-#else
-#define SEQ_HAS_ONE_ROW 0
-#define SEQ_FWD_ONE_ROW_CALL(...) ((void)0)
-#endif
 #define DEFINE_FWD_WORKER()                                                                           \
     SEQ_TARGET static void fwd_worker(void *arg) {                                                    \
         const fwd_args *a = (const fwd_args *)arg;                                                    \
@@ -108,13 +99,11 @@
             const SEQ_T *hp = t == 0 ? a->h0 : a->Y + (t - 1) * B * H;                                \
             const float *cp = t == 0 ? a->c0 : (a->G ? a->C + (t - 1) * B * H : a->C + ((t - 1) & 1) * B * H); \
             float *c_out = a->G ? a->C + t * B * H : a->C + (t & 1) * B * H;                          \
-            if (SEQ_HAS_ONE_ROW && B == 1) SEQ_FWD_ONE_ROW_CALL(a, t, jlo, jhi, hp, cp, c_out);        \
-            else                                                                                      \
-                for (int64_t jb = jlo; jb < jhi; ++jb) {                                              \
-                    int64_t rb = 0;                                                                   \
-                    for (int64_t i = 0; i < n6; ++i, rb += 6) fwd_tile6(a, t, rb, jb, hp, cp, c_out); \
-                    for (; rb < B; rb += 4) fwd_tile4(a, t, rb, jb, hp, cp, c_out);                   \
-                }                                                                                     \
+            for (int64_t jb = jlo; jb < jhi; ++jb) {                                                  \
+                int64_t rb = 0;                                                                       \
+                for (int64_t i = 0; i < n6; ++i, rb += 6) fwd_tile6(a, t, rb, jb, hp, cp, c_out);     \
+                for (; rb < B; rb += 4) fwd_tile4(a, t, rb, jb, hp, cp, c_out);                       \
+            }                                                                                         \
             barrier(tm);                                                                              \
         }                                                                                             \
     }
