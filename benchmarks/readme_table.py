@@ -149,7 +149,7 @@ def render_summary():
     if not rows:
         return "No CPU results measured yet."
     files = sorted({r[3] for r in rows})
-    machines = " and ".join(sorted({machine(f, doc) for f, doc in load("throughput")})) or "this machine"
+    machines = ", ".join(sorted({machine(f, doc) for f, doc in load("throughput")})) or "this machine"
     lines = [f"CPU, {machines}, tokens/sec (median of interleaved rounds; from "
              + ", ".join(f"`benchmarks/results/{n}`" for n in files) + "):", "",
              "| case | FusedLSTM | nn.LSTM | FusedLSTM / nn.LSTM |", "|---|---:|---:|---:|"]
