@@ -107,7 +107,7 @@ class LSTMStream:
             self._calls = [self._layer_args(p) for p in (0, 1)] if self._kernels is not None else None
         else:
             self._kernels = bf16_sequence._bf16_sequence_kernels if self._panels else None
-            self._calls = [self._layer_args_bf16(p) for p in (0, 1)] if self._panels else None
+            self._calls = [self._layer_args(p) for p in (0, 1)] if self._panels else None
             # the top layer's new h after a step reading set p (views made once: a view and a
             # separate empty + copy per step cost ~4 us more than one clone, measured at H 256)
             self._top = [self._h[1][L - 1], self._h[0][L - 1]]
@@ -147,30 +147,22 @@ class LSTMStream:
                         self._bias[layer].copy_(summed_bias(b_ih, b_hh))   # the kernels' own b_ih + b_hh, in float32
 
     def _layer_args(self, p):
-        """Per layer, the kernel arguments of a step reading state set p: (before Y, after Y)."""
+        """Per layer, the kernel arguments of a step reading state set p, grouped around the
+        pointers that change per step. float32 (small_batch's forward): (before Y, after Y), X and
+        Y the step's input and output. bf16 (bf16_sequence's forward_seq, one step): (after X, Y,
+        after Y), Y the layer's new h (the other set), C its new c."""
         B, H = self.batch_size, self.hidden_size
         calls = []
         for layer in range(self.num_layers):
             b = self._bias[layer].data_ptr() if self._bias is not None else None
-            h, c = self._h[p][layer], self._c[p][layer]
-            hn, cn = self._h[1 - p][layer], self._c[1 - p][layer]
-            before = (self._w_ih[layer].data_ptr(), self._w_hh[layer].data_ptr(), b, None, h.data_ptr(), c.data_ptr())
-            after = (hn.data_ptr(), cn.data_ptr(), None, None, None, None, 1, B, self._dims[layer], H)
-            calls.append((before, after))
-        return calls
-
-    def _layer_args_bf16(self, p):
-        """Per layer, the bf16 kernel's arguments of a step reading state set p, around X: (after
-        X, after Y). One step (T = 1): Y is the layer's new h (the other set), C its new c."""
-        B, H = self.batch_size, self.hidden_size
-        calls = []
-        for layer in range(self.num_layers):
-            b = self._bias[layer].data_ptr() if self._bias is not None else None
-            h, c = self._h[p][layer], self._c[p][layer]
-            hn, cn = self._h[1 - p][layer], self._c[1 - p][layer]
-            after_x = (self._w_ih[layer].data_ptr(), b, self._w_hh[layer].data_ptr(), h.data_ptr(), c.data_ptr())
-            after_y = (cn.data_ptr(), None, 1, B, self._dims[layer], H)
-            calls.append((after_x, hn.data_ptr(), after_y))
+            w_ih, w_hh = self._w_ih[layer].data_ptr(), self._w_hh[layer].data_ptr()
+            h, c = self._h[p][layer].data_ptr(), self._c[p][layer].data_ptr()
+            hn, cn = self._h[1 - p][layer].data_ptr(), self._c[1 - p][layer].data_ptr()
+            if self.dtype is _BF16:
+                calls.append(((w_ih, b, w_hh, h, c), hn, (cn, None, 1, B, self._dims[layer], H)))
+            else:
+                calls.append(((w_ih, w_hh, b, None, h, c),
+                              (hn, cn, None, None, None, None, 1, B, self._dims[layer], H)))
         return calls
 
     # ---------------------------------------------------------------- state

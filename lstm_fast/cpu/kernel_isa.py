@@ -3,6 +3,7 @@ AVX2 + FMA one, else none (another CPU, or an install built without a C compiler
 
 ``LSTM_FAST_CPU_ISA=avx2`` (read at import) takes the AVX2 builds on an AVX-512 CPU too: how tests
 and benchmarks reach the kernels an AVX2-only CPU runs."""
+import functools
 import importlib
 import os
 
@@ -20,3 +21,22 @@ def load(avx512: str, avx2: str):
         if module.available():
             return module, isa
     return None, None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_info() -> dict:
+    """The first processor's fields of /proc/cpuinfo ("vendor_id", "model name", "flags", ...),
+    or {} where it cannot be read: which CPU this is, beyond its ISA."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info

@@ -21,7 +21,7 @@ tiny layer). The cost is ~20 us per tiny product (8 -> 31 us at 7x33x132, AVX2 E
 """
 import torch
 
-from . import workspace
+from . import kernel_isa, workspace
 
 try:
     from ._cell_kernel import transpose as _c_transpose
@@ -31,14 +31,7 @@ except ImportError:  # built without a C compiler
 
 def cpu_vendor() -> str:
     """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or "" where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return kernel_isa.cpu_info().get("vendor_id", "")
 
 
 def _min_macs() -> int:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import reference
+from ..cpu import kernel_isa
 from ..module import FusedLSTM
 from .files import atomic_write_bytes
 
@@ -264,17 +265,8 @@ _FEATURE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 def _cpu_features():
     """{vendor, family, model, flags (those of _FEATURE_FLAGS the CPU has)} from /proc/cpuinfo,
     or None where it cannot be read: which CPU a results file came from, beyond its name."""
-    info = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("vendor_id", "cpu family", "model", "flags") and key not in info:
-                    info[key] = value.strip()
-                if not line.strip() and info:     # the first processor's block is enough
-                    break
-    except OSError:
+    info = kernel_isa.cpu_info()
+    if not info:
         return None
     flags = set(info.get("flags", "").split())
     return {"vendor": info.get("vendor_id"), "family": info.get("cpu family"), "model": info.get("model"),
@@ -282,14 +274,7 @@ def _cpu_features():
 
 
 def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return kernel_isa.cpu_info().get("model name") or platform.processor() or "unknown CPU"
 
 
 def device_slug(env, device):
