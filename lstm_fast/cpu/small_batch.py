@@ -205,6 +205,9 @@ SWITCH_VALUES = ("auto", "1", "0")
 #: after the backward's transposed W_hh from 32 steps on; the AVX2 kernels' steps are claimed
 #: phases there, so the busy-competitor rows do not take the small-batch kernels out: small-batch
 #: over sequence 0.19-0.64 in all 6).
+#: The AVX-512 entries were measured with the per-step barrier those kernels had before e6d8980
+#: (claimed phases since, as the AVX2 ones), on the Intel Xeon; not re-measured since, nor on the
+#: AVX-512 AMD EPYC, which takes them too.
 #: A call takes the small-batch kernels only where its 1- and 2-thread entries both say so
 #: (:func:`use_for`), so the choice, and the bits, do not change with the thread count.
 CROSSOVERS = {
