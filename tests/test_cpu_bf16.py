@@ -365,6 +365,26 @@ def test_forward_team_gives_the_one_thread_bits(B, T, H, runner, delay_us, monke
         torch.set_num_threads(before)
 
 
+@native
+def test_whole_sequences_run_on_openmp_and_one_step_calls_on_the_policy(monkeypatch, two_threads):
+    """The vdpbf16ps forward's runners: a whole sequence (T > 1) always on OpenMP's team (a plain
+    call's torch ops keep its threads spinning), a one-step call (a stream) on the inference
+    policy's runner (the pool or OpenMP's team)."""
+    monkeypatch.setattr(bf16_sequence, "USE_AMX", False)
+    k = bf16_sequence._bf16_sequence_kernels
+    w = [t.bfloat16() for t in (torch.randn(256, 9), torch.randn(256, 64), torch.randn(256), torch.randn(256))]
+    for T, want_openmp in ((7, True), (1, None)):
+        x = torch.randn(T, 2, 9).bfloat16()
+        s0 = k._team_stats()
+        with torch.no_grad():
+            fused_lstm(x, None, *w)
+        s1 = k._team_stats()
+        pool, openmp = s1["pool_calls"] - s0["pool_calls"], s1["openmp_calls"] - s0["openmp_calls"]
+        assert pool + openmp == 1
+        if want_openmp:
+            assert openmp == 1
+
+
 def test_upcast_forced_is_the_float32_kernels_on_upcast_operands(monkeypatch, kernel_calls):
     """LSTM_FAST_CPU_BF16=upcast: today's path, exactly: the float32 layer on bf16-rounded
     operands, outputs rounded to bf16."""
