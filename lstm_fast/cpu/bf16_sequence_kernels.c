@@ -252,7 +252,8 @@ BF16 INLINE void fwd_row1(const fwd_args *a, int64_t t, int64_t jb, const uint16
  * pairs) for every row. A thread does its own items first and takes those of a thread that has not
  * started, so a step never waits for a thread the scheduler has not run (beside a busy process
  * the fixed split and its OpenMP join took ~11 ms for a one-step call at H 512, 2 threads, on the
- * Zen 4 EPYC). Who computes an item never changes its sums. */
+ * Zen 4 EPYC: a peers --competitor 1 run at b997dfa, not kept). Who computes an item never
+ * changes its sums. */
 BF16 static void fwd_item(const fwd_args *a, int64_t t, int64_t g) {
     const int64_t B = a->B, H = a->H, nb = (H + 15) / 16, n6 = six_row_tiles(B);
     const int64_t jb0 = g * a->group, jb1 = jb0 + a->group < nb ? jb0 + a->group : nb;
@@ -810,8 +811,8 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
     uint16_t *zero = calloc((size_t)((a.D > a.H ? a.D : a.H) + 2), sizeof(uint16_t));
     if (!zero) return PyErr_NoMemory();
     a.zero = zero;
-    /* saving calls (training) and whole sequences on OpenMP's team, one-step calls (streams)
-     * as the inference policy says (seq_policy) */
+    /* saving calls (training) and whole sequences on OpenMP's team (seq_policy), one-step calls
+     * (streams) as the inference policy says */
     launch_team(fwd_worker, &a, &a.ph, a.G ? &train_policy : a.T > 1 ? &seq_policy : &infer_policy);
     free(zero);
     Py_RETURN_NONE;
