@@ -70,12 +70,13 @@ class LSTMStream:
             raise ValueError(f"LSTMStream: batch_size must be a positive int, got {batch_size!r}")
         if dtype not in (_F32, _BF16):
             raise TypeError(f"LSTMStream: dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
-        param_dtypes = (_F32,) if dtype is _F32 else (_F32, _BF16)
+        # the parameter and input dtypes a stream takes (a bf16 stream rounds float32 ones)
+        self._dtypes = (_F32,) if dtype is _F32 else (_F32, _BF16)
         for name in lstm._flat_weights_names:
             p = getattr(lstm, name)
-            if p.device.type != "cpu" or p.dtype not in param_dtypes:
-                raise TypeError(f"LSTMStream: {name} must be a " + " or ".join(str(d)[6:] for d in param_dtypes)
-                                + f" CPU tensor, got {p.dtype} on {p.device}")
+            if p.device.type != "cpu" or p.dtype not in self._dtypes:
+                raise TypeError(f"LSTMStream: {name} must be a {self._dtype_names()} CPU tensor, "
+                                f"got {p.dtype} on {p.device}")
         self._module = lstm
         self.dtype = dtype
         self.num_layers, self.hidden_size, self.input_size = lstm.num_layers, lstm.hidden_size, lstm.input_size
@@ -96,11 +97,11 @@ class LSTMStream:
         # Two state sets (h, c), each (L, B, H): step n reads set n % 2 and writes the other.
         self._h = [torch.zeros(L, B, H, dtype=dtype), torch.zeros(L, B, H, dtype=dtype)]
         self._c = [torch.zeros(L, B, H), torch.zeros(L, B, H)]
-        self._mid = [torch.empty(B, H) for _ in range(L - 1)]   # outputs of the layers below the top
+        # float32: outputs of the layers below the top (bf16: each layer's new h is its output)
+        self._mid = [torch.empty(B, H) for _ in range(L - 1)] if dtype is _F32 else []
         self._parity = 0
         self._lock = threading.Lock()
         self._x_shape = (B, self.input_size)
-        self._x_dtypes = (_F32,) if dtype is _F32 else (_F32, _BF16)
         self._x16 = torch.empty(B, self.input_size, dtype=_BF16) if dtype is _BF16 else None
         if dtype is _F32:
             self._kernels = small_batch._small_batch_kernels
@@ -123,7 +124,7 @@ class LSTMStream:
                                        (self._w_hh, "weight_hh" + s, self.hidden_size)):
                     src = getattr(m, name)
                     want = (4 * self.hidden_size, K)
-                    if tuple(src.shape) != want or src.dtype not in (_F32, self.dtype) or src.device.type != "cpu":
+                    if tuple(src.shape) != want or src.dtype not in self._dtypes or src.device.type != "cpu":
                         raise RuntimeError(f"LSTMStream.refresh: {name} is now {src.dtype} {tuple(src.shape)} on "
                                            f"{src.device}, the stream was made for {want} on cpu")
                     if self._panels:    # the bf16 kernels' forward panels, packed (rounded) once
@@ -207,14 +208,14 @@ class LSTMStream:
         layer's new h (batch_size, hidden_size) in the stream's dtype; the state advances."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"LSTMStream.step: x must be a tensor, got {type(x).__name__}")
-        if x.dtype not in self._x_dtypes or not x.is_cpu or x.shape != self._x_shape:
+        if x.dtype not in self._dtypes or not x.is_cpu or x.shape != self._x_shape:
             self._bad_input(x)
         if not x.is_contiguous():
             x = x.contiguous()
         self._hold()
         try:
             p = self._parity
-            if self._calls is not None and self.dtype is _BF16:
+            if self._panels:
                 self._x16.copy_(x)      # rounded to bf16 (a copy where x already is bf16)
                 forward, nt = self._kernels.forward_seq, torch.get_num_threads()
                 xp = self._x16.data_ptr()
@@ -245,8 +246,11 @@ class LSTMStream:
             raise ValueError(f"LSTMStream.step: expected x to be 2-D (batch_size, input_size), got {x.dim()}-D")
         if x.shape != self._x_shape:
             raise RuntimeError(f"LSTMStream.step: expected x of size {list(self._x_shape)}, got {list(x.shape)}")
-        want = " or ".join(str(d)[6:] for d in self._x_dtypes)
-        raise RuntimeError(f"LSTMStream.step: x must be a {want} CPU tensor, got {x.dtype} on {x.device}")
+        raise RuntimeError(f"LSTMStream.step: x must be a {self._dtype_names()} CPU tensor, "
+                           f"got {x.dtype} on {x.device}")
+
+    def _dtype_names(self):
+        return " or ".join(str(d).replace("torch.", "") for d in self._dtypes)
 
     def _step_torch(self, x, p, out):
         """The step without the C kernels: each layer on :mod:`lstm_fast.cpu.stepwise` (the CPU

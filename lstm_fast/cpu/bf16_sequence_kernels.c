@@ -805,7 +805,7 @@ static PyObject *py_forward_seq(PyObject *self, PyObject *const *args, Py_ssize_
     PARSE_FWD_ARGS(a)
     if (PyErr_Occurred()) return NULL;
     const int64_t nb = (a.H + 15) / 16, pair = a.B == 1 ? 2 : 1, units = (nb + pair - 1) / pair;
-    a.nthreads = a.nthreads < 1 ? 1 : (a.nthreads > units ? (int)units : a.nthreads);
+    a.nthreads = team_size(a.nthreads, units);
     a.group = team_item_group(units, a.nthreads) * pair;
     team_phases_init(&a.ph, a.nthreads, (nb + a.group - 1) / a.group, a.T);
     uint16_t *zero = calloc((size_t)((a.D > a.H ? a.D : a.H) + 2), sizeof(uint16_t));

@@ -482,11 +482,6 @@ AVX2 static void tn_worker(void *arg) {
 /* ---------------------------------------------------------------- Python bindings */
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx2_ok()); }
 
-/* The team: torch's OpenMP pool, at most one thread per 8-unit block. */
-static int team_size(int requested, int64_t blocks) {
-    return requested < 1 ? 1 : (requested > blocks ? (int)(blocks < 1 ? 1 : blocks) : requested);
-}
-
 /* A worker on torch's OpenMP team, the GIL released (every entry point's last step). */
 static void launch(void (*fn)(void *), void *arg, int nthreads) {
     resolve_gomp();

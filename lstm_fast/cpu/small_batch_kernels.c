@@ -384,11 +384,6 @@ AVX512 static void bwd_worker(void *arg, int tid) {
 /* ---------------------------------------------------------------- Python bindings */
 static PyObject *py_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx512_ok()); }
 
-/* The team: at most one thread per item of 16-unit blocks. */
-static int team_size(int requested, int64_t blocks) {
-    return requested < 1 ? 1 : (requested > blocks ? (int)(blocks < 1 ? 1 : blocks) : requested);
-}
-
 static PyObject *py_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 20) { PyErr_SetString(PyExc_TypeError, "forward takes 20 arguments"); return NULL; }
     if (!avx512_ok()) { PyErr_SetString(PyExc_RuntimeError, "small-batch kernels need AVX-512"); return NULL; }
